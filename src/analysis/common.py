@@ -1,0 +1,130 @@
+"""Shared pieces of the interpretation tools: the layer m hook, image <-> tensor, CSV and figure writing.
+
+Layer m is named by the submodule whose INPUT is the feature map F_m (default `conv_last`: the input of the
+output conv is where `last` dropout acts). Reading and replacing F_m with a forward pre-hook works on every
+backbone without touching its forward().
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from src.utils import atomic_write_bytes, atomic_write_text
+
+DEFAULT_LAYER = "conv_last"
+
+
+def resolve_layer(model: nn.Module, layer: str = DEFAULT_LAYER) -> nn.Module:
+    """The submodule named `layer`; also looks under `net.` so a LightningModule (SRModule) works too."""
+    for name in (layer, f"net.{layer}"):
+        try:
+            return model.get_submodule(name)
+        except AttributeError:
+            continue
+    names = [n for n, _ in model.named_modules() if n]
+    hint = ", ".join(names[-8:]) if names else "(model has no submodules)"
+    raise ValueError(f"layer={layer!r}: model {type(model).__name__} has no such submodule; "
+                     f"its last submodules are: {hint}")
+
+
+@contextlib.contextmanager
+def feature_hook(model: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor | None],
+                 layer: str = DEFAULT_LAYER) -> Iterator[None]:
+    """While active, `fn(F_m)` sees the first input of `layer`; a tensor it returns replaces that input."""
+    module = resolve_layer(model, layer)
+
+    def pre_hook(_module, args):
+        out = fn(args[0])
+        return None if out is None else (out, *args[1:])
+
+    handle = module.register_forward_pre_hook(pre_hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def capture_features(model: nn.Module, lr: torch.Tensor, layer: str = DEFAULT_LAYER
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(SR output, F_m) for a batch of LR images."""
+    store: dict[str, torch.Tensor] = {}
+
+    def grab(f: torch.Tensor) -> None:
+        store["f"] = f.detach()
+
+    with feature_hook(model, grab, layer):
+        out = model(lr)
+    if "f" not in store:
+        raise ValueError(f"layer={layer!r} was never called in the forward pass of {type(model).__name__}")
+    return out, store["f"]
+
+
+def model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def to_tensor(img: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 (H, W, 3) -> float (1, 3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float().div(255).to(device)
+
+
+def to_uint8(sr: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) or (3, H, W) float -> uint8 (..., H, W, 3), rounded as SR test code saves its outputs."""
+    # A wildly rescaled ablation can overflow; NaN would otherwise cast to an arbitrary byte.
+    arr = sr.detach().float().nan_to_num(0.0, 1.0, 0.0).clamp(0, 1).mul(255).round().byte().cpu()
+    return arr.permute(0, 2, 3, 1).numpy() if arr.ndim == 4 else arr.permute(1, 2, 0).numpy()
+
+
+def center_crop(img: np.ndarray, size: int | None, multiple: int = 1) -> np.ndarray:
+    """The centre crop of at most size x size, both sides a multiple of `multiple` (None: modcrop only)."""
+    h, w = img.shape[:2]
+    th = min(h, size or h) // multiple * multiple
+    tw = min(w, size or w) // multiple * multiple
+    if th == 0 or tw == 0:
+        raise ValueError(f"image {w}x{h} is smaller than one {multiple}x{multiple} block")
+    top, left = (h - th) // 2, (w - tw) // 2
+    return np.ascontiguousarray(img[top:top + th, left:left + tw])
+
+
+def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Sequence[Sequence]) -> Path:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
+    return atomic_write_text(path, buf.getvalue())
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend: figures are files, never windows (headless machines, CI)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt

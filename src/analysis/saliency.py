@@ -1,0 +1,131 @@
+"""Channel saliency maps (CSM), paper section 6.
+
+Attribution target, following LAM (Gu & Dong 2021): D(I) = sum over pixels (and colour channels) of the image
+gradient magnitude of the SR output, sqrt(dx^2 + dy^2) with forward differences, over the whole image (LAM
+sums it inside a window; the paper's CSM uses the whole output). The output is not clamped, because clamping
+would zero the gradient of saturated pixels. CSM = |dD / dF_m| per channel, with all elements of one image's
+map min-max normalised to [0, 1] together so channels stay comparable. The per-channel saliency score is the
+mean of the raw |dD / dF_m| over pixels and images.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from src.analysis.common import DEFAULT_LAYER, feature_hook, pyplot, save_figure
+
+# Keeps d sqrt(x)/dx finite at x = 0 (flat regions); shifts D by a constant only.
+_EPS = 1e-12
+
+
+def image_gradient_sum(img: torch.Tensor) -> torch.Tensor:
+    """D(I): summed forward-difference gradient magnitude of a (B, C, H, W) batch, a scalar."""
+    dy = img[:, :, 1:, :-1] - img[:, :, :-1, :-1]
+    dx = img[:, :, :-1, 1:] - img[:, :, :-1, :-1]
+    return torch.sqrt(dx * dx + dy * dy + _EPS).sum()
+
+
+def normalise(t: torch.Tensor) -> torch.Tensor:
+    """Min-max to [0, 1] over all elements of each sample of a (B, ...) tensor; a constant map becomes 0."""
+    flat = t.flatten(1)
+    lo, hi = flat.min(1).values, flat.max(1).values
+    span = (hi - lo).clamp_min(torch.finfo(t.dtype).tiny)
+    shape = (-1,) + (1,) * (t.ndim - 1)
+    return (t - lo.view(shape)) / span.view(shape)
+
+
+@dataclass
+class Saliency:
+    features: torch.Tensor  # F_m, (B, C, H, W), on CPU
+    grad: torch.Tensor  # |dD/dF_m|, same shape
+    csm: torch.Tensor  # grad normalised to [0, 1] per image
+    scores: torch.Tensor  # (C,) mean |dD/dF_m| per channel over pixels and images
+
+
+def channel_saliency(model: nn.Module, lr: torch.Tensor, layer: str = DEFAULT_LAYER,
+                     target=image_gradient_sum) -> Saliency:
+    """CSM of layer m for a batch of LR images (B, 3, h, w) in [0, 1] on the model's device.
+
+    The batch's images are independent in eval mode, so one backward pass of the summed D gives each image's
+    own gradient.
+    """
+    store: dict[str, torch.Tensor] = {}
+
+    def make_leaf(f: torch.Tensor) -> torch.Tensor:
+        # Cut the graph at F_m: only the part after layer m needs a backward pass.
+        store["f"] = f.detach().requires_grad_(True)
+        return store["f"]
+
+    with torch.enable_grad(), feature_hook(model, make_leaf, layer):
+        out = model(lr)
+        if "f" not in store:
+            raise ValueError(f"layer={layer!r} was never called in the forward pass of {type(model).__name__}")
+        (grad,) = torch.autograd.grad(target(out), store["f"])
+    grad = grad.abs().detach().float().cpu()
+    return Saliency(features=store["f"].detach().float().cpu(), grad=grad, csm=normalise(grad),
+                    scores=grad.mean(dim=(0, 2, 3)))
+
+
+def _mosaic(maps: torch.Tensor, cols: int, tile: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """(C, H, W) maps in [0, 1] -> (one 2-D array of tiles, the tile step (dy, dx) in it).
+
+    Tiles are shrunk by area averaging to at most `tile` px so 64 HR-size maps stay a readable figure.
+    """
+    c, h, w = maps.shape
+    k = max(1, int(np.ceil(max(h, w) / tile)))
+    if k > 1:
+        maps = F.avg_pool2d(maps[None], k, ceil_mode=True)[0]
+    c, h, w = maps.shape
+    rows = int(np.ceil(c / cols))
+    pad = 2
+    canvas = np.ones((rows * (h + pad) - pad, cols * (w + pad) - pad), dtype=np.float32)
+    for i in range(c):
+        r, q = divmod(i, cols)
+        canvas[r * (h + pad):r * (h + pad) + h, q * (w + pad):q * (w + pad) + w] = maps[i].numpy()
+    return canvas, (h + pad, w + pad)
+
+
+def plot_csm_grid(entries: list[tuple[str, torch.Tensor, torch.Tensor]], path, max_channels: int = 64,
+                  cols: int = 8, tile: int = 64, channel_notes: list[dict[int, str]] | None = None):
+    """Fig. 6/7 style: per model a row with its feature maps (left) and their CSMs (right), channel by index.
+
+    `entries` holds (label, features (C, H, W), csm (C, H, W)) of one image. Feature maps are min-max
+    normalised over all channels together, like the CSM, so a dominant channel shows up as the bright one.
+    """
+    plt = pyplot()
+    fig, axes = plt.subplots(len(entries), 2, figsize=(12, 6.2 * len(entries)), squeeze=False)
+    for row, (label, feats, csm) in enumerate(entries):
+        c = min(feats.shape[0], max_channels)
+        grids = (_mosaic(normalise(feats[None, :c])[0], cols, tile), _mosaic(csm[:c], cols, tile))
+        for ax, (grid, (dy, dx)), name in zip(axes[row], grids, ("feature maps", "CSM")):
+            ax.imshow(grid, cmap="gray" if name == "CSM" else "viridis", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_title(f"{label}: {name}", fontsize=11)
+            ax.axis("off")
+            notes = channel_notes[row] if channel_notes else {}
+            for i in range(c):
+                r, q = divmod(i, cols)
+                text = f"{i}" + (f" {notes[i]}" if i in notes else "")
+                ax.text(q * dx + 1, r * dy + 1, text, color="white", fontsize=6, va="top",
+                        bbox=dict(facecolor="black", alpha=0.5, pad=0.5, linewidth=0))
+    fig.suptitle(f"Feature maps and channel saliency maps (first {c} channels)")
+    return save_figure(fig, path)
+
+
+def plot_scores(scores: dict[str, np.ndarray], path):
+    """Per-channel saliency scores of each model, each normalised by its maximum."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(10, 3.5))
+    n = len(scores)
+    width = 0.8 / max(n, 1)
+    for k, (label, s) in enumerate(scores.items()):
+        s = np.asarray(s, dtype=np.float64)
+        ax.bar(np.arange(len(s)) + k * width, s / max(s.max(), 1e-30), width=width, label=label)
+    ax.set_xlabel("channel index")
+    ax.set_ylabel("saliency / max")
+    ax.legend()
+    ax.set_title("Channel saliency scores (mean |dD/dF_m|)")
+    return save_figure(fig, path)

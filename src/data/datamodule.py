@@ -1,0 +1,100 @@
+"""LightningDataModule: HR crops on the host, degradations on the device after transfer."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from src.data.datasets import HRPatches, PairedImages, StepSampler, decoded, default_data_root, resolve_set
+from src.models.module import mix_seed
+
+
+class SRDataModule(pl.LightningDataModule):
+    """Training crops degraded on the batch's device; fixed validation pairs.
+
+    Args:
+        degradation: callable `(hr, generator) -> (lr, gt)` from conf/degradation (run after transfer, so on
+            the GPU when there is one).
+        root: data root holding `<Set>/HR/*`; None means `default_data_root()` (SR_DATA_ROOT).
+        train_sets / val_sets / test_sets: set names under the root, or the bundled `skimage` /
+            `skimage_holdout` photos.
+        batch_size, lr_patch_size: per-device batch of LR patches of this size (HR = lr_patch_size * scale).
+        total_steps: the run's length (trainer.max_steps); the sampler serves exactly that many batches.
+        val_degradation: one of the fixed test degradations applied to the validation images (on the host).
+        val_crop: HR centre crop of validation images, keeping validation cheap on the CPU; None = whole image.
+        cache_dir: where decoded images are kept as .npy; None decodes PNGs on every access.
+    """
+
+    def __init__(self, degradation: Callable, root: str | None = None, train_sets: Sequence[str] = ("skimage",),
+                 val_sets: Sequence[str] = ("skimage_holdout",), test_sets: Sequence[str] = ("skimage_holdout",),
+                 batch_size: int = 16, lr_patch_size: int = 32, scale: int = 4, total_steps: int = 1000,
+                 num_workers: int = 0, seed: int = 0, val_degradation: str = "clean", val_crop: int | None = 256,
+                 cache_dir: str | None = None):
+        super().__init__()
+        self.degradation = degradation
+        self.root = Path(root) if root else default_data_root()
+        self.train_sets, self.val_sets, self.test_sets = list(train_sets), list(val_sets), list(test_sets)
+        self.batch_size, self.lr_patch_size, self.scale = batch_size, lr_patch_size, scale
+        self.total_steps, self.num_workers, self.seed = total_steps, num_workers, seed
+        self.val_degradation, self.val_crop = val_degradation, val_crop
+        self.cache_dir = cache_dir
+        self._micro = (-1, 0)
+        # Resolve every set now: a missing folder must fail before any training starts.
+        self.train_paths = [p for s in self.train_sets for p in resolve_set(s, self.root)]
+        self.val_paths = [p for s in self.val_sets for p in resolve_set(s, self.root)]
+        self.test_paths = {s: resolve_set(s, self.root) for s in self.test_sets}
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in ("fit", None) and not hasattr(self, "train_data"):
+            self.train_data = HRPatches(self.train_paths, self.lr_patch_size * self.scale,
+                                        length=self.total_steps * self.batch_size * self._world_size(),
+                                        seed=self.seed, cache_dir=self.cache_dir)
+        if stage in ("fit", "validate", None) and not hasattr(self, "val_data"):
+            from src.data.testsets import degrade_test_image, modcrop
+
+            pairs = []
+            for i, path in enumerate(self.val_paths):
+                hr = modcrop(self._centre_crop(np.asarray(decoded(path, self.cache_dir))), self.scale)
+                lr = degrade_test_image(hr, self.val_degradation, self.scale, seed=mix_seed(self.seed, i) % 2**31)
+                pairs.append((lr, hr))
+            self.val_data = PairedImages(pairs)
+
+    def _centre_crop(self, img: np.ndarray) -> np.ndarray:
+        if not self.val_crop:
+            return img
+        h, w = img.shape[:2]
+        c = min(self.val_crop, h, w)
+        return img[(h - c) // 2:(h - c) // 2 + c, (w - c) // 2:(w - c) // 2 + c]
+
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        # Starting the sampler at the restored global step is what makes a resumed run see the same batches.
+        sampler = StepSampler(self.total_steps, self.batch_size, start_step=trainer.global_step if trainer else 0,
+                              rank=trainer.global_rank if trainer else 0, world_size=self._world_size())
+        return DataLoader(self.train_data, batch_size=self.batch_size, sampler=sampler, drop_last=True,
+                          num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
+                          persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_data, batch_size=1, num_workers=0)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.trainer is not None and self.trainer.training:
+            hr = batch.float().div_(255.0)
+            step, rank = self.trainer.global_step, self.trainer.global_rank
+            # Several batches per optimizer step (gradient accumulation) each need their own draw.
+            self._micro = (step, self._micro[1] + 1) if self._micro[0] == step else (step, 0)
+            generator = torch.Generator(device=hr.device).manual_seed(mix_seed(self.seed, step, rank, self._micro[1]))
+            with torch.no_grad():
+                lr, gt = self.degradation(hr, generator)
+            return lr.contiguous(), gt.contiguous()
+        lr, hr = batch
+        return lr.float().div_(255.0), hr.float().div_(255.0)

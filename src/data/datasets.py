@@ -1,0 +1,159 @@
+"""Where HR images come from: dataset folders under the data root, or scikit-image's bundled photos."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from src.data.imageio import IMAGE_SUFFIXES, read_image
+
+# scikit-image ships these RGB photos inside its wheel, so a first run needs no download. The held-out ones
+# are never cropped for training: chelsea is a colour photo, camera and coins are gray (replicated to RGB).
+SAMPLE_TRAIN = ("astronaut.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg",
+                "ihc.png", "retina.jpg")
+SAMPLE_HOLDOUT = ("chelsea.png", "camera.png", "coins.png")
+SAMPLE_SETS = {"skimage": SAMPLE_TRAIN, "skimage_holdout": SAMPLE_HOLDOUT}
+DOWNLOADABLE = ("DIV2K_train", "DIV2K_valid", "Flickr2K", "Set5", "Set14", "BSD100", "Urban100", "Manga109")
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def default_data_root() -> Path:
+    """`SR_DATA_ROOT` if set, else `../shared/datasets` beside the checkout when it exists, else `./data`."""
+    if os.environ.get("SR_DATA_ROOT"):
+        return Path(os.environ["SR_DATA_ROOT"]).expanduser()
+    shared = repo_root().parent / "shared" / "datasets"
+    return shared if shared.is_dir() else repo_root() / "data"
+
+
+def sample_image_paths(names=SAMPLE_TRAIN) -> list[Path]:
+    import skimage.data
+
+    folder = Path(skimage.data.__file__).parent
+    return [folder / n for n in names]
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise FileNotFoundError(f"image folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return paths
+
+
+def resolve_set(name: str, root: str | os.PathLike) -> list[Path]:
+    """Image paths of a named set: a bundled sample set, or `<root>/<name>/HR`.
+
+    A missing folder is reported with the path that was looked at and how to get the data, so a typo or a
+    missing download fails at start rather than after hours of training.
+    """
+    if name in SAMPLE_SETS:
+        return sample_image_paths(SAMPLE_SETS[name])
+    folder = Path(root) / name / "HR"
+    if not folder.is_dir():
+        hint = (f"run `python -m src.data.download {name} --root {root}`" if name in DOWNLOADABLE
+                else f"put its HR images in {folder}")
+        raise FileNotFoundError(
+            f"dataset '{name}' not found: {folder} does not exist (data.root={root}; set data.root=... or the "
+            f"SR_DATA_ROOT environment variable). To get it, {hint}. Bundled sets that need no download: "
+            f"{', '.join(SAMPLE_SETS)}.")
+    return list_images(folder)
+
+
+def _cache_key(path: Path) -> str:
+    st = path.stat()
+    return hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:20]
+
+
+def decoded(path: Path, cache_dir: Path | None) -> np.ndarray:
+    """The image as uint8 HWC RGB, decoded once into a memory-mapped .npy so crops cost no PNG decoding."""
+    if cache_dir is None:
+        return read_image(path)
+    npy = Path(cache_dir) / f"{path.stem}-{_cache_key(path)}.npy"
+    if not npy.exists():
+        npy.parent.mkdir(parents=True, exist_ok=True)
+        tmp = npy.with_name(f".{npy.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, read_image(path))
+        os.replace(tmp, npy)
+    return np.load(npy, mmap_mode="r")
+
+
+class HRPatches(Dataset):
+    """Random HR crops with flips/rotations; item i is a pure function of (seed, i).
+
+    Making every item a function of its index (instead of a stateful RNG) is what lets a resumed run and a DDP
+    rank see exactly the batches an uninterrupted run would: the sampler only has to say where to start.
+    """
+
+    def __init__(self, paths: list[Path], patch_size: int, length: int, seed: int = 0,
+                 cache_dir: str | os.PathLike | None = None, augment: bool = True):
+        self.paths, self.patch_size, self.length, self.seed = list(paths), patch_size, length, seed
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.augment = augment
+        self._images: dict[int, np.ndarray] = {}
+        for p in self.paths:  # fail at start, naming the file, rather than in a worker hours later
+            img = decoded(p, self.cache_dir)
+            if min(img.shape[:2]) < patch_size:
+                raise ValueError(f"{p}: image {img.shape[1]}x{img.shape[0]} is smaller than the HR patch "
+                                 f"size {patch_size} (data.lr_patch_size x scale)")
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _image(self, k: int) -> np.ndarray:
+        if k not in self._images:
+            self._images[k] = decoded(self.paths[k], self.cache_dir)
+        return self._images[k]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        rng = np.random.default_rng([self.seed, i])
+        img = self._image(int(rng.integers(len(self.paths))))
+        h, w = img.shape[:2]
+        top, left = int(rng.integers(h - self.patch_size + 1)), int(rng.integers(w - self.patch_size + 1))
+        patch = np.asarray(img[top:top + self.patch_size, left:left + self.patch_size])
+        if self.augment:
+            if rng.random() < 0.5:
+                patch = patch[:, ::-1]
+            patch = np.rot90(patch, int(rng.integers(4)))
+        # uint8 crosses to the device: 4x less to copy than float; the datamodule converts after transfer.
+        return torch.from_numpy(np.ascontiguousarray(patch)).permute(2, 0, 1)
+
+
+class StepSampler(Sampler[int]):
+    """Indices for steps start_step.. of a run, sharded by rank: step s on rank r uses items of batch s*world+r."""
+
+    def __init__(self, total_steps: int, batch_size: int, start_step: int = 0, rank: int = 0, world_size: int = 1):
+        self.total_steps, self.batch_size = total_steps, batch_size
+        self.start_step, self.rank, self.world_size = start_step, rank, world_size
+
+    def __len__(self) -> int:
+        return max(self.total_steps - self.start_step, 0) * self.batch_size
+
+    def __iter__(self):
+        for step in range(self.start_step, self.total_steps):
+            first = (step * self.world_size + self.rank) * self.batch_size
+            yield from range(first, first + self.batch_size)
+
+
+class PairedImages(Dataset):
+    """Fixed (LR, HR) uint8 pairs for validation, HR cropped at the centre to keep validation cheap."""
+
+    def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]]):
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int):
+        lr, hr = self.pairs[i]
+        return (torch.from_numpy(np.ascontiguousarray(lr)).permute(2, 0, 1),
+                torch.from_numpy(np.ascontiguousarray(hr)).permute(2, 0, 1))

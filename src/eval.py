@@ -1,0 +1,97 @@
+"""Evaluate one checkpoint, or every run of a sweep, on the benchmark sets under the test degradations.
+
+    python -m src.eval ckpt=runs/train/default sets=[Set5,Set14,BSD100,Urban100] degradations=all
+    python -m src.eval ckpt=runs/positions            # every folder below holding checkpoints/last.ckpt
+    python -m src.eval ckpt=RRDB.pth backbone=rrdb out_dir=results/rrdb
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from src.data.datasets import default_data_root, resolve_set
+from src.data.testsets import TEST_DEGRADATIONS
+from src.evaluation import evaluate, format_table, load_results, merge_results, write_results
+
+CKPT = Path("checkpoints") / "last.ckpt"
+
+
+def find_runs(target: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> list[tuple[Path, Path]]:
+    """(checkpoint, run folder) pairs for a checkpoint file, a run folder or a sweep folder."""
+    target = Path(target)
+    if target.is_file():
+        if out_dir is not None:
+            return [(target, Path(out_dir))]
+        run = target.parent.parent if target.parent.name == "checkpoints" else target.parent
+        return [(target, run)]
+    if not target.is_dir():
+        raise FileNotFoundError(f"ckpt={target}: no such file or folder")
+    if (target / CKPT).is_file():
+        return [(target / CKPT, target)]
+    runs = sorted(p.parent.parent for p in target.rglob(str(CKPT)))
+    if not runs:
+        raise FileNotFoundError(f"ckpt={target}: no {CKPT} in it or in any folder below it (not a run or sweep "
+                                f"folder?)")
+    return [(r / CKPT, r) for r in runs]
+
+
+def resolve_degradations(value) -> list[str]:
+    if value is None or value == "all":
+        return list(TEST_DEGRADATIONS)
+    names = [value] if isinstance(value, str) else list(value)
+    bad = [d for d in names if d not in TEST_DEGRADATIONS]
+    if bad:
+        raise ValueError(f"degradations={names}: unknown {bad}; allowed: all or any of {', '.join(TEST_DEGRADATIONS)}")
+    return names
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available; use device=cpu or device=auto")
+    return torch.device(device)
+
+
+def run_eval(cfg: DictConfig) -> dict[Path, dict]:
+    """Evaluate every run `cfg.ckpt` names; returns {run folder: results dict} and writes each run's files."""
+    from src.models.io import load_model
+
+    if cfg.get("ckpt") in (None, "", "???"):
+        raise ValueError("ckpt=... is required: a checkpoint file, a run folder or a sweep folder")
+    runs = find_runs(cfg.ckpt, cfg.get("out_dir"))
+    root = Path(cfg.data.root) if cfg.data.get("root") else default_data_root()
+    names = [cfg.sets] if isinstance(cfg.sets, str) else list(cfg.sets)
+    # Resolve every set before loading any model: a missing folder should fail in a second, not after a sweep.
+    sets = {name: resolve_set(name, root) for name in names}
+    degradations = resolve_degradations(cfg.degradations)
+    device = resolve_device(str(cfg.device))
+    backbone = cfg.get("backbone")
+    if isinstance(backbone, (DictConfig, ListConfig)):
+        backbone = OmegaConf.to_container(backbone, resolve=True)
+    out = {}
+    for i, (ckpt, run_dir) in enumerate(runs, 1):
+        print(f"[eval] ({i}/{len(runs)}) {ckpt}")
+        existing = {} if cfg.force else load_results(run_dir)
+        model = load_model(ckpt, backbone=backbone, map_location=device)
+        new = evaluate(model, sets, degradations, scale=cfg.scale, seed=cfg.seed, device=device, tile=cfg.tile,
+                       cache_dir=cfg.get("cache_dir"), overlap=cfg.overlap, done=existing)
+        merged = merge_results(existing, new)
+        write_results(run_dir, merged)
+        print(format_table(new))
+        print(f"[eval] wrote {run_dir / 'results.json'} and results.csv")
+        out[run_dir] = new
+    return out
+
+
+if __name__ == "__main__":
+    import hydra
+
+    @hydra.main(config_path="../conf", config_name="eval", version_base="1.3")
+    def _entry(cfg: DictConfig) -> None:
+        run_eval(cfg)
+
+    _entry()

@@ -1,0 +1,193 @@
+"""The paper's test protocol: benchmark sets x test degradations -> PSNR/SSIM (Y and RGB), as files.
+
+Each SR output is clamped and rounded to 8 bits before scoring, because that is what a saved result image would
+score and what published tables measure. Metrics are averaged over images (not pixels), as the literature does.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from src.data.imageio import read_image
+from src.data.testsets import TEST_DEGRADATIONS, load_test_pairs
+from src.metrics import psnr, ssim
+from src.tiling import tiled_forward
+from src.utils import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+METRICS = ("psnr", "ssim", "psnr_rgb", "ssim_rgb")
+SSIM_WINDOW = 11
+
+
+def check_image(img: np.ndarray, scale: int, path: str | os.PathLike = "<array>") -> None:
+    """Raise a ValueError naming `path` if the image cannot be evaluated at this scale."""
+    h, w = img.shape[:2]
+    if h < scale or w < scale:
+        raise ValueError(f"{path}: image is {w}x{h} px, smaller than the scale x{scale}; no LR image can be "
+                         f"made from it")
+    hc, wc = h - h % scale - 2 * scale, w - w % scale - 2 * scale
+    if min(hc, wc) < SSIM_WINDOW:
+        raise ValueError(f"{path}: image is {w}x{h} px; cropped to a multiple of {scale} and by {scale} border px "
+                         f"it is {max(wc, 0)}x{max(hc, 0)}, smaller than SSIM's {SSIM_WINDOW}x{SSIM_WINDOW} window")
+
+
+def usable_paths(paths: Sequence[os.PathLike], scale: int) -> tuple[list[Path], list[str]]:
+    """(paths that decode and are large enough, one message per rejected file naming its path)."""
+    good, rejected = [], []
+    for p in map(Path, paths):
+        try:
+            check_image(read_image(p), scale, p)
+        except ValueError as e:  # ImageReadError is a ValueError
+            rejected.append(str(e))
+            continue
+        good.append(p)
+    return good, rejected
+
+
+def super_resolve(model: nn.Module, lr: np.ndarray, scale: int, device="cpu", tile: int | None = None,
+                  overlap: int = 16) -> np.ndarray:
+    """uint8 (h, w, 3) LR -> uint8 (h*scale, w*scale, 3) SR, clamped and rounded as an 8-bit image file."""
+    x = torch.from_numpy(np.ascontiguousarray(lr)).permute(2, 0, 1)[None].to(device, torch.float32) / 255.0
+    ws = getattr(model, "window_size", None)  # window-attention models (SwinIR) need multiples of the window
+    y = tiled_forward(model, x, scale, tile=tile, overlap=overlap, pad_multiple=ws if isinstance(ws, int) else None)
+    return y[0].clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def _reusable(entry, scale: int, seed: int, n_paths: int) -> bool:
+    return (isinstance(entry, Mapping) and entry.get("scale") == scale and entry.get("seed") == seed
+            and entry.get("n_images", -1) + entry.get("skipped", 0) == n_paths and all(m in entry for m in METRICS))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, sets: Mapping[str, Sequence[os.PathLike]], degradations: Sequence[str] = TEST_DEGRADATIONS,
+             scale: int = 4, seed: int = 0, device="cpu", tile: int | None = None,
+             cache_dir: str | os.PathLike | None = None, overlap: int = 16, done: Mapping | None = None) -> dict:
+    """`{set: {degradation: {psnr, ssim, psnr_rgb, ssim_rgb, n_images, skipped, scale, seed}}}`.
+
+    PSNR/SSIM "psnr"/"ssim" are on the Y channel, "*_rgb" on RGB, all with `scale` border pixels cropped from
+    HR images cropped to a multiple of `scale`. Unreadable and too-small images are logged by path and counted
+    in "skipped". Entries of `done` (an earlier results dict) made with the same scale, seed and image count are
+    reused instead of recomputed.
+    """
+    unknown = [d for d in degradations if d not in TEST_DEGRADATIONS]
+    if unknown:
+        raise ValueError(f"degradations {unknown} unknown; allowed: {', '.join(TEST_DEGRADATIONS)}")
+    was_training = model.training
+    model.eval().to(device)
+    done = done or {}
+    results: dict = {}
+    try:
+        for set_name, paths in sets.items():
+            paths = list(paths)
+            results[set_name] = {}
+            todo = [d for d in degradations if not _reusable(done.get(set_name, {}).get(d), scale, seed, len(paths))]
+            for d in degradations:
+                if d not in todo:
+                    results[set_name][d] = dict(done[set_name][d])
+            if not todo:
+                log.info("%s: all %d degradations already evaluated", set_name, len(degradations))
+                continue
+            good, rejected = usable_paths(paths, scale)
+            for msg in rejected:
+                log.warning("skipping %s", msg)
+            for d in todo:
+                start = time.time()
+                scores = {m: [] for m in METRICS}
+                for path, hr, lr in load_test_pairs(good, d, scale, seed, cache_dir=cache_dir):
+                    sr = super_resolve(model, lr, scale, device, tile, overlap)
+                    if sr.shape != hr.shape:
+                        raise ValueError(f"{path}: SR output is {sr.shape}, HR is {hr.shape}; is the model x{scale}?")
+                    scores["psnr"].append(psnr(sr, hr, scale, y_channel=True))
+                    scores["ssim"].append(ssim(sr, hr, scale, y_channel=True))
+                    scores["psnr_rgb"].append(psnr(sr, hr, scale, y_channel=False))
+                    scores["ssim_rgb"].append(ssim(sr, hr, scale, y_channel=False))
+                entry = {m: (float(np.mean(v)) if v else math.nan) for m, v in scores.items()}
+                entry.update(n_images=len(scores["psnr"]), skipped=len(rejected), scale=scale, seed=seed)
+                results[set_name][d] = entry
+                log.info("%s/%s: PSNR-Y %.2f dB, SSIM-Y %.4f over %d images (%d skipped) in %.1f s", set_name, d,
+                         entry["psnr"], entry["ssim"], entry["n_images"], len(rejected), time.time() - start)
+    finally:
+        model.train(was_training)
+    return results
+
+
+def format_table(results: Mapping, metric: str = "psnr") -> str:
+    """Text table: rows = sets, columns = degradations, cells = `metric` (PSNR-Y by default)."""
+    degs = [d for d in TEST_DEGRADATIONS if any(d in r for r in results.values())]
+    degs += [d for r in results.values() for d in r if d not in degs]
+    digits = 4 if metric.startswith("ssim") else 2
+    width = max([len(s) for s in results] + [len("set")])
+    title = {"psnr": "PSNR (dB, Y channel)", "ssim": "SSIM (Y channel)", "psnr_rgb": "PSNR (dB, RGB)",
+             "ssim_rgb": "SSIM (RGB)"}.get(metric, metric)
+    lines = [title, f"{'set':<{width}} " + " ".join(f"{d:>7}" for d in degs) + f" {'images':>7}"]
+    notes = []
+    for s, row in results.items():
+        cells = []
+        for d in degs:
+            v = row.get(d, {}).get(metric)
+            cells.append(f"{v:7.{digits}f}" if isinstance(v, (int, float)) and math.isfinite(v) else f"{'-':>7}")
+        n = max((e.get("n_images", 0) for e in row.values()), default=0)
+        skipped = max((e.get("skipped", 0) for e in row.values()), default=0)
+        if skipped:
+            notes.append(f"{s}: {skipped} image(s) skipped (unreadable or too small; see the log)")
+        lines.append(f"{s:<{width}} " + " ".join(cells) + f" {n:>7}")
+    return "\n".join(lines + notes)
+
+
+def _finite(v):
+    return v if not isinstance(v, float) or math.isfinite(v) else None
+
+
+def results_csv(results: Mapping) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["set", "degradation", "metric", "value", "n_images", "skipped"])
+    for s, row in results.items():
+        for d, e in row.items():
+            for m in METRICS:
+                if m in e:
+                    v = _finite(e[m])
+                    w.writerow([s, d, m, "" if v is None else f"{v:.6f}", e.get("n_images", ""), e.get("skipped", "")])
+    return buf.getvalue()
+
+
+def write_results(run_dir: str | os.PathLike, results: Mapping) -> tuple[Path, Path]:
+    """Write `results.json` (the results dict; NaN/inf as null) and `results.csv` (long format) atomically."""
+    run_dir = Path(run_dir)
+    clean = {s: {d: {k: _finite(v) for k, v in e.items()} for d, e in row.items()} for s, row in results.items()}
+    j = atomic_write_text(run_dir / "results.json", json.dumps(clean, indent=2) + "\n")
+    c = atomic_write_text(run_dir / "results.csv", results_csv(results))
+    return j, c
+
+
+def load_results(run_dir: str | os.PathLike) -> dict:
+    """The results dict of a run folder, {} if it has none; a corrupt file is reported and treated as absent."""
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        log.warning("ignoring unreadable %s: %s", path, e)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def merge_results(old: Mapping, new: Mapping) -> dict:
+    """`old` updated with `new`, per (set, degradation)."""
+    out = {s: dict(row) for s, row in old.items()}
+    for s, row in new.items():
+        out.setdefault(s, {}).update(row)
+    return out

@@ -1,0 +1,175 @@
+"""Upscale images with a trained model: `python -m src.infer ckpt=<path> input=<image|folder> output=<folder>`.
+
+Every input becomes `<output>/<stem>.png`. 8-bit inputs give 8-bit PNGs; 16-bit PNG/TIFF inputs are fed to
+the model at full precision and written as 16-bit PNGs, so no precision is thrown away on either side. Gray
+inputs are replicated to RGB and alpha is dropped (as the rest of the suite reads images); the output is RGB.
+A file that cannot be read is reported by path and skipped; the exit status is 1 if any file failed.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from src.data.imageio import IMAGE_SUFFIXES, ImageReadError, to_rgb_uint8, write_image
+from src.tiling import tiled_forward
+
+
+@dataclass
+class InferenceSummary:
+    written: list[Path] = field(default_factory=list)
+    failed: dict[Path, str] = field(default_factory=dict)
+
+    def line(self, out_dir: Path) -> str:
+        total = len(self.written) + len(self.failed)
+        return f"upscaled {len(self.written)}/{total} images into {out_dir}" + (
+            f"; {len(self.failed)} failed: {', '.join(map(str, self.failed))}" if self.failed else "")
+
+
+def read_input(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """(float32 (H, W, 3) RGB in [0, 1], bit depth 8 or 16); raises ImageReadError naming the path."""
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise ImageReadError(f"{path}: cannot read file ({e.strerror or e})") from e
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None:
+        raise ImageReadError(f"{path}: not a readable image (empty, truncated or unknown format)")
+    if img.ndim == 3 and img.shape[2] >= 3:
+        img = img[:, :, [2, 1, 0]]  # OpenCV decodes BGR(A); drop alpha here too
+    if img.dtype == np.uint16:
+        if img.ndim == 3 and img.shape[2] == 2:  # gray + alpha
+            img = img[:, :, 0]
+        if img.ndim == 2:
+            img = np.repeat(img[:, :, None], 3, axis=2)
+        return img.astype(np.float32) / 65535.0, 16
+    return to_rgb_uint8(img, str(path)).astype(np.float32) / 255.0, 8
+
+
+def model_scale(model: nn.Module, device: torch.device | str = "cpu") -> int:
+    """The upscaling factor, from the backbone's `upscale`/`scale` attribute or else a probe forward pass."""
+    for name in ("upscale", "scale"):
+        value = getattr(model, name, None)
+        if isinstance(value, int) and value >= 1:
+            return value
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, 16, 16, device=device))
+    return out.shape[-1] // 16
+
+
+def upscale(model: nn.Module, img: np.ndarray, scale: int, device: torch.device | str = "cpu",
+            tile: int | None = None, overlap: int = 8, pad_multiple: int | None = None) -> np.ndarray:
+    """float (H, W, 3) in [0, 1] -> float (sH, sW, 3) clamped to [0, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].to(device)
+    y = tiled_forward(model, x, scale, tile=tile, overlap=overlap, pad_multiple=pad_multiple)
+    return y[0].clamp_(0, 1).permute(1, 2, 0).float().cpu().numpy()
+
+
+def gather_inputs(input_path: str | os.PathLike) -> list[Path]:
+    """A single file, or the image files of a folder (sorted; non-image suffixes ignored)."""
+    p = Path(input_path)
+    if p.is_dir():
+        paths = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise FileNotFoundError(f"input={p}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        return paths
+    if not p.exists():
+        raise FileNotFoundError(f"input={p} does not exist (give an image file or a folder of images)")
+    return [p]
+
+
+def output_paths(inputs: list[Path], out_dir: Path) -> dict[Path, Path]:
+    """`<stem>.png`, or `<stem>_<ext>.png` where two inputs share a stem; refuses to overwrite an input."""
+    stems = [p.stem for p in inputs]
+    out = {p: out_dir / (f"{p.stem}_{p.suffix[1:].lower()}.png" if stems.count(p.stem) > 1 else f"{p.stem}.png")
+           for p in inputs}
+    resolved_inputs = {p.resolve() for p in inputs}
+    clash = [str(o) for o in out.values() if o.resolve() in resolved_inputs]
+    if clash:
+        raise ValueError(f"output={out_dir}: writing would overwrite input images {clash}; choose another folder")
+    return out
+
+
+def run_inference(model: nn.Module, inputs: list[Path], out_dir: str | os.PathLike, device="cpu",
+                  tile: int | None = None, overlap: int = 8, pad_multiple: int | None = None,
+                  progress: bool = True) -> InferenceSummary:
+    """Upscale every input into `out_dir`; failures are collected (path -> message), never raised."""
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    targets = output_paths(inputs, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = model.to(device).eval()
+    scale = model_scale(model, device)
+    if pad_multiple is None:  # window-attention models (SwinIR) need inputs a multiple of their window
+        ws = getattr(model, "window_size", None)
+        pad_multiple = ws if isinstance(ws, int) else None
+    summary = InferenceSummary()
+    bar = tqdm(inputs, desc="upscaling", unit="img", disable=not progress, file=sys.stderr)
+    for path in bar:
+        bar.set_postfix_str(path.name)
+        try:
+            img, depth = read_input(path)
+            sr = upscale(model, img, scale, device, tile, overlap, pad_multiple)
+            maxval = 65535.0 if depth == 16 else 255.0
+            out = np.round(sr * maxval).astype(np.uint16 if depth == 16 else np.uint8)
+            write_image(targets[path], out)
+            summary.written.append(targets[path])
+        except (ValueError, OSError) as e:  # ImageReadError is a ValueError and names the path
+            summary.failed[path] = str(e)
+            bar.write(f"error: {e}", file=sys.stderr)
+        except torch.OutOfMemoryError:
+            summary.failed[path] = f"{path}: out of memory; pass tile=256 (or smaller) to upscale it in tiles"
+            bar.write(f"error: {summary.failed[path]}", file=sys.stderr)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    return summary
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available; use device=cpu or device=auto")
+    return torch.device(device)
+
+
+def main(cfg) -> int:
+    from hydra.utils import to_absolute_path
+    from omegaconf import OmegaConf
+
+    from src.models.io import load_model
+
+    for key in ("ckpt", "input", "output"):
+        if cfg.get(key) in (None, "", "???"):
+            raise ValueError(f"{key}=... is required: python -m src.infer ckpt=<path> input=<image|folder> "
+                             f"output=<folder>")
+    device = resolve_device(str(cfg.device))
+    backbone = cfg.get("backbone")  # a conf/backbone group choice, composed (and resolved) here
+    if backbone is not None:
+        backbone = OmegaConf.to_container(backbone, resolve=True)
+    model = load_model(to_absolute_path(cfg.ckpt), backbone=backbone, map_location=device)
+    out_dir = Path(to_absolute_path(cfg.output))
+    summary = run_inference(model, gather_inputs(to_absolute_path(cfg.input)), out_dir, device, cfg.tile,
+                            cfg.overlap, cfg.pad_multiple, progress=cfg.progress)
+    print(summary.line(out_dir))
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    import hydra
+
+    @hydra.main(config_path="../conf", config_name="infer", version_base="1.3")
+    def _entry(cfg) -> None:
+        code = main(cfg)
+        if code:
+            sys.exit(code)
+
+    _entry()

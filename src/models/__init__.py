@@ -1,0 +1,1 @@
+"""Backbones (MSRResNet, RRDBNet, SwinIR), dropout placement, the LightningModule and weight loading."""

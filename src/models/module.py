@@ -1,0 +1,88 @@
+"""The LightningModule: L1 loss, Adam + cosine schedule, validation PSNR-Y, per-step seeding for exact resume."""
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Mapping
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from torchmetrics import MeanMetric
+from torchmetrics.functional.image import peak_signal_noise_ratio
+
+from src.models.io import build_backbone
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from several integers; hashing avoids the collisions of seed + step style sums."""
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def y_channel(x: torch.Tensor) -> torch.Tensor:
+    """BT.601 luma on the [0, 1] scale, as MATLAB's rgb2ycbcr (16..235 range)."""
+    w = x.new_tensor([65.481, 128.553, 24.966]).view(1, 3, 1, 1)
+    return ((x * w).sum(1, keepdim=True) + 16.0) / 255.0
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class SRModule(pl.LightningModule):
+    """Trains one backbone. All arguments are plain dicts so checkpoints load with `weights_only=True`.
+
+    Args:
+        backbone: backbone config with `_target_` (see conf/backbone).
+        optimizer: optimizer config with `_target_` and `_partial_: true`.
+        scheduler: LR scheduler config with `_target_` and `_partial_: true`, stepped every iteration; or None.
+        scale: upscaling factor, used for the border cropped from validation PSNR.
+        seed: seeds the per-step global RNG (dropout masks) so a resumed run draws the same masks.
+    """
+
+    def __init__(self, backbone: Mapping[str, Any], optimizer: Mapping[str, Any],
+                 scheduler: Mapping[str, Any] | None = None, scale: int = 4, seed: int = 0):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = build_backbone(backbone)
+        self.val_psnr = MeanMetric()
+
+    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        return self.net(lr)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # Dropout masks come from the global RNG; reseeding it from (seed, step, rank) makes them a function of
+        # the step, so an interrupted-and-resumed run matches an uninterrupted one bit for bit.
+        torch.manual_seed(mix_seed(self.hparams.seed, self.global_step, self.global_rank, 1))
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        lr, hr = batch
+        loss = F.l1_loss(self.net(lr), hr)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"loss is {loss.item()} at step {self.global_step}: training stopped; the last good checkpoint "
+                f"is kept (lower module.optimizer.lr, check the data, or disable bf16)")
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        lr, hr = batch
+        sr = (self.net(lr).clamp(0, 1) * 255).round() / 255  # scored as the saved 8-bit image would be
+        b = self.hparams.scale
+        sr_y, hr_y = y_channel(sr)[..., b:-b, b:-b], y_channel(hr)[..., b:-b, b:-b]
+        self.val_psnr.update(peak_signal_noise_ratio(sr_y, hr_y, data_range=1.0, reduction="none", dim=(1, 2, 3)))
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/psnr", self.val_psnr.compute(), prog_bar=True, sync_dist=False)
+        self.val_psnr.reset()
+
+    def configure_optimizers(self):
+        # The configs say `_partial_: true` (they are completed here with params/optimizer); drop it and pass
+        # the missing argument directly.
+        optimizer = instantiate({**self.hparams.optimizer, "_partial_": False}, params=self.parameters())
+        if not self.hparams.scheduler:
+            return optimizer
+        scheduler = instantiate({**self.hparams.scheduler, "_partial_": False}, optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

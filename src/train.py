@@ -1,0 +1,139 @@
+"""Train one SR model (or a sweep with -m) and evaluate it under the paper's 8 test degradations.
+
+    python -m src.train                                   # quickstart: tiny SRResNet, sample photos, CPU
+    python -m src.train data=t91_bsd200 backbone=srresnet trainer=gpu trainer.max_steps=500000
+    python -m src.train -m dropout.position=last,b4 dropout.p=0.1,0.5
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from src.sweep import register_resolvers
+from src.utils import atomic_write_json, atomic_write_text, build
+
+register_resolvers()
+
+
+class AtomicCheckpoint(pl.Callback):
+    """`checkpoints/last.ckpt` every N steps and at the end, replaced atomically so a kill never corrupts it."""
+
+    def __init__(self, dirpath: Path, every_n_steps: int):
+        self.path, self.every_n_steps = Path(dirpath) / "last.ckpt", max(int(every_n_steps), 1)
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        trainer.save_checkpoint(tmp)  # collective under DDP; only rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+        trainer.strategy.barrier("atomic-checkpoint")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % self.every_n_steps == 0:
+            self._save(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.global_step % self.every_n_steps != 0:
+            self._save(trainer)
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    loggers = []
+    for name, logger_cfg in (cfg.get("logger") or {}).items():
+        if name == "wandb":
+            os.environ.setdefault("WANDB_SILENT", "true")
+            # Tags let the W&B dashboard filter and group runs by what the sweep varies.
+            d = cfg.dropout
+            tags = [f"backbone={cfg.backbone._target_.rsplit('.', 1)[-1]}", f"position={d.position}",
+                    f"dim={d.dim}", f"p={d.p}", f"degradation={cfg.degradation._target_.rsplit('.', 1)[-1]}"]
+            loggers.append(build(logger_cfg, tags=tags, config=OmegaConf.to_container(cfg, resolve=True)))
+        else:
+            loggers.append(build(logger_cfg))
+    return loggers
+
+
+def is_complete(run_dir: Path, cfg: DictConfig) -> bool:
+    done, results = run_dir / "train_done.json", run_dir / "results.json"
+    if not (done.is_file() and results.is_file()):
+        return False
+    if json.loads(done.read_text()).get("global_step", -1) < cfg.trainer.max_steps:
+        return False
+    have = json.loads(results.read_text())
+    return all(d in have.get(s, {}) for s in cfg.data.test_sets for d in cfg.eval.degradations)
+
+
+def apply_shrink(cfg: DictConfig) -> None:
+    """Apply `shrink.<BackboneClass>` argument overrides (scale=cpu) to the backbone config, in place."""
+    changes = (cfg.get("shrink") or {}).get(cfg.backbone._target_.rsplit(".", 1)[-1])
+    if changes:
+        with open_dict(cfg):
+            cfg.backbone = OmegaConf.merge(cfg.backbone, changes)
+
+
+def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
+    """Fit, checkpoint, evaluate; returns the results dict. `run_dir` is the job's own folder."""
+    run_dir = Path(run_dir)
+    if cfg.resume and not cfg.force and is_complete(run_dir, cfg):
+        print(f"[train] {run_dir} is already complete (train_done.json + results.json); force=true reruns it")
+        return json.loads((run_dir / "results.json").read_text())
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    apply_shrink(cfg)
+    # The effective config, after shrink: what .hydra/config.yaml says before it is applied.
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+    # Backbone first: a bad dropout position or probability must fail before any data is touched.
+    module_kwargs = OmegaConf.to_container(cfg.module, resolve=True)
+    module = get_class(module_kwargs.pop("_target_"))(**module_kwargs)
+    degradation = build(cfg.degradation)
+    datamodule = build(cfg.data, degradation=degradation)
+    if cfg.channels_last:
+        module.net.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        module.net.compile()  # in place: state-dict keys stay BasicSR-compatible
+
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    trainer = build(cfg.trainer, logger=build_loggers(cfg) or False,
+                          callbacks=[AtomicCheckpoint(ckpt.parent, cfg.ckpt_every_n_steps)],
+                          default_root_dir=str(run_dir))
+    resume_from = str(ckpt) if cfg.resume and ckpt.is_file() and not cfg.force else None
+    if resume_from:
+        print(f"[train] resuming from {resume_from}")
+    start = time.time()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    if trainer.interrupted:
+        raise RuntimeError("training was interrupted; rerun the same command to resume")
+    if not trainer.is_global_zero:
+        return {}
+    atomic_write_json(run_dir / "train_done.json",
+                      {"global_step": trainer.global_step, "fit_seconds": round(time.time() - start, 1)})
+
+    from src.evaluation import evaluate, format_table, write_results
+
+    device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("gpu", "cuda", "auto") else "cpu"
+    results = evaluate(module.net.eval(), datamodule.test_paths, degradations=list(cfg.eval.degradations),
+                       scale=cfg.upscale, seed=cfg.eval.seed, device=device, tile=cfg.eval.tile,
+                       cache_dir=Path(cfg.paths.cache) / "testsets")
+    write_results(run_dir, results)
+    print(format_table(results))
+    return results
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    results = train(cfg, HydraConfig.get().runtime.output_dir)
+    # A sweeper that optimises needs a number: mean PSNR over everything evaluated.
+    values = [m["psnr"] for s in results.values() for m in s.values() if isinstance(m, dict) and "psnr" in m]
+    return sum(values) / len(values) if values else None
+
+
+if __name__ == "__main__":
+    main()

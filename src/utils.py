@@ -1,0 +1,65 @@
+"""Small helpers shared by the entry points: atomic writes and seeding."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def _atomic_write(path: str | os.PathLike, data: bytes) -> Path:
+    # A crash mid-write must never leave a truncated results file or checkpoint behind: write a
+    # temporary file in the same folder (same filesystem), fsync it, then rename over the target.
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    return _atomic_write(path, data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return _atomic_write(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return _atomic_write(path, buffer.getvalue())
+
+
+def build(cfg: Any, **kwargs: Any) -> Any:
+    """`hydra.utils.instantiate`, but a config error surfaces as the original exception.
+
+    Hydra wraps whatever the target raises in an InstantiationException whose message buries the cause; our
+    constructors already raise clear errors (naming the key, the value and what is allowed), so pass them on.
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(cfg, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, (ValueError, FileNotFoundError, TypeError)):
+            raise cause from None
+        raise

@@ -1,0 +1,42 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "disabled")  # no test may reach for the network
+os.environ.setdefault("WANDB_SILENT", "true")
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+
+@pytest.fixture(scope="session")
+def data_root():
+    from src.data.datasets import default_data_root
+
+    root = default_data_root()
+    if not (root / "Set5" / "HR").is_dir():
+        pytest.skip(f"real test data not found under {root} (set SR_DATA_ROOT)")
+    return root
+
+
+def compose_train(overrides, run_dir):
+    """The train config as `python -m src.train <overrides>` would see it, with its output dir set to run_dir."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from src.sweep import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.job.override_dirname = ""
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+TINY = ["logger=none", "trainer.enable_progress_bar=false", "data.batch_size=2", "data.lr_patch_size=16",
+        "data.val_crop=64", "eval.degradations=[clean,noise]"]

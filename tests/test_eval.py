@@ -1,0 +1,228 @@
+"""Evaluation protocol: metrics of 8-bit outputs, bad inputs, reuse of results, files, tiling, the CLI."""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+
+from src.data.testsets import load_test_pairs
+from src.evaluation import evaluate, format_table, load_results, write_results
+from src.metrics import psnr, ssim
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Bicubic(nn.Module):
+    """Stand-in SR model: bicubic upsampling (plus a counter, to see what was recomputed)."""
+
+    def __init__(self, scale=4):
+        super().__init__()
+        self.scale, self.calls = scale, 0
+        self.conv_last = nn.Identity()
+
+    def forward(self, x):
+        self.calls += 1
+        return F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
+
+
+def _smooth(h, w, seed=0, channels=3, dtype=np.uint8):
+    rng = np.random.default_rng(seed)
+    small = rng.random((h // 8 + 2, w // 8 + 2, channels))
+    img = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+    img = np.clip(img, 0, 1) * np.iinfo(dtype).max
+    return np.round(img).astype(dtype)
+
+
+def _write(path, img):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = img[..., ::-1] if img.ndim == 3 and img.shape[2] == 3 else img
+    if img.ndim == 3 and img.shape[2] == 4:
+        arr = img[..., [2, 1, 0, 3]]
+    assert cv2.imwrite(str(path), np.ascontiguousarray(arr))
+    return path
+
+
+@pytest.fixture
+def toy_set(tmp_path):
+    return [_write(tmp_path / "Toy" / "HR" / f"im{i}.png", _smooth(52 + 4 * i, 60, seed=i)) for i in range(2)]
+
+
+def test_metrics_are_those_of_the_rounded_8bit_output(toy_set, tmp_path):
+    model = Bicubic()
+    res = evaluate(model, {"Toy": toy_set}, ["clean", "noise"], scale=4, seed=0, cache_dir=tmp_path / "cache")
+    assert set(res["Toy"]) == {"clean", "noise"}
+    e = res["Toy"]["clean"]
+    assert e["n_images"] == 2 and e["skipped"] == 0 and e["scale"] == 4
+    ps, ss, pr = [], [], []
+    for _, hr, lr in load_test_pairs(toy_set, "clean", 4, 0):
+        x = torch.from_numpy(lr).permute(2, 0, 1)[None].float() / 255
+        sr = (F.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1) * 255).round()
+        sr = sr[0].permute(1, 2, 0).to(torch.uint8).numpy()
+        ps.append(psnr(sr, hr, 4)), ss.append(ssim(sr, hr, 4)), pr.append(psnr(sr, hr, 4, y_channel=False))
+    assert e["psnr"] == pytest.approx(np.mean(ps), abs=1e-6)
+    assert e["ssim"] == pytest.approx(np.mean(ss), abs=1e-9)
+    assert e["psnr_rgb"] == pytest.approx(np.mean(pr), abs=1e-6)
+    assert res["Toy"]["noise"]["psnr"] < e["psnr"]
+    assert not model.training or model.calls  # evaluation ran in eval mode and restored the mode
+    table = format_table(res)
+    assert "Toy" in table and "clean" in table and "noise" in table and f"{e['psnr']:.2f}" in table
+
+
+def test_bad_and_odd_images(tmp_path, caplog):
+    folder = tmp_path / "Odd" / "HR"
+    good = _write(folder / "a_rgb.png", _smooth(48, 48, 1))
+    gray = _write(folder / "b_gray.png", _smooth(48, 44, 2, channels=1))  # cv2 drops the channel axis
+    rgba = _write(folder / "c_rgba.png", _smooth(44, 48, 3, channels=4))
+    deep = _write(folder / "d_16bit.png", _smooth(48, 48, 4, dtype=np.uint16))
+    full = _write(folder / "e_trunc.png", _smooth(48, 48, 5))
+    full.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    tiny = _write(folder / "f_tiny.png", _smooth(3, 8, 6))
+    small = _write(folder / "g_small.png", _smooth(16, 16, 7))  # x4 ok, but nothing left for SSIM
+    junk = folder / "h_junk.png"
+    junk.write_bytes(b"this is not an image")
+    paths = [good, gray, rgba, deep, full, tiny, small, junk]
+    with caplog.at_level(logging.WARNING, logger="src.evaluation"):
+        res = evaluate(Bicubic(), {"Odd": paths}, ["clean"], scale=4)
+    e = res["Odd"]["clean"]
+    assert e["n_images"] == 4 and e["skipped"] == 4 and np.isfinite(e["psnr"])
+    log = caplog.text
+    for p in (full, tiny, small, junk):
+        assert str(p) in log
+    assert "smaller than the scale x4" in log and "SSIM" in log
+    assert "4 image(s) skipped" in format_table(res)
+    # 16-bit is scaled to 8 bits, gray replicated: the same pixels as their 8-bit RGB versions would give
+    only16 = evaluate(Bicubic(), {"d": [deep]}, ["clean"])["d"]["clean"]["psnr"]
+    as8 = _write(tmp_path / "d8.png", np.round(cv2.imread(str(deep), cv2.IMREAD_UNCHANGED)[..., ::-1]
+                                               .astype(np.float64) * 255 / 65535).astype(np.uint8))
+    assert only16 == pytest.approx(evaluate(Bicubic(), {"d": [as8]}, ["clean"])["d"]["clean"]["psnr"], abs=1e-9)
+
+
+def test_results_files_and_reuse(toy_set, tmp_path):
+    run = tmp_path / "run"
+    model = Bicubic()
+    res = evaluate(model, {"Toy": toy_set}, ["clean"], scale=4)
+    write_results(run, res)
+    assert sorted(p.name for p in run.iterdir()) == ["results.csv", "results.json"]  # no temp files left
+    loaded = load_results(run)
+    assert loaded["Toy"]["clean"]["psnr"] == pytest.approx(res["Toy"]["clean"]["psnr"])
+    rows = (run / "results.csv").read_text().splitlines()
+    assert rows[0] == "set,degradation,metric,value,n_images,skipped"
+    assert len(rows) == 1 + 4 and rows[1].startswith("Toy,clean,psnr,") and rows[1].endswith(",2,0")
+    calls = model.calls
+    again = evaluate(model, {"Toy": toy_set}, ["clean", "jpeg"], scale=4, done=loaded)
+    assert model.calls == calls + 2  # only jpeg was computed
+    assert again["Toy"]["clean"] == loaded["Toy"]["clean"]
+    # a different seed or scale, or a changed image count, is not reused
+    evaluate(model, {"Toy": toy_set}, ["clean"], scale=4, seed=1, done=loaded)
+    evaluate(model, {"Toy": toy_set[:1]}, ["clean"], scale=4, done=loaded)
+    assert model.calls == calls + 5
+    (run / "results.json").write_text("{broken")
+    assert load_results(run) == {}
+
+
+def test_tiled_evaluation_equals_untiled_for_srresnet(toy_set):
+    from src.models.srresnet import MSRResNet
+
+    torch.manual_seed(0)
+    net = MSRResNet(num_feat=16, num_block=2, upscale=4)
+    whole = evaluate(net, {"Toy": toy_set}, ["clean"], scale=4)["Toy"]["clean"]
+    tiled = evaluate(net, {"Toy": toy_set}, ["clean"], scale=4, tile=6, overlap=12)["Toy"]["clean"]
+    assert tiled["psnr"] == pytest.approx(whole["psnr"], abs=1e-4)
+    assert tiled["ssim"] == pytest.approx(whole["ssim"], abs=1e-6)
+
+
+def test_bicubic_on_real_set5_matches_the_literature(data_root):
+    from src.data.datasets import list_images
+
+    res = evaluate(Bicubic(), {"Set5": list_images(data_root / "Set5" / "HR")}, ["clean"], scale=4)
+    # Bicubic x4 on Set5 is 28.42 dB PSNR-Y with MATLAB's upsampler; PyTorch's bicubic (no antialiasing needed
+    # when enlarging, but a = -0.75) lands within a few tenths.
+    assert 28.0 < res["Set5"]["clean"]["psnr"] < 28.7
+
+
+# --- src.eval ----------------------------------------------------------------------------------------------
+BACKBONE = {"_target_": "src.models.srresnet.MSRResNet", "num_feat": 8, "num_block": 1, "upscale": 4}
+
+
+def _fake_run(run_dir: Path, seed=0):
+    from src.models.io import build_backbone
+
+    torch.manual_seed(seed)
+    net = build_backbone(BACKBONE)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+                "hyper_parameters": {"backbone": dict(BACKBONE)}}, ckpt)
+    return ckpt
+
+
+def _eval_cfg(root, ckpt, **kw):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("eval", overrides=[f"ckpt={ckpt}", f"data.root={root}", "sets=[Toy]",
+                                         "degradations=[clean,noise]", "device=cpu", "cache_dir=null"]
+                      + [f"{k}={v}" for k, v in kw.items()])
+    return cfg
+
+
+def test_eval_sweep_folder_and_force(toy_set, tmp_path, capsys):
+    from src.eval import run_eval
+
+    root = toy_set[0].parents[1].parent
+    sweep = tmp_path / "sweep"
+    for i in range(2):
+        _fake_run(sweep / f"job{i}", seed=i)
+    (sweep / "job_failed").mkdir()  # a job without a checkpoint is not a run
+    out = run_eval(_eval_cfg(root, sweep))
+    assert sorted(p.name for p in out) == ["job0", "job1"]
+    for i in range(2):
+        r = json.loads((sweep / f"job{i}" / "results.json").read_text())
+        assert set(r["Toy"]) == {"clean", "noise"} and r["Toy"]["clean"]["n_images"] == 2
+    assert "PSNR (dB, Y channel)" in capsys.readouterr().out
+    # rerun: everything is reused; force recomputes
+    before = (sweep / "job0" / "results.json").stat().st_mtime_ns
+    out = run_eval(_eval_cfg(root, sweep / "job0" / "checkpoints" / "last.ckpt"))
+    assert list(out) == [sweep / "job0"]
+    r = json.loads((sweep / "job0" / "results.json").read_text())
+    assert r["Toy"]["clean"]["n_images"] == 2
+    run_eval(_eval_cfg(root, sweep / "job0", force="true", degradations="[jpeg]"))
+    r = json.loads((sweep / "job0" / "results.json").read_text())
+    assert set(r["Toy"]) == {"jpeg"} and (sweep / "job0" / "results.json").stat().st_mtime_ns > before
+
+
+def test_eval_missing_set_names_path_and_download(tmp_path):
+    from src.eval import run_eval
+
+    ckpt = _fake_run(tmp_path / "run")
+    cfg = _eval_cfg(tmp_path / "data", ckpt)
+    cfg.sets = ["Urban100"]
+    with pytest.raises(FileNotFoundError) as e:
+        run_eval(cfg)
+    msg = str(e.value)
+    assert str(tmp_path / "data" / "Urban100" / "HR") in msg and "python -m src.data.download Urban100" in msg
+    cfg.ckpt = str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        run_eval(cfg)
+
+
+def test_eval_cli(toy_set, tmp_path):
+    root = toy_set[0].parents[1].parent
+    ckpt = _fake_run(tmp_path / "run")
+    cmd = [sys.executable, "-m", "src.eval", f"ckpt={ckpt}", f"data.root={root}", "sets=[Toy]",
+           "degradations=clean", "device=cpu", f"cache_dir={tmp_path / 'cache'}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "Toy" in proc.stdout and (tmp_path / "run" / "results.csv").is_file()

@@ -1,0 +1,80 @@
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import REPO, TINY, compose_train
+
+
+def _run_train(tmp_path, overrides):
+    from src.train import train
+
+    cfg = compose_train(TINY + [f"paths.runs={tmp_path}", f"paths.cache={tmp_path / 'cache'}"] + overrides, tmp_path)
+    return train(cfg, tmp_path), cfg
+
+
+def test_fast_dev_run_writes_checkpoint_and_results(tmp_path):
+    results, cfg = _run_train(tmp_path, ["debug=fast"])
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(saved) == {"skimage_holdout"}
+    assert set(saved["skimage_holdout"]) == {"clean", "noise"}
+    for metrics in saved["skimage_holdout"].values():
+        assert math.isfinite(metrics["psnr"]) and 5 < metrics["psnr"] < 60
+        assert metrics["n_images"] == 3
+    assert (tmp_path / "results.csv").is_file()
+
+
+def test_checkpoint_loads_weights_only_and_rebuilds_backbone(tmp_path):
+    from src.models.io import load_model
+
+    _run_train(tmp_path, ["debug=fast"])
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["backbone"]["_target_"] == "src.models.srresnet.MSRResNet"
+    model = load_model(tmp_path / "checkpoints" / "last.ckpt")
+    assert not model.training
+    assert model(torch.rand(1, 3, 8, 8)).shape == (1, 3, 32, 32)
+
+
+def test_missing_data_root_names_path_and_how_to_get_it(tmp_path):
+    from src.train import train
+
+    cfg = compose_train(TINY + ["data=t91_bsd200", f"data.root={tmp_path / 'nowhere'}"], tmp_path)
+    with pytest.raises(FileNotFoundError) as err:
+        train(cfg, tmp_path)
+    msg = str(err.value)
+    assert str(tmp_path / "nowhere" / "T91" / "HR") in msg and "SR_DATA_ROOT" in msg
+
+
+def test_bad_dropout_position_fails_before_training(tmp_path):
+    from src.train import train
+
+    cfg = compose_train(TINY + ["dropout.position=b16"], tmp_path)  # tiny has 4 blocks
+    with pytest.raises(ValueError, match="dropout.position"):
+        train(cfg, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_multirun_sweep_runs_four_jobs_in_own_folders(tmp_path):
+    cmd = [sys.executable, "-m", "src.train", "-m", "dropout.position=last,none", "dropout.p=0.1,0.5", "debug=fast",
+           *TINY, f"paths.runs={tmp_path}", f"paths.cache={tmp_path / 'cache'}", "name=sw"]
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(p for p in (tmp_path / "sw").iterdir() if p.is_dir())
+    assert len(jobs) == 4
+    for job, (p, pos) in zip(jobs, [(0.1, "last"), (0.1, "none"), (0.5, "last"), (0.5, "none")]):
+        assert f"dropout.p={p},dropout.position={pos}" in job.name  # folders are named by the overrides
+    for job in jobs:
+        cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
+        assert cfg.dropout.position in ("last", "none")
+        assert (job / "checkpoints" / "last.ckpt").is_file()
+        results = json.loads((job / "results.json").read_text())
+        assert all(math.isfinite(m["psnr"]) for m in results["skimage_holdout"].values())
+    manifest = json.loads((tmp_path / "sw" / "manifest.json").read_text())
+    assert len(manifest["jobs"]) == 4 and manifest["failed"] == []
