@@ -125,6 +125,10 @@ def analyze(models: dict[str, nn.Module], tool: str, out: str | Path, pairs=None
     """
     if tool not in TOOLS:
         raise ValueError(f"tool={tool!r}; allowed: {', '.join(TOOLS)}")
+    if tool in ("csm", "ablation", "all") and not pairs:
+        raise ValueError(f"tool={tool} needs (name, LR, HR) image pairs; got none")
+    if tool in ("ddr", "all") and not ddr_images:
+        raise ValueError(f"tool={tool} needs HR images for DDR; got none")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, dict] = {label: {} for label in models}

@@ -72,18 +72,27 @@ def run_eval(cfg: DictConfig) -> dict[Path, dict]:
     backbone = cfg.get("backbone")
     if isinstance(backbone, (DictConfig, ListConfig)):
         backbone = OmegaConf.to_container(backbone, resolve=True)
-    out = {}
+    out, failed = {}, []
     for i, (ckpt, run_dir) in enumerate(runs, 1):
         print(f"[eval] ({i}/{len(runs)}) {ckpt}")
         existing = {} if cfg.force else load_results(run_dir)
-        model = load_model(ckpt, backbone=backbone, map_location=device)
-        new = evaluate(model, sets, degradations, scale=cfg.scale, seed=cfg.seed, device=device, tile=cfg.tile,
-                       cache_dir=cfg.get("cache_dir"), overlap=cfg.overlap, done=existing)
-        merged = merge_results(existing, new)
-        write_results(run_dir, merged)
+        try:
+            model = load_model(ckpt, backbone=backbone, map_location=device)
+            new = evaluate(model, sets, degradations, scale=cfg.scale, seed=cfg.seed, device=device, tile=cfg.tile,
+                           cache_dir=cfg.get("cache_dir"), overlap=cfg.overlap, done=existing)
+        except Exception as e:  # noqa: BLE001 - any per-run failure (corrupt file, wrong weights, OOM)
+            if len(runs) == 1:
+                raise
+            # One broken checkpoint must not cost the rest of a sweep its evaluation.
+            print(f"[eval] FAILED {ckpt}: {type(e).__name__}: {e}")
+            failed.append(f"{ckpt}: {e}")
+            continue
+        write_results(run_dir, merge_results(existing, new))
         print(format_table(new))
         print(f"[eval] wrote {run_dir / 'results.json'} and results.csv")
         out[run_dir] = new
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(runs)} runs could not be evaluated:\n" + "\n".join(failed))
     return out
 
 

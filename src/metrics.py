@@ -44,7 +44,11 @@ def rgb_to_y(img):
     if img.dtype != np.uint8:
         raise ValueError(f"rgb_to_y: numpy input must be uint8 (0-255), got {img.dtype}; pass [0, 1] data "
                          "as a torch tensor (..., 3, H, W)")
-    return 16.0 + img.astype(np.float64) @ np.asarray(_Y_WEIGHTS) / 255.0
+    return _y(img.astype(np.float64))
+
+
+def _y(rgb255: np.ndarray) -> np.ndarray:
+    return 16.0 + rgb255 @ (np.asarray(_Y_WEIGHTS) / 255.0)
 
 
 def _as_images(img, name: str) -> list[np.ndarray]:
@@ -81,8 +85,7 @@ def _prepare(sr, hr, crop_border: int, y_channel: bool) -> list[tuple[np.ndarray
     for x, y in zip(a, b):
         x, y = x[c, c], y[c, c]
         if y_channel and x.shape[2] == 3:
-            w_ = np.asarray(_Y_WEIGHTS) / 255.0
-            x, y = (16.0 + x @ w_)[..., None], (16.0 + y @ w_)[..., None]
+            x, y = _y(x)[..., None], _y(y)[..., None]
         out.append((x, y))
     return out
 

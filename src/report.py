@@ -49,6 +49,9 @@ class Run:
     dim: str
     p: float
     results: dict = field(default_factory=dict)
+    n: int = 1                      # runs (seeds) averaged into this row
+    fingerprint: str = ""           # the config without seed and bookkeeping keys: equal = same experiment
+    tag: str = ""                   # set when same-looking rows come from different experiments
 
     @property
     def baseline(self) -> bool:
@@ -56,8 +59,10 @@ class Run:
 
     @property
     def label(self) -> str:
-        return f"{self.group} (p={self.p:g})" if self.baseline or self.position == "last" and self.dim == "channel" \
-            else f"{self.group} {POSITION_LABEL.get(self.position, self.position)} {self.dim} (p={self.p:g})"
+        seeds = (f" [mean of {self.n}]" if self.n > 1 else "") + (f" [{self.tag}]" if self.tag else "")
+        if self.baseline or self.position == "last" and self.dim == "channel":  # the paper's naming
+            return f"{self.group} (p={self.p:g}){seeds}"
+        return f"{self.group} {POSITION_LABEL.get(self.position, self.position)} {self.dim} (p={self.p:g}){seeds}"
 
     def value(self, s: str, d: str, metric: str) -> float:
         v = self.results.get(s, {}).get(d, {}).get(metric)
@@ -98,7 +103,27 @@ def read_run(run_dir: Path) -> Run | None:
         position, p = "none", 0.0
     results = json.loads(res_path.read_text())
     return Run(run_dir, name, prefix + name + ("" if not size else f"[{','.join(size)}]"), position,
-               str(_select(cfg, "dropout.dim", "channel")), p, results)
+               str(_select(cfg, "dropout.dim", "channel")), p, results, fingerprint=_fingerprint(cfg))
+
+
+# Keys that do not change what a run learns; runs equal in everything else are seeds of one experiment.
+_BOOKKEEPING = ("seed", "name", "paths", "logger", "resume", "force", "eval", "ckpt_every_n_steps", "data.root",
+                "data.num_workers", "data.cache_dir", "data.seed", "module.seed", "trainer.devices",
+                "trainer.accelerator", "trainer.strategy", "trainer.enable_progress_bar", "hydra")
+
+
+def _fingerprint(cfg) -> str:
+    from omegaconf import OmegaConf
+
+    c = OmegaConf.to_container(cfg, resolve=False)
+    for key in _BOOKKEEPING:
+        *parents, last = key.split(".")
+        node = c
+        for k in parents:
+            node = node.get(k, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return json.dumps(c, sort_keys=True, default=str)
 
 
 def _short_groups(runs: list[Run]) -> None:
@@ -146,7 +171,14 @@ def _merge_seeds(runs: list[Run]) -> list[Run]:
     """Runs that differ only in seed become one row holding their mean."""
     by = defaultdict(list)
     for r in runs:
-        by[(r.group, r.position, r.dim, r.p)].append(r)
+        by[(r.group, r.position, r.dim, r.p, r.fingerprint)].append(r)
+    clash = defaultdict(int)
+    for key in by:
+        clash[key[:4]] += 1
+    for key, rs in by.items():  # same row label, different experiments: tell them apart by folder
+        if clash[key[:4]] > 1:
+            for r in rs:
+                r.tag = r.dir.name
     out = []
     for rs in by.values():
         if len(rs) == 1:
@@ -160,8 +192,8 @@ def _merge_seeds(runs: list[Run]) -> list[Run]:
                                                                     for c in cells]))
                                                for m in ("psnr", "ssim", "psnr_rgb", "ssim_rgb") if m in cells[0]}
         r0 = rs[0]
-        out.append(Run(r0.dir, r0.backbone, r0.group, r0.position, r0.dim, r0.p, merged))
-        out[-1].group_note = f"mean of {len(rs)} runs"
+        out.append(Run(r0.dir, r0.backbone, r0.group, r0.position, r0.dim, r0.p, merged, len(rs), r0.fingerprint,
+                       r0.tag))
     return out
 
 
@@ -169,6 +201,15 @@ def _columns(runs: list[Run]) -> list[tuple[str, str]]:
     sets = {s for r in runs for s in r.results}
     ordered = [s for s in SET_ORDER if s in sets] + sorted(sets - set(SET_ORDER))
     return [(s, d) for s in ordered for d in DEGS if any(d in r.results.get(s, {}) for r in runs)]
+
+
+def _groups(runs: list[Run]) -> list[str]:
+    """Groups in the paper's order: SRResNet before RRDB before SwinIR."""
+    order = list(BACKBONE_LABEL.values())
+    first = {}
+    for r in runs:
+        first.setdefault(r.group, (order.index(r.backbone) if r.backbone in order else len(order), r.group))
+    return sorted(first, key=first.get)
 
 
 def _sort_key(r: Run):
@@ -184,6 +225,8 @@ class Table:
     col_groups: list[str]           # header over each block of columns (a set), "" for none
     columns: list[str]
     rows: list[tuple[str, list[float], str]]   # (label, values, kind: "model" | "delta")
+    per_row: bool = False           # rank best/second within rows (Table A.2) instead of columns
+    row_header: str = "Model"
 
     def marks(self) -> dict[tuple[int, int], str]:
         """{(row, col): "best" | "second"} over the model rows, per column."""
@@ -212,7 +255,7 @@ def _fmt(v: float, kind: str, digits: int) -> str:
 def table_main(runs: list[Run], cols, metric: str) -> Table:
     """Table 1 layout: per group, the baseline, then each dropout variant and its Improvement over the baseline."""
     rows = []
-    for group in sorted({r.group for r in runs}):
+    for group in _groups(runs):
         rs = sorted((r for r in runs if r.group == group), key=_sort_key)
         base = rs[0] if rs[0].baseline else None
         for r in rs:
@@ -251,16 +294,15 @@ def table_probabilities(runs: list[Run], cols, metric: str) -> list[Table]:
             continue
         rs = base + rs
         rows = [(f"{s} {d}", [r.value(s, d, metric) for r in rs], "model") for s, d in cols]
-        t = Table(f"table_a2_{_slug(group)}_{pos}_{dim}",
-                  f"{metric.upper()} of {group} with {dim}-wise dropout at {pos} for different probabilities.",
-                  [""] * len(rs), [f"p={r.p:g}" for r in rs], rows)
-        t.per_row = True
-        out.append(t)
+        out.append(Table(f"table_a2_{_slug(group)}_{pos}_{dim}",
+                         f"{metric.upper()} of {group} with {dim}-wise dropout at {pos} for different probabilities.",
+                         [""] * len(rs), [f"p={r.p:g}" for r in rs], rows, per_row=True,
+                         row_header="Test set"))
     return out
 
 
 def _row_marks(t: Table) -> dict[tuple[int, int], str]:
-    if not getattr(t, "per_row", False):
+    if not t.per_row:
         return t.marks()
     out = {}
     for i, (_, vals, _) in enumerate(t.rows):
@@ -286,7 +328,7 @@ def to_markdown(t: Table, digits: int = 2) -> str:
     for j, g in enumerate(t.col_groups):
         spans[g].append(j)
     for g, js in spans.items():
-        lines = [f"**{g}**\n" if g else "", "| Model | " + " | ".join(t.columns[j] for j in js) + " |",
+        lines = [f"**{g}**\n" if g else "", f"| {t.row_header} | " + " | ".join(t.columns[j] for j in js) + " |",
                  "|---|" + "---:|" * len(js)]
         for i, (label, vals, kind) in enumerate(t.rows):
             cells = []
@@ -314,7 +356,7 @@ def to_latex(t: Table, digits: int = 2) -> str:
     for g, js in spans.items():
         if g:
             out.append(f"\\multicolumn{{{width + 1}}}{{c}}{{{_tex_escape(g)}}} \\\\")
-        out.append("Model & " + " & ".join(_tex_escape(t.columns[j]) for j in js) + " \\\\")
+        out.append(f"{t.row_header} & " + " & ".join(_tex_escape(t.columns[j]) for j in js) + " \\\\")
         out.append("\\midrule")
         for i, (label, vals, kind) in enumerate(t.rows):
             cells = []
@@ -372,14 +414,14 @@ def fig_dropout_bars(runs: list[Run], group: str, s: str, d: str, metric: str, p
     """Fig. 4: bars per position x probability, one panel per dropout dimension, baseline as a dashed line."""
     rs = [r for r in runs if r.group == group]
     drop = [r for r in rs if not r.baseline and not math.isnan(r.value(s, d, metric))]
-    if not drop:
+    if len({(r.position, r.dim, r.p) for r in drop}) < 2:  # one bar compares nothing; Table 1 has it
         return None
     plt = _plt()
     dims = [x for x in ("channel", "element") if any(r.dim == x for r in drop)]
     positions = [p for p in POSITION_ORDER if any(r.position == p for r in drop)]
     probs = sorted({r.p for r in drop})
-    fig, axes = plt.subplots(1, len(dims), figsize=(max(4.5, 1.1 * len(positions) * len(probs) ** 0.5) * len(dims), 3.6),
-                             squeeze=False, sharey=True)
+    panel_w = max(4.5, 1.1 * len(positions) * len(probs) ** 0.5)
+    fig, axes = plt.subplots(1, len(dims), figsize=(panel_w * len(dims), 3.6), squeeze=False, sharey=True)
     vals_all = [r.value(s, d, metric) for r in drop]
     base = [r.value(s, d, metric) for r in rs if r.baseline]
     width = 0.8 / len(probs)
@@ -466,7 +508,9 @@ def fig_visual(ckpt_without, ckpt_with, image, path: Path, degradations=("clean"
     y, x = _texture_crop(hr, crop)
     c = min(crop, *hr.shape[:2])
     plt = _plt()
-    fig, axes = plt.subplots(len(degradations), 5, figsize=(13, 2.8 * len(degradations)), squeeze=False)
+    aspect = hr.shape[1] / hr.shape[0]
+    fig, axes = plt.subplots(len(degradations), 5, figsize=(10 + 2.6 * aspect, 2.8 * len(degradations)),
+                             squeeze=False, gridspec_kw={"width_ratios": [aspect, 1, 1, 1, 1]})
     for row, d in zip(axes, degradations):
         lr = degrade_test_image(hr, d, scale, seed)
         srs = [super_resolve(m, lr, scale, device) for m in models]
@@ -509,7 +553,7 @@ def build_report(sweeps: Sequence[os.PathLike], out: os.PathLike | None = None, 
         s, d = fig4.split("/", 1)
     else:  # the paper's Fig. 4 uses BSD100 (bicubic); fall back to the first column available
         s, d = ("BSD100", "clean") if ("BSD100", "clean") in cols else cols[0]
-    for group in sorted({r.group for r in runs}):
+    for group in _groups(runs):
         for kind, fn in (("fig4", lambda p: fig_dropout_bars(runs, group, s, d, metric, p)),
                          ("curves", lambda p: fig_curves(runs, group, p))):
             p = fn(out / f"{kind}_{_slug(group)}.png")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,18 +23,19 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("run_id", run_id)
 
 
-class ManifestCallback(Callback):
-    """Writes `job.json` (overrides, status, error) into each job's folder, and `manifest.json` (all jobs) into
-    the sweep folder when the sweep ends. Per-job files avoid racing writers under parallel launchers."""
+def write_job_status(output_dir: str | Path, overrides: list[str], error: BaseException | None = None) -> None:
+    """`job.json` in the job's folder: its overrides and status (and error). One file per job, so parallel
+    launchers never race on a shared manifest."""
+    entry = {"overrides": list(overrides), "dir": Path(output_dir).name,
+             "status": "failed" if error else "completed", "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if error is not None:
+        entry["error"] = f"{type(error).__name__}: {error}"
+    atomic_write_json(Path(output_dir) / "job.json", entry)
 
-    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        output = Path(config.hydra.runtime.output_dir)
-        status = getattr(job_return.status, "name", str(job_return.status)).lower()
-        entry = {"overrides": list(config.hydra.overrides.task), "dir": output.name, "status": status,
-                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        if status != "completed":
-            entry["error"] = f"{type(job_return._return_value).__name__}: {job_return._return_value}"
-        atomic_write_json(output / "job.json", entry)
+
+class ManifestCallback(Callback):
+    """At the end of a sweep, gathers every job's `job.json` into `manifest.json` in the sweep folder and exits
+    non-zero if any job failed (the failed jobs do not stop the others: src.train records and swallows them)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -46,4 +48,8 @@ class ManifestCallback(Callback):
         failed = sorted(k for k, v in jobs.items() if v.get("status") != "completed")
         atomic_write_json(sweep_dir / "manifest.json", {"name": config.get("name"), "jobs": jobs, "failed": failed})
         if failed:
-            print(f"[sweep] {len(failed)} of {len(jobs)} jobs failed: {', '.join(failed)} (see {sweep_dir}/manifest.json)")
+            for name in failed:
+                print(f"[sweep] FAILED {name}: {jobs[name].get('error')}", file=sys.stderr)
+            print(f"[sweep] {len(failed)} of {len(jobs)} jobs failed (see {sweep_dir / 'manifest.json'})",
+                  file=sys.stderr)
+            sys.exit(1)

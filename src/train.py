@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -15,13 +16,15 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from src.sweep import register_resolvers
+from src.sweep import register_resolvers, write_job_status
 from src.utils import atomic_write_json, atomic_write_text, build
 
 register_resolvers()
+log = logging.getLogger(__name__)
 
 
 class AtomicCheckpoint(pl.Callback):
@@ -44,6 +47,11 @@ class AtomicCheckpoint(pl.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.global_step % self.every_n_steps != 0:
             self._save(trainer)
+
+
+def is_rank_zero() -> bool:
+    # Under DDP every rank runs this script; only one may write the job's status files.
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0
 
 
 def build_loggers(cfg: DictConfig) -> list:
@@ -108,7 +116,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
     if resume_from:
         print(f"[train] resuming from {resume_from}")
     start = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     if trainer.interrupted:
         raise RuntimeError("training was interrupted; rerun the same command to resume")
     if not trainer.is_global_zero:
@@ -129,7 +137,20 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    results = train(cfg, HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    output_dir, overrides = hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task)
+    try:
+        results = train(cfg, output_dir)
+    except Exception as error:
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            raise
+        # In a sweep, one bad job must not cost the others: record it, and the sweep exits non-zero at the end.
+        log.exception("job %s failed", output_dir)
+        if is_rank_zero():
+            write_job_status(output_dir, overrides, error)
+        return None
+    if is_rank_zero():
+        write_job_status(output_dir, overrides)
     # A sweeper that optimises needs a number: mean PSNR over everything evaluated.
     values = [m["psnr"] for s in results.values() for m in s.values() if isinstance(m, dict) and "psnr" in m]
     return sum(values) / len(values) if values else None

@@ -11,6 +11,10 @@ from typing import Any
 import torch
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def _atomic_write(path: str | os.PathLike, data: bytes) -> Path:
     # A crash mid-write must never leave a truncated results file or checkpoint behind: write a
     # temporary file in the same folder (same filesystem), fsync it, then rename over the target.
@@ -18,6 +22,7 @@ def _atomic_write(path: str | os.PathLike, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; results and images should not be
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

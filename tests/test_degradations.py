@@ -129,7 +129,8 @@ def test_filter2d_matches_scipy_reflect101_per_sample():
 
 def test_filter2d_grouping_by_support_changes_nothing():
     # mixed supports, underflowed Gaussian tails and identity pulses, against one full 21 x 21 correlation
-    k = torch.cat([D.random_kernels(6, gen(1), blur_sigma=(0.2, 0.5)), D.random_final_sinc_kernels(6, gen(2))])
+    k = torch.cat([D.random_kernels(6, gen(1), blur_sigma=(0.2, 0.5)), D.random_final_sinc_kernels(5, gen(2)),
+                   D.pulse_kernel(1)])
     x = torch.rand(12, 3, 30, 26, generator=gen())
     full = torch.nn.functional.conv2d(D.reflect_pad(x, 10).view(1, 36, 50, 46),
                                       k.repeat_interleave(3, 0)[:, None], groups=36).view(12, 3, 30, 26)

@@ -157,6 +157,11 @@ def test_partial_file_from_earlier_run_is_resumed(server, tmp_path):
     download(f"{server.base}/blob.bin", dest, size=len(data))
     assert dest.read_bytes() == data
     assert server.requests[-1] == ("/blob.bin", "bytes=3000-")
+    # a .part that already holds everything (size unknown): the server answers 416 and the file is kept
+    dest3 = tmp_path / "blob3.bin"
+    dest3.with_name("blob3.bin.part").write_bytes(data)
+    download(f"{server.base}/blob.bin", dest3)
+    assert dest3.read_bytes() == data
     # a server that ignores Range makes the client start over instead of appending a duplicate
     server.ranges = False
     dest2 = tmp_path / "blob2.bin"

@@ -5,7 +5,6 @@ import json
 import logging
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import cv2
@@ -13,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import nn
 
 from src.data.testsets import load_test_pairs
@@ -58,7 +56,8 @@ def toy_set(tmp_path):
     return [_write(tmp_path / "Toy" / "HR" / f"im{i}.png", _smooth(52 + 4 * i, 60, seed=i)) for i in range(2)]
 
 
-def test_metrics_are_those_of_the_rounded_8bit_output(toy_set, tmp_path):
+def test_metrics_are_those_of_the_rounded_8bit_output(toy_set, tmp_path, monkeypatch):
+    monkeypatch.setattr("src.evaluation.CHUNK", 1)  # decoding in chunks must not change or lose images
     model = Bicubic()
     res = evaluate(model, {"Toy": toy_set}, ["clean", "noise"], scale=4, seed=0, cache_dir=tmp_path / "cache")
     assert set(res["Toy"]) == {"clean", "noise"}
@@ -226,3 +225,17 @@ def test_eval_cli(toy_set, tmp_path):
                           env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr
     assert "Toy" in proc.stdout and (tmp_path / "run" / "results.csv").is_file()
+
+
+def test_eval_sweep_goes_on_past_a_broken_checkpoint(toy_set, tmp_path):
+    from src.eval import run_eval
+
+    root = toy_set[0].parents[1].parent
+    _fake_run(tmp_path / "sweep" / "a")
+    bad = tmp_path / "sweep" / "b" / "checkpoints" / "last.ckpt"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="1 of 2 runs could not be evaluated"):
+        run_eval(_eval_cfg(root, tmp_path / "sweep", degradations="[clean]"))
+    assert (tmp_path / "sweep" / "a" / "results.json").is_file()
+    assert not (tmp_path / "sweep" / "b" / "results.json").exists()

@@ -229,3 +229,20 @@ def test_cli_exit_code_and_summary(ckpt, mixed_folder, tmp_path):
     assert res.returncode == 0, res.stderr
     assert "upscaled 1/1 images" in res.stdout
     assert not (REPO / "outputs").exists() or not any((REPO / "outputs").rglob("infer.log"))
+
+
+def test_basicsr_pth_with_backbone_group(ckpt, mixed_folder, tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from src.infer import main
+    from src.models.io import load_model
+
+    pth = tmp_path / "net_g.pth"
+    torch.save({"params_ema": load_model(ckpt).state_dict()}, pth)
+    base = [f"ckpt={pth}", f"input={mixed_folder / 'rgb.png'}", f"output={tmp_path / 'o'}", "progress=false"]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        good = compose("infer", overrides=base + ["backbone=srresnet", "backbone.num_feat=16", "backbone.num_block=2"])
+        missing = compose("infer", overrides=base)
+    assert main(good) == 0 and (tmp_path / "o" / "rgb.png").is_file()
+    with pytest.raises(ValueError, match="backbone"):
+        main(missing)

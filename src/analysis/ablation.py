@@ -123,7 +123,7 @@ def plot_single(results: dict[str, Ablation], path):
     fig, axes = plt.subplots(n, 1, figsize=(10, 2.8 * n), squeeze=False, sharey=True)
     for ax, (label, r) in zip(axes[:, 0], results.items()):
         ax.bar(np.arange(len(r.single)), r.drop, color="tab:red")
-        ax.set_title(f"{label}: baseline {r.baseline:.2f} dB, max drop {r.drop.max():.2f} dB", fontsize=10)
+        ax.set_title(f"{label}: baseline {r.baseline:.2f} dB, max drop {r.drop.max():.3f} dB", fontsize=10)
         ax.set_ylabel("PSNR drop (dB)")
         ax.axhline(0, color="black", linewidth=0.5)
     axes[-1, 0].set_xlabel("ablated channel index")

@@ -71,7 +71,7 @@ def channel_saliency(model: nn.Module, lr: torch.Tensor, layer: str = DEFAULT_LA
 
 
 def _mosaic(maps: torch.Tensor, cols: int, tile: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """(C, H, W) maps in [0, 1] -> (one 2-D array of tiles, the tile step (dy, dx) in it).
+    """(C, H, W) maps in [0, 1] -> (one 2-D array of tiles with NaN gaps, the tile step (dy, dx) in it).
 
     Tiles are shrunk by area averaging to at most `tile` px so 64 HR-size maps stay a readable figure.
     """
@@ -80,9 +80,10 @@ def _mosaic(maps: torch.Tensor, cols: int, tile: int) -> tuple[np.ndarray, tuple
     if k > 1:
         maps = F.avg_pool2d(maps[None], k, ceil_mode=True)[0]
     c, h, w = maps.shape
+    cols = min(cols, c)
     rows = int(np.ceil(c / cols))
-    pad = 2
-    canvas = np.ones((rows * (h + pad) - pad, cols * (w + pad) - pad), dtype=np.float32)
+    pad = max(1, h // 16)
+    canvas = np.full((rows * (h + pad) - pad, cols * (w + pad) - pad), np.nan, dtype=np.float32)
     for i in range(c):
         r, q = divmod(i, cols)
         canvas[r * (h + pad):r * (h + pad) + h, q * (w + pad):q * (w + pad) + w] = maps[i].numpy()
@@ -95,23 +96,29 @@ def plot_csm_grid(entries: list[tuple[str, torch.Tensor, torch.Tensor]], path, m
 
     `entries` holds (label, features (C, H, W), csm (C, H, W)) of one image. Feature maps are min-max
     normalised over all channels together, like the CSM, so a dominant channel shows up as the bright one.
+    `channel_notes` (one dict per entry) adds text after each tile's channel index.
     """
     plt = pyplot()
-    fig, axes = plt.subplots(len(entries), 2, figsize=(12, 6.2 * len(entries)), squeeze=False)
-    for row, (label, feats, csm) in enumerate(entries):
-        c = min(feats.shape[0], max_channels)
-        grids = (_mosaic(normalise(feats[None, :c])[0], cols, tile), _mosaic(csm[:c], cols, tile))
-        for ax, (grid, (dy, dx)), name in zip(axes[row], grids, ("feature maps", "CSM")):
-            ax.imshow(grid, cmap="gray" if name == "CSM" else "viridis", vmin=0, vmax=1, interpolation="nearest")
+    counts = [min(f.shape[0], max_channels) for _, f, _ in entries]
+    grids = [(_mosaic(normalise(f[None, :c])[0], cols, tile), _mosaic(m[:c], cols, tile))
+             for (_, f, m), c in zip(entries, counts)]
+    aspect = grids[0][0][0].shape[0] / grids[0][0][0].shape[1]
+    fig, axes = plt.subplots(len(entries), 2, figsize=(12, (6 * aspect + 0.5) * len(entries)), squeeze=False)
+    for row, ((label, _, _), pair, c) in enumerate(zip(entries, grids, counts)):
+        notes = channel_notes[row] if channel_notes else {}
+        for ax, (grid, (dy, dx)), name, cmap in zip(axes[row], pair, ("feature maps", "CSM"), ("viridis", "gray")):
+            cm = plt.get_cmap(cmap).with_extremes(bad="white")  # NaN gaps between tiles
+            ax.imshow(grid, cmap=cm, vmin=0, vmax=1, interpolation="nearest")
             ax.set_title(f"{label}: {name}", fontsize=11)
             ax.axis("off")
-            notes = channel_notes[row] if channel_notes else {}
             for i in range(c):
-                r, q = divmod(i, cols)
+                r, q = divmod(i, min(cols, c))
                 text = f"{i}" + (f" {notes[i]}" if i in notes else "")
                 ax.text(q * dx + 1, r * dy + 1, text, color="white", fontsize=6, va="top",
                         bbox=dict(facecolor="black", alpha=0.5, pad=0.5, linewidth=0))
-    fig.suptitle(f"Feature maps and channel saliency maps (first {c} channels)")
+    extra = "; tile label: channel, PSNR change (dB) when it alone is ablated" if channel_notes else ""
+    fig.suptitle(f"Feature maps and channel saliency maps (first {max(counts)} channels{extra})", fontsize=10)
+    fig.tight_layout()
     return save_figure(fig, path)
 
 

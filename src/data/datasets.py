@@ -136,7 +136,9 @@ class StepSampler(Sampler[int]):
         self.start_step, self.rank, self.world_size = start_step, rank, world_size
 
     def __len__(self) -> int:
-        return max(self.total_steps - self.start_step, 0) * self.batch_size
+        # The whole run's length even when resuming: Lightning restores its batch counter within the epoch and
+        # ends the epoch at len(); a shorter length would end it early and restart the data from start_step.
+        return self.total_steps * self.batch_size
 
     def __iter__(self):
         for step in range(self.start_step, self.total_steps):

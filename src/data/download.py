@@ -10,12 +10,16 @@ absolute paths, `..` components or links, and goes through a temporary folder th
 only when complete, so a failure never leaves a half-extracted set.
 
 Checksums, and where they come from (none could be recomputed here: this machine has no internet access):
-| archive               | bytes         | digest                                                            | source |
-| DIV2K_train_HR.zip    | 3,530,603,713 | sha256 9d0b9c463f6e35b6c62cc6a930ee2224f670b34c1df841a57670f9acf0f6c335 | TFDS url_checksums/div2k.txt |
-| DIV2K_valid_HR.zip    |   448,993,893 | sha256 20dd31fd84d777bc1cf5d6b7654a3f569c0aec74458ae094122ad1d0489900fc | TFDS url_checksums/div2k.txt |
-| Flickr2K.tar          | unknown       | md5 5d3f39443d5e9489bff8963f8f26cb03 (no sha256 published)          | Coloquinte/torchSR datasets/flickr2k.py |
-| benchmark.tar (EDSR)  | unknown       | md5 4ace41d33c2384b97e6b320cd0afd6ba (no sha256 published)          | Coloquinte/torchSR datasets/benchmarks.py |
-The DIV2K md5s listed by torchSR (train bdc2d933..., valid 9fcdda83...) are checked as well.
+- DIV2K_train_HR.zip: 3,530,603,713 bytes,
+  sha256 9d0b9c463f6e35b6c62cc6a930ee2224f670b34c1df841a57670f9acf0f6c335 (TFDS url_checksums/div2k.txt),
+  md5 bdc2d9338d4e574fe81bf7d158758658 (Coloquinte/torchSR).
+- DIV2K_valid_HR.zip: 448,993,893 bytes,
+  sha256 20dd31fd84d777bc1cf5d6b7654a3f569c0aec74458ae094122ad1d0489900fc (TFDS url_checksums/div2k.txt),
+  md5 9fcdda83005c5e5997799b69f955ff88 (Coloquinte/torchSR).
+- Flickr2K.tar (EDSR authors): size unknown, no sha256 published; md5 5d3f39443d5e9489bff8963f8f26cb03
+  (Coloquinte/torchSR datasets/flickr2k.py), plus a full read of the tar.
+- benchmark.tar (EDSR authors; Set5, Set14, B100, Urban100): size unknown, no sha256 published;
+  md5 4ace41d33c2384b97e6b320cd0afd6ba (Coloquinte/torchSR datasets/benchmarks.py), plus a full read.
 Manga109 cannot be downloaded: its licence requires an application at manga109.org.
 """
 from __future__ import annotations
@@ -95,7 +99,8 @@ def _log(msg: str) -> None:
 
 
 def _open(url: str, start: int, timeout: float):
-    req = urllib.request.Request(url, headers={"User-Agent": "reflash-sr", **({"Range": f"bytes={start}-"} if start else {})})
+    headers = {"User-Agent": "reflash-sr"} | ({"Range": f"bytes={start}-"} if start else {})
+    req = urllib.request.Request(url, headers=headers)
     return urllib.request.urlopen(req, timeout=timeout)
 
 

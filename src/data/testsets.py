@@ -184,8 +184,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help=f"comma-separated subset of {','.join(TEST_DEGRADATIONS)}")
     args = ap.parse_args(argv)
     names = [n for n in args.degradations.split(",") if n]
-    for n in names:
-        steps_of(n)
+    bad = [n for n in names if n not in TEST_DEGRADATIONS]
+    if bad or not names:
+        ap.error(f"--degradations: unknown {bad or names}; allowed: {','.join(TEST_DEGRADATIONS)}")
     set_dir = Path(args.set_dir)
     paths = list_images(set_dir / "HR" if (set_dir / "HR").is_dir() else set_dir)
     counts = write_degraded_set(paths, args.out_dir, args.scale, args.seed, names)

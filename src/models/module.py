@@ -75,7 +75,7 @@ class SRModule(pl.LightningModule):
         self.val_psnr.update(peak_signal_noise_ratio(sr_y, hr_y, data_range=1.0, reduction="none", dim=(1, 2, 3)))
 
     def on_validation_epoch_end(self) -> None:
-        self.log("val/psnr", self.val_psnr.compute(), prog_bar=True, sync_dist=False)
+        self.log("val/psnr", self.val_psnr.compute(), prog_bar=True, sync_dist=True)  # already synced; silences a DDP warning
         self.val_psnr.reset()
 
     def configure_optimizers(self):

@@ -1,0 +1,462 @@
+"""Speed figures of the suite as ratios against its own lower bounds, all measured in one process.
+
+    python -m src.bench [--quick] [--device cpu|cuda] [--out bench.json]
+
+1. framework_overhead  Lightning training step / bare PyTorch loop doing the same work on the same batches
+                       (data loading, Real-ESRGAN degradation, forward, L1, backward, Adam, scheduler)   <= 1.03
+2. degradation_cost    Real-ESRGAN pipeline on one HR batch / one training step on that batch            <= 0.10
+3. compute_efficiency  training FLOP/s (convolutions counted from the module shapes) / peak fp32 matmul
+                       FLOP/s on the same device                                          >= 0.5 (GPU only)
+4. data_loading        HR patches/s the train dataloader delivers / patches/s the training step consumes  >= 3
+5. evaluation_cache    seconds of a test-set evaluation with a cold degraded-LR cache / with a warm one (no target)
+
+Every time is a median over repetitions after warm-up steps. The full run uses the paper's SRResNet (batch 16 of
+32x32 LR); --quick the tiny backbone and Set5. The composed train config (conf/train.yaml with data=t91_bsd200
+when the data root has T91 and BSD200, else data=sample) supplies the module, the datamodule and the degradation.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from src.utils import atomic_write_json
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+BENCH_SETS = ("Set5", "Set14", "BSD100", "Urban100")
+# The whole protocol runs the full SRResNet over ~6 M LR pixels x 8 degradations x 2 (cold, warm): minutes on a
+# GPU, hours on a CPU, so a CPU run evaluates the smallest sets unless --eval-sets says otherwise.
+CPU_EVAL_SETS = ("Set5",)
+# A full SRResNet step takes seconds on a CPU and tens of milliseconds on a GPU: the repetition counts differ
+# so that both finish in minutes (the CPU's are the fewest that still give a median).
+DEFAULTS = {
+    ("cpu", "full"): dict(rounds=3, warmup=1, steps=2, reps=3, matmul_size=2048),
+    ("cpu", "quick"): dict(rounds=2, warmup=1, steps=2, reps=3, matmul_size=1024),
+    ("gpu", "full"): dict(rounds=5, warmup=10, steps=50, reps=20, matmul_size=8192),
+    ("gpu", "quick"): dict(rounds=3, warmup=5, steps=20, reps=10, matmul_size=4096),
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def time_calls(fn: Callable[[int], object], reps: int, warmup: int, device: torch.device) -> list[float]:
+    """Seconds of each of `reps` calls fn(i) after `warmup` untimed ones (i counts all calls)."""
+    for i in range(warmup):
+        fn(i)
+    times = []
+    for i in range(warmup, warmup + reps):
+        _sync(device)
+        start = time.perf_counter()
+        fn(i)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def figure(value: float, target: str | None, met: bool | None, **detail) -> dict:
+    return {"value": float(value), "target": target, "met": met, "detail": detail}
+
+
+# ------------------------------------------------------------------------------------------------ setup
+def compose_config(quick: bool, device: torch.device, data_root: Path, cache_dir: str | None,
+                   batch_size: int | None, lr_patch: int | None, total_steps: int):
+    """The train config as `python -m src.train` composes it, for the benchmark's backbone, data and device."""
+    from hydra import compose, initialize_config_dir
+
+    from src.sweep import register_resolvers
+
+    register_resolvers()
+    has_train_data = all((data_root / s / "HR").is_dir() for s in ("T91", "BSD200"))
+    overrides = [f"backbone={'tiny' if quick else 'srresnet'}", "dropout=none", "logger=none",
+                 f"data={'t91_bsd200' if has_train_data else 'sample'}",
+                 f"trainer={'gpu' if device.type == 'cuda' else 'cpu'}"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    # Set after composing (no override-grammar quoting of paths); interpolations pick the values up.
+    cfg.data.root = str(data_root)
+    cfg.trainer.max_steps = total_steps
+    if cache_dir is not None:
+        cfg.paths.cache = str(cache_dir)
+    if batch_size is not None:
+        cfg.data.batch_size = batch_size
+    if lr_patch is not None:
+        cfg.data.lr_patch_size = lr_patch
+    return cfg
+
+
+def build_datamodule(cfg, degradation, notes: list[str]):
+    """The configured SRDataModule, set up for fitting. T91 holds images smaller than a 128 px HR patch, which
+    HRPatches rejects; then the benchmark falls back to the sets that fit and says so in the report."""
+    from omegaconf import OmegaConf
+
+    from src.data.datasets import decoded, resolve_set
+    from src.utils import build
+
+    dm = build(cfg.data, degradation=degradation)
+    try:
+        dm.setup("fit")
+        return dm
+    except ValueError as e:
+        patch = cfg.data.lr_patch_size * cfg.upscale
+        fits = [s for s in cfg.data.train_sets
+                if all(min(decoded(p, dm.cache_dir).shape[:2]) >= patch for p in resolve_set(s, dm.root))]
+        if not fits or fits == list(cfg.data.train_sets):
+            raise
+        notes.append(f"data.train_sets={list(cfg.data.train_sets)} fails to set up ({e}); measured with "
+                     f"train_sets={fits} instead")
+        data_cfg = OmegaConf.merge(cfg.data, {"train_sets": fits})
+        dm = build(data_cfg, degradation=degradation)
+        dm.setup("fit")
+        return dm
+
+
+class BareStep:
+    """The training step without any framework: zero_grad, forward, L1, backward, Adam, scheduler."""
+
+    def __init__(self, module: nn.Module, device: torch.device):
+        self.net = module.net.to(device).train()
+        conf = module.configure_optimizers()
+        if isinstance(conf, dict):
+            self.opt, self.sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+        else:
+            self.opt, self.sched = conf, None
+
+    def __call__(self, lr: torch.Tensor, gt: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        F.l1_loss(self.net(lr), gt).backward()
+        self.opt.step()
+        if self.sched is not None:
+            self.sched.step()
+
+
+def degrade(degradation, batch: torch.Tensor, device: torch.device, seed: int, step: int):
+    """What SRDataModule.on_after_batch_transfer does for micro-batch 0 of `step` on rank 0."""
+    from src.models.module import mix_seed
+
+    hr = batch.to(device, non_blocking=True).float().div_(255.0)
+    generator = torch.Generator(device=device).manual_seed(mix_seed(seed, step, 0, 0))
+    with torch.no_grad():
+        lr, gt = degradation(hr, generator)
+    return lr.contiguous(), gt.contiguous()
+
+
+# --------------------------------------------------------------------------------------------- figures
+def framework_overhead(cfg, make_module, make_dm, degradation, device, rounds: int, warmup: int, steps: int) -> dict:
+    """Rounds of (Lightning fit, bare loop), the order alternating; each round's time per step is measured from
+    the end of step `warmup` to the end of step `warmup + steps`, so setup and worker start-up are excluded."""
+    import pytorch_lightning as pl
+
+    from src.utils import build
+
+    marks = (warmup, warmup + steps)
+
+    class Clock(pl.Callback):
+        def __init__(self):
+            self.at = {}
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx + 1 in marks:
+                _sync(device)
+                self.at[batch_idx + 1] = time.perf_counter()
+
+    module, lightning_dm = make_module(), make_dm()
+    bare, bare_dm = BareStep(make_module(), device), make_dm()  # same seed: same initial weights
+
+    def run_lightning() -> float:
+        clock = Clock()
+        trainer = build(cfg.trainer, logger=False, callbacks=[clock], max_steps=marks[1], limit_val_batches=0,
+                        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                        default_root_dir=tempfile.gettempdir())
+        trainer.fit(module, datamodule=lightning_dm)
+        return (clock.at[marks[1]] - clock.at[marks[0]]) / steps
+
+    def run_bare() -> float:
+        at = {}
+        for i, batch in enumerate(bare_dm.train_dataloader()):
+            bare(*degrade(degradation, batch, device, cfg.seed, i))
+            if i + 1 in marks:
+                _sync(device)
+                at[i + 1] = time.perf_counter()
+            if i + 1 == marks[1]:
+                break
+        return (at[marks[1]] - at[marks[0]]) / steps
+
+    lightning, plain = [], []
+    for r in range(rounds):
+        for run in ((run_lightning, run_bare) if r % 2 == 0 else (run_bare, run_lightning)):
+            (lightning if run is run_lightning else plain).append(run())
+    ratios = [a / b for a, b in zip(lightning, plain)]
+    ratio = _median(ratios)
+    return figure(ratio, "<= 1.03", ratio <= 1.03, lightning_s_per_step=_median(lightning),
+                  bare_s_per_step=_median(plain), rounds=rounds, timed_steps_per_round=steps, warmup_steps=warmup)
+
+
+def count_conv_flops(net: nn.Module, x: torch.Tensor) -> int:
+    """Forward FLOPs of every Conv2d of `net` on input x: 2 * Cin/groups * Cout * kh * kw * Hout * Wout * B."""
+    total = 0
+
+    def hook(m: nn.Conv2d, inputs, out):
+        nonlocal total
+        kh, kw = m.kernel_size
+        total += 2 * (m.in_channels // m.groups) * m.out_channels * kh * kw * out.shape[-2] * out.shape[-1] * out.shape[0]
+
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def peak_matmul_flops(device: torch.device, n: int, reps: int) -> float:
+    """FLOP/s of an n x n fp32 matmul, in the math mode the convolutions use (TF32 where cuDNN allows it)."""
+    a = torch.rand(n, n, device=device)
+    b = torch.rand(n, n, device=device)
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = device.type == "cuda" and torch.backends.cudnn.allow_tf32
+    try:
+        times = time_calls(lambda i: torch.matmul(a, b), reps, 2, device)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+    return 2 * n**3 / _median(times)
+
+
+def step_figures(cfg, make_module, dm, degradation, device, reps: int, matmul_size: int) -> tuple[dict, dict, dict]:
+    """degradation_cost, compute_efficiency and the step's patch consumption (for data_loading), on one real
+    HR batch from the datamodule."""
+    batch = next(iter(dm.train_dataloader()))
+    deg_times = time_calls(lambda i: degrade(degradation, batch, device, cfg.seed, i), reps, 1, device)
+    lr, gt = degrade(degradation, batch, device, cfg.seed, 0)
+    step = BareStep(make_module(), device)
+    step_times = time_calls(lambda i: step(lr, gt), reps, 1, device)
+    deg_s, step_s = _median(deg_times), _median(step_times)
+    cost = deg_s / step_s
+    detail = {"pipeline_ms": 1e3 * deg_s, "train_step_ms": 1e3 * step_s, "hr_batch": list(batch.shape), "reps": reps}
+    if device.type == "cuda":  # issue 4 asks for the CPU figure too, next to the GPU one
+        cpu_times = time_calls(lambda i: degrade(degradation, batch, torch.device("cpu"), cfg.seed, i),
+                               max(2, reps // 2), 1, torch.device("cpu"))
+        detail["pipeline_ms_cpu"] = 1e3 * _median(cpu_times)
+    degradation_cost = figure(cost, "<= 0.10", cost <= 0.10, **detail)
+
+    train_flops = 3 * count_conv_flops(step.net, lr)  # backward ~ 2x forward (input and weight gradients)
+    achieved = train_flops / step_s
+    peak = peak_matmul_flops(device, matmul_size, reps)
+    eff = achieved / peak
+    compute = figure(eff, ">= 0.5 (GPU)", eff >= 0.5 if device.type == "cuda" else None,
+                     train_gflop_per_step=train_flops / 1e9, train_gflops=achieved / 1e9,
+                     peak_matmul_gflops=peak / 1e9, matmul_size=matmul_size,
+                     tf32=bool(device.type == "cuda" and torch.backends.cudnn.allow_tf32))
+    consumed = batch.shape[0] / (deg_s + step_s)
+    return degradation_cost, compute, {"patches_per_s": consumed}
+
+
+def data_loading(dm, consumed_per_s: float, reps: int, batches_per_rep: int) -> dict:
+    """Patches/s of the datamodule's train dataloader alone, after its workers have started and filled their
+    prefetch queue, against what the training step (degradation included) consumes."""
+    loader = dm.train_dataloader()
+    it = iter(loader)
+    for _ in range(2 + 2 * max(loader.num_workers, 1)):
+        next(it)
+    rates = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        for _ in range(batches_per_rep):
+            next(it)
+        rates.append(batches_per_rep * loader.batch_size / (time.perf_counter() - start))
+    del it
+    delivered = _median(rates)
+    ratio = delivered / consumed_per_s
+    return figure(ratio, ">= 3", ratio >= 3, loader_patches_per_s=delivered, step_patches_per_s=consumed_per_s,
+                  num_workers=loader.num_workers, batch_size=loader.batch_size,
+                  train_sets=list(dm.train_sets), reps=reps, batches_per_rep=batches_per_rep)
+
+
+def evaluation_cache(cfg, data_root: Path, set_names: Sequence[str], degradations: Sequence[str],
+                     device: torch.device, notes: list[str]) -> dict:
+    """One evaluation with an empty degraded-LR cache (a fresh temporary folder), then the same one again."""
+    from omegaconf import OmegaConf
+
+    from src.data.datasets import resolve_set
+    from src.evaluation import evaluate
+    from src.models.io import build_backbone
+
+    sets = {s: resolve_set(s, data_root) for s in set_names if (data_root / s / "HR").is_dir()}
+    missing = [s for s in set_names if s not in sets]
+    if missing:
+        notes.append(f"evaluation: {', '.join(missing)} not under {data_root}; skipped")
+    if not sets:
+        sets = {"skimage_holdout": resolve_set("skimage_holdout", data_root)}
+        notes.append("evaluation: no benchmark set found; used the bundled skimage_holdout photos")
+    model = build_backbone(OmegaConf.to_container(cfg.backbone, resolve=True)).to(device)
+    first = next(iter(sets.values()))[:1]
+    evaluate(model, {"warmup": first}, ["clean"], cfg.upscale, 0, device)  # first-call costs out of the cold run
+    with tempfile.TemporaryDirectory(prefix="bench-testsets-") as cache:
+        seconds = []
+        for _ in range(2):
+            _sync(device)
+            start = time.perf_counter()
+            evaluate(model, sets, list(degradations), cfg.upscale, 0, device, cache_dir=cache)
+            _sync(device)
+            seconds.append(time.perf_counter() - start)
+    return figure(seconds[0] / seconds[1], None, None, cold_s=seconds[0], warm_s=seconds[1],
+                  sets={s: len(p) for s, p in sets.items()}, degradations=list(degradations),
+                  backbone=cfg.backbone._target_.rsplit(".", 1)[-1], num_feat=int(cfg.backbone.num_feat),
+                  num_block=int(cfg.backbone.num_block))
+
+
+# ------------------------------------------------------------------------------------------------ report
+def format_report(report: dict) -> str:
+    lines = [f"device {report['device']} ({report['device_name']}), torch {report['torch']}, "
+             f"{report['threads']} threads, load average {report['load_avg_start']} -> {report['load_avg_end']}",
+             f"{'figure':<20} {'value':>8} {'target':>13} {'met':>5}  measured"]
+    for name, f in report["figures"].items():
+        d = f["detail"]
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in d.items() if isinstance(v, float))
+        met = {True: "yes", False: "NO", None: "-"}[f["met"]]
+        lines.append(f"{name:<20} {f['value']:8.3f} {f['target'] or '-':>13} {met:>5}  {shown}")
+    return "\n".join(lines + [f"note: {n}" for n in report["notes"]])
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def run(args: argparse.Namespace) -> dict:
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    from src.data.datasets import default_data_root
+    from src.utils import build
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available; use --device cpu")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    data_root = Path(args.data_root) if args.data_root else default_data_root()
+    load_start, wall = os.getloadavg(), time.perf_counter()
+    warmup, steps, rounds = args.warmup, args.steps, args.rounds
+    # Sampler and cosine schedule need a run length; longer than any benchmark run, so neither runs out.
+    cfg = compose_config(args.quick, device, data_root, args.cache_dir, args.batch_size, args.lr_patch,
+                         total_steps=max(1000, 10 * (warmup + steps)))
+    notes = [f"{os.cpu_count()} CPU cores visible; other processes sharing them slow every figure and add noise "
+             f"(load average is recorded)"] if device.type == "cpu" else []
+    degradation = build(cfg.degradation)
+    module_kwargs = OmegaConf.to_container(cfg.module, resolve=True)
+    module_cls = get_class(module_kwargs.pop("_target_"))
+
+    def make_module():
+        torch.manual_seed(cfg.seed)
+        return module_cls(**copy.deepcopy(module_kwargs)).to(device)
+
+    dm = build_datamodule(cfg, degradation, notes)
+    used_sets = list(dm.train_sets)
+
+    def make_dm():
+        d = build(OmegaConf.merge(cfg.data, {"train_sets": used_sets}), degradation=degradation)
+        d.setup("fit")
+        return d
+
+    figures = {}
+    log = logging.getLogger("src.bench")
+    log.info("framework overhead: %d rounds x (%d + %d) steps", rounds, warmup, steps)
+    figures["framework_overhead"] = framework_overhead(cfg, make_module, make_dm, degradation, device,
+                                                       rounds, warmup, steps)
+    log.info("degradation cost and compute efficiency: %d repetitions", args.reps)
+    deg, compute, consumed = step_figures(cfg, make_module, dm, degradation, device, args.reps, args.matmul_size)
+    figures["degradation_cost"], figures["compute_efficiency"] = deg, compute
+    log.info("data loading")
+    figures["data_loading"] = data_loading(dm, consumed["patches_per_s"], args.reps, args.loader_batches)
+    eval_sets = args.eval_sets.split(",") if args.eval_sets else (
+        ["Set5"] if args.quick else list(BENCH_SETS if device.type == "cuda" else CPU_EVAL_SETS))
+    degradations = args.eval_degradations.split(",") if args.eval_degradations else list(cfg.eval.degradations)
+    log.info("evaluation: %s x %d degradations, cold and warm cache", ",".join(eval_sets), len(degradations))
+    figures["evaluation_cache"] = evaluation_cache(cfg, data_root, eval_sets, degradations, device, notes)
+
+    import pytorch_lightning as pl
+
+    return {
+        "device": device.type, "device_name": _device_name(device), "torch": torch.__version__,
+        "pytorch_lightning": pl.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "load_avg_start": [round(v, 2) for v in load_start], "load_avg_end": [round(v, 2) for v in os.getloadavg()],
+        "quick": bool(args.quick), "backbone": cfg.backbone._target_.rsplit(".", 1)[-1],
+        "num_feat": int(cfg.backbone.num_feat), "num_block": int(cfg.backbone.num_block),
+        "batch_size": int(cfg.data.batch_size), "lr_patch_size": int(cfg.data.lr_patch_size),
+        "upscale": int(cfg.upscale), "precision": str(cfg.trainer.precision), "train_sets": used_sets,
+        "data_root": str(data_root), "figures": figures, "notes": notes,
+        "seconds": round(time.perf_counter() - wall, 1),
+    }
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m src.bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny backbone, Set5 only, fewer repetitions")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    ap.add_argument("--out", default="bench.json", help="JSON report path (default: bench.json)")
+    ap.add_argument("--data-root", default=None, help="default: SR_DATA_ROOT or ../shared/datasets")
+    ap.add_argument("--cache-dir", default=None, help="cache root for decoded images (default: paths.cache)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: data.batch_size (16)")
+    ap.add_argument("--lr-patch", type=int, default=None, help="LR patch size (default: data.lr_patch_size, 32)")
+    ap.add_argument("--rounds", type=int, default=None, help="Lightning/bare rounds (see DEFAULTS)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps per round")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per round")
+    ap.add_argument("--reps", type=int, default=None, help="repetitions of the other figures")
+    ap.add_argument("--loader-batches", type=int, default=10, help="batches per data-loading repetition")
+    ap.add_argument("--matmul-size", type=int, default=None, help="n of the n x n peak matmul")
+    ap.add_argument("--eval-sets", default=None,
+                    help=f"comma-separated (default: {','.join(BENCH_SETS)} on a GPU, "
+                         f"{','.join(CPU_EVAL_SETS)} on a CPU; Set5 with --quick)")
+    ap.add_argument("--eval-degradations", default=None, help="comma-separated (default: all 8)")
+    args = ap.parse_args(argv)
+    gpu = args.device == "cuda" or (args.device is None and torch.cuda.is_available())
+    for key, value in DEFAULTS[("gpu" if gpu else "cpu", "quick" if args.quick else "full")].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    for key in ("rounds", "warmup", "steps", "reps", "loader_batches", "matmul_size", "batch_size", "lr_patch"):
+        v = getattr(args, key)
+        if v is not None and v < 1:
+            ap.error(f"--{key.replace('_', '-')} must be >= 1, got {v}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(argv)
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    logging.basicConfig(level=logging.INFO, format="[bench] %(message)s")
+    import pytorch_lightning  # noqa: F401  (it sets its loggers to INFO on import; quieten them afterwards)
+
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "src.evaluation"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning's advice on workers and log intervals is noise here
+        report = run(args)
+    atomic_write_json(args.out, report)
+    print(format_report(report))
+    print(f"[bench] wrote {args.out} in {report['seconds']} s")
+    return report
+
+
+if __name__ == "__main__":
+    main()

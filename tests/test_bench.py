@@ -1,0 +1,64 @@
+"""`python -m src.bench` runs and writes a well-formed report. Speed itself is not asserted: benchmarks are not
+tests, and this machine's cores are shared."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from src import bench
+from src.data.imageio import write_image
+
+FIGURES = ("framework_overhead", "degradation_cost", "compute_efficiency", "data_loading", "evaluation_cache")
+
+
+@pytest.fixture()
+def tiny_root(tmp_path):
+    """A data root holding only a two-image Set5 (training falls back to the bundled sample photos)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:48, 0:64]
+    for i in range(2):
+        img = np.stack([xx * 4, yy * 5, (xx + yy) * 2], -1) + rng.integers(0, 30, (48, 64, 3))
+        write_image(tmp_path / "data" / "Set5" / "HR" / f"img{i}.png", np.clip(img, 0, 255).astype(np.uint8))
+    return tmp_path / "data"
+
+
+def _finite_positive(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def test_quick_bench_writes_a_well_formed_report(tmp_path, tiny_root, capsys):
+    out = tmp_path / "bench.json"
+    bench.main(["--quick", "--device", "cpu", "--out", str(out), "--data-root", str(tiny_root),
+                "--cache-dir", str(tmp_path / "cache"), "--batch-size", "2", "--lr-patch", "16", "--rounds", "1",
+                "--warmup", "1", "--steps", "1", "--reps", "1", "--loader-batches", "2", "--matmul-size", "64",
+                "--eval-degradations", "clean,b+n+j"])
+    report = json.loads(out.read_text())
+    for key in ("device", "torch", "threads", "load_avg_start", "load_avg_end", "figures", "notes", "backbone"):
+        assert key in report, key
+    assert report["device"] == "cpu" and report["threads"] >= 1 and report["quick"] is True
+    assert set(report["figures"]) == set(FIGURES)
+    for name, f in report["figures"].items():
+        assert _finite_positive(f["value"]), (name, f["value"])
+        assert f["met"] in (True, False, None) and (f["target"] is None or isinstance(f["target"], str))
+        numbers = [v for v in f["detail"].values() if isinstance(v, float)]
+        assert numbers and all(_finite_positive(v) for v in numbers), (name, f["detail"])
+    assert report["figures"]["compute_efficiency"]["met"] is None  # the 0.5 target is for GPUs
+    assert report["figures"]["evaluation_cache"]["detail"]["sets"] == {"Set5": 2}
+    assert "framework_overhead" in capsys.readouterr().out
+
+
+def test_conv_flops_are_counted_from_the_shapes():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=4))
+    flops = bench.count_conv_flops(net, torch.zeros(2, 3, 10, 10))
+    assert flops == 2 * 3 * 8 * 9 * 10 * 10 * 2 + 2 * 2 * 8 * 9 * 5 * 5 * 2
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--steps", "0"])
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--device cuda"):
+            bench.run(bench.parse_args(["--device", "cuda"]))

@@ -1,0 +1,168 @@
+"""Reports from a synthetic sweep folder: tables (md/tex/csv), best marks, figures, manifest, W&B tables."""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import types
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from src.report import build_report, find_runs, main
+
+DEGS = ("clean", "blur", "noise", "jpeg", "b+n", "b+j", "n+j", "b+n+j")
+GAIN = {"none": 0.0, "last": 0.5, "b4": 0.2, "b8": 0.3, "all": -1.0}
+BACKBONES = {"SRResNet": "src.models.srresnet.MSRResNet", "RRDB": "src.models.rrdb.RRDBNet"}
+
+
+def _value(backbone, s, d, position, dim, p):
+    base = {"Set5": 25.0, "BSD100": 23.5}[s] - DEGS.index(d) * 0.3 + (0.4 if backbone == "RRDB" else 0.0)
+    return base + GAIN[position] * p * (1.0 if dim == "channel" else -0.5)
+
+
+def _run(sweep, name, backbone, position, dim, p, curve=True, results=True):
+    d = sweep / name
+    cfg = {"scale": 4, "backbone": {"_target_": BACKBONES[backbone], "upscale": "${scale}",
+                                    "dropout_p": "${dropout.p}"},
+           "dropout": {"position": position, "dim": dim, "p": p},
+           "degradation": {"_target_": "src.data.pipelines.RealESRGANPipeline", "scale": "${scale}"}}
+    (d / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(cfg), d / ".hydra" / "config.yaml")
+    if results:
+        res = {s: {g: {"psnr": _value(backbone, s, g, position, dim, p), "ssim": 0.7, "psnr_rgb": 22.0,
+                       "ssim_rgb": 0.6, "n_images": 5, "skipped": 0, "scale": 4, "seed": 0} for g in DEGS}
+               for s in ("Set5", "BSD100")}
+        (d / "results.json").write_text(json.dumps(res))
+    if curve:
+        rows = ["epoch,step,train/loss,val/psnr"]
+        for k in range(1, 6):
+            rows.append(f"0,{k * 100 - 1},0.05,")
+            rows.append(f"0,{k * 100 - 1},,{20 + 2 * np.log(k) + GAIN[position] * p:.4f}")
+        (d / "metrics.csv").write_text("\n".join(rows) + "\n")
+    return name
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    jobs = {}
+    specs = [("SRResNet", "none", "channel", 0.0), ("SRResNet", "last", "channel", 0.1),
+             ("SRResNet", "last", "channel", 0.5), ("SRResNet", "last", "channel", 0.7),
+             ("SRResNet", "last", "element", 0.1), ("SRResNet", "last", "element", 0.7),
+             ("SRResNet", "b4", "channel", 0.7), ("SRResNet", "b8", "channel", 0.7),
+             ("SRResNet", "b4", "element", 0.7),
+             ("RRDB", "none", "channel", 0.0), ("RRDB", "last", "channel", 0.5)]
+    for i, spec in enumerate(specs):
+        name = _run(sweep, f"job{i}", *spec)
+        jobs[name] = {"dir": name, "status": "completed", "overrides": []}
+    _run(sweep, "job_bad", "SRResNet", "all", "channel", 0.7, results=False)
+    jobs["job_bad"] = {"dir": "job_bad", "status": "failed", "error": "RuntimeError: out of memory"}
+    (sweep / "manifest.json").write_text(json.dumps({"name": "test", "jobs": jobs, "failed": ["job_bad"]}))
+    return sweep
+
+
+def _png_ok(path: Path):
+    img = cv2.imread(str(path))
+    assert img is not None and min(img.shape[:2]) > 150 and img.std() > 5, path
+
+
+def test_report_tables_and_figures(sweep, tmp_path):
+    out = tmp_path / "report"
+    written = build_report([sweep], out)
+    names = sorted(p.name for p in written["tables"])
+    for stem in ("table1", "table_b3_Real_SRResNet_channel_p0.7", "table_a2_Real_SRResNet_last_channel",
+                 "table_a2_Real_SRResNet_last_element"):
+        for ext in ("md", "tex", "csv"):
+            assert f"{stem}.{ext}" in names
+    assert not any("RRDB" in n and "table_a2" in n for n in names)  # one probability only: no A.2 table
+
+    md = (out / "table1.md").read_text()
+    # Real-SRResNet block first (paper order); improvement of last/channel/p=0.7 on Set5 clean = 0.5 * 0.7
+    assert md.index("Real-SRResNet (p=0)") < md.index("Real-RRDB (p=0)")
+    rows = list(csv.reader((out / "table1.csv").open()))
+    header = rows[0]
+    col = header.index("Set5/clean")
+    i = [r[0] for r in rows].index("Real-SRResNet (p=0.7)")
+    assert rows[i + 1][0] == "Improvement" and float(rows[i + 1][col]) == pytest.approx(0.35, abs=1e-4)
+    assert rows[i + 1][1] == "delta" and "+0.35" in md
+    assert len(header) == 2 + 2 * 8
+
+    # B.3: last (p=0.7) is the best, B8 second, in every column
+    b3 = (out / "table_b3_Real_SRResNet_channel_p0.7.md").read_text()
+    assert "| last (p=0.7) | **" in b3 and "| B8 (p=0.7) | *" in b3
+    tex = (out / "table_b3_Real_SRResNet_channel_p0.7.tex").read_text()
+    assert "\\textcolor{red}" in tex and "\\textcolor{blue}" in tex and "\\begin{tabular}" in tex
+    a2 = list(csv.reader((out / "table_a2_Real_SRResNet_last_channel.csv").open()))
+    assert a2[0][2:] == ["p=0", "p=0.1", "p=0.5", "p=0.7"] and a2[1][0] == "Set5 clean"
+
+    report = (out / "report.md").read_text()
+    assert "job_bad" in report and "out of memory" in report
+    figs = {p.name for p in written["figures"]}
+    assert {"fig4_Real_SRResNet.png", "curves_Real_SRResNet.png", "curves_Real_RRDB.png"} <= figs
+    for p in written["figures"]:
+        _png_ok(p)
+
+
+def test_runs_without_manifest_and_seed_averaging(sweep, tmp_path):
+    (sweep / "manifest.json").unlink()
+    runs, notes = find_runs([sweep])
+    assert len(runs) == 11 and any("job_bad" in n and "no results.json" in n for n in notes)
+    # a second seed of the baseline is averaged into one row
+    _run(sweep, "job_seed1", "SRResNet", "none", "channel", 0.0)
+    res = json.loads((sweep / "job_seed1" / "results.json").read_text())
+    res["Set5"]["clean"]["psnr"] += 1.0
+    (sweep / "job_seed1" / "results.json").write_text(json.dumps(res))
+    build_report([sweep], tmp_path / "r")
+    rows = list(csv.reader((tmp_path / "r" / "table1.csv").open()))
+    base = [r for r in rows if r[0].startswith("Real-SRResNet (p=0)")]
+    assert len(base) == 1 and "mean of 2" in base[0][0]
+    assert float(base[0][rows[0].index("Set5/clean")]) == pytest.approx(25.5, abs=1e-4)
+
+
+def test_wandb_tables_logged_when_a_run_is_active(sweep, tmp_path, monkeypatch):
+    logged = {}
+    fake = types.SimpleNamespace(run=object(), Table=lambda columns, data: ("table", columns, data),
+                                 log=lambda d: logged.update(d))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    build_report([sweep], tmp_path / "r")
+    assert "report/table1" in logged and logged["report/table1"][1][:3] == ["row", "kind", "Set5/clean"]
+
+
+def test_fig5_visual_grid_and_cli(sweep, tmp_path, capsys):
+    from src.models.io import build_backbone
+
+    cfg = {"_target_": "src.models.srresnet.MSRResNet", "num_feat": 8, "num_block": 1, "upscale": 4}
+    ckpts = []
+    for i in range(2):
+        torch.manual_seed(i)
+        net = build_backbone(cfg)
+        path = tmp_path / f"m{i}" / "checkpoints" / "last.ckpt"
+        path.parent.mkdir(parents=True)
+        torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+                    "hyper_parameters": {"backbone": cfg}}, path)
+        ckpts.append(str(path))
+    rng = np.random.default_rng(0)
+    img = cv2.resize(rng.random((12, 16, 3)), (128, 96), interpolation=cv2.INTER_CUBIC)
+    image = tmp_path / "img.png"
+    cv2.imwrite(str(image), np.round(np.clip(img, 0, 1) * 255).astype(np.uint8))
+    assert main([str(sweep), "--out", str(tmp_path / "r"), "--fig5", *ckpts, str(image),
+                 "--fig5-degradations", "clean,b+n+j"]) == 0
+    assert "fig5_visual.png" in capsys.readouterr().out
+    _png_ok(tmp_path / "r" / "fig5_visual.png")
+
+
+def test_runs_of_different_experiments_are_not_averaged(sweep, tmp_path):
+    (sweep / "manifest.json").unlink()
+    _run(sweep, "job_other", "SRResNet", "none", "channel", 0.0)
+    cfg = OmegaConf.load(sweep / "job_other" / ".hydra" / "config.yaml")
+    cfg.trainer = {"max_steps": 10}  # a different experiment, not another seed
+    cfg.seed = 3
+    OmegaConf.save(cfg, sweep / "job_other" / ".hydra" / "config.yaml")
+    build_report([sweep], tmp_path / "r")
+    labels = [r[0] for r in csv.reader((tmp_path / "r" / "table1.csv").open())]
+    assert "Real-SRResNet (p=0) [job0]" in labels and "Real-SRResNet (p=0) [job_other]" in labels

@@ -1,0 +1,168 @@
+"""Issue 6: DDP on the CPU, kill -9 and resume, failing sweep jobs, the NaN guard, sweep files, joblib."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from conftest import REPO, TINY, compose_train
+
+ENV = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def train_cmd(runs, *overrides, multirun=False):
+    return [sys.executable, "-m", "src.train", *(["-m"] if multirun else []), *TINY, f"paths.runs={runs}",
+            f"paths.cache={runs}/cache", *overrides]
+
+
+def only_job(runs, name):
+    jobs = [p for p in (Path(runs) / name).iterdir() if p.is_dir()]
+    assert len(jobs) == 1, jobs
+    return jobs[0]
+
+
+def net_state(ckpt):
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_ddp_cpu_two_processes(tmp_path):
+    cmd = train_cmd(tmp_path, "trainer=ddp_cpu", "trainer.max_steps=4", "trainer.val_check_interval=2", "name=ddp",
+                    "eval.degradations=[clean]")
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Starting with 2 processes" in proc.stdout + proc.stderr
+    job = only_job(tmp_path, "ddp")
+    assert json.loads((job / "train_done.json").read_text())["global_step"] == 4
+    assert json.loads((job / "results.json").read_text())["skimage_holdout"]["clean"]["n_images"] == 3
+
+
+def test_kill9_then_resume_matches_uninterrupted_run(tmp_path):
+    args = ("trainer.max_steps=24", "ckpt_every_n_steps=3", "trainer.val_check_interval=12", "name=kr",
+            "eval.degradations=[clean]", "dropout.p=0.5")
+    ref = subprocess.run(train_cmd(tmp_path / "ref", *args), cwd=REPO, env=ENV, capture_output=True, text=True,
+                         timeout=600)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    runs = tmp_path / "killed"
+    proc = subprocess.Popen(train_cmd(runs, *args), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpt = None
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:  # kill once a mid-run checkpoint exists
+        found = list(runs.glob("kr/*/checkpoints/last.ckpt"))
+        if found:
+            step = torch.load(found[0], map_location="cpu", weights_only=True)["global_step"]
+            if step >= 6:
+                ckpt = found[0]
+                break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt is not None, "training finished before it could be killed"
+    print("killed after step", step)
+    assert not (ckpt.parent.parent / "train_done.json").exists()
+
+    resumed = subprocess.run(train_cmd(runs, *args), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout
+    a, b = net_state(only_job(tmp_path / "ref", "kr") / "checkpoints/last.ckpt"), net_state(ckpt)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+
+
+def test_sweep_with_failing_job_finishes_others_and_exits_nonzero(tmp_path):
+    # b16 does not exist on the 4-block tiny model: that job fails, the other two must still run.
+    cmd = train_cmd(tmp_path, "debug=fast", "name=sw", "dropout.position=last,b16,none", multirun=True)
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    manifest = json.loads((tmp_path / "sw" / "manifest.json").read_text())
+    status = {name.split("dropout.position=")[1].split(",")[0]: job["status"] for name, job in manifest["jobs"].items()}
+    assert status == {"last": "completed", "b16": "failed", "none": "completed"}
+    (failed,) = manifest["failed"]
+    assert "dropout.position='b16'" in manifest["jobs"][failed]["error"]
+    assert "FAILED" in proc.stderr
+
+
+def test_rerunning_a_finished_sweep_skips_complete_jobs(tmp_path):
+    cmd = train_cmd(tmp_path, "trainer.max_steps=2", "name=again", "dropout.p=0.1,0.3", multirun=True)
+    first = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count("already complete") == 2
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
+    from src.models.module import NonFiniteLossError
+    from src.train import train
+
+    # An absurd learning rate blows the weights up within a few steps: a real way to get a non-finite loss.
+    cfg = compose_train(TINY + ["module.optimizer.lr=1e30", "trainer.max_steps=20", "ckpt_every_n_steps=1"], tmp_path)
+    with pytest.raises(NonFiniteLossError, match=r"at step \d+") as err:
+        train(cfg, tmp_path)
+    step = int(str(err.value).split("at step ")[1].split(":")[0])
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == step  # the checkpoint after the last finite step
+    assert not (tmp_path / "train_done.json").exists()
+
+
+SWEEP_JOBS = {"positions": 9, "probabilities": 6, "dimensions": 48, "backbones": 6}
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml")))
+def test_every_sweep_file_composes_and_expands(name, tmp_path):
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from src.sweep import register_resolvers
+
+    register_resolvers()
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.types import RunMode
+
+    search_path = create_config_search_path(str(REPO / "conf"))
+    search_path.prepend("sweeps", f"file://{REPO / 'sweeps'}")
+    loader = ConfigLoaderImpl(config_search_path=search_path)
+    for scale in ("paper", "cpu"):
+        cfg = loader.load_configuration(name, overrides=[f"scale={scale}"], run_mode=RunMode.MULTIRUN)
+        params = cfg.hydra.sweeper.params
+        parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+        batches = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+        assert sum(len(b) for b in batches) == SWEEP_JOBS[name]
+        assert cfg.name == name
+        assert cfg.trainer.max_steps == (500000 if scale == "paper" else 100)
+        # every job's config composes and its backbone accepts the dropout setting
+        for job in batches[0]:
+            job_cfg = loader.load_configuration(name, overrides=[f"scale={scale}", *job], run_mode=RunMode.RUN)
+            OmegaConf.to_container(job_cfg.backbone, resolve=True)
+
+
+def test_cli_override_wins_over_sweep_axis(tmp_path):
+    # positions.yaml sweeps 9 positions at p=0.7; the command line narrows the axis and changes p.
+    cmd = [sys.executable, "-m", "src.train", "--config-dir", "sweeps", "--config-name", "positions", "-m",
+           "scale=cpu", "trainer.max_steps=1", "dropout.p=0.5", "dropout.position=last,b4", *TINY,
+           f"paths.runs={tmp_path}", f"paths.cache={tmp_path}/cache", "eval.degradations=[clean]"]
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = [p for p in (tmp_path / "positions").iterdir() if p.is_dir()]
+    configs = [OmegaConf.load(j / "config.yaml") for j in jobs]
+    assert sorted(c.dropout.position for c in configs) == ["b4", "last"]
+    assert {c.dropout.p for c in configs} == {0.5}
+    assert {c.backbone.num_feat for c in configs} == {16}  # scale=cpu shrank the full SRResNet
+
+
+def test_joblib_launcher_runs_two_jobs(tmp_path):
+    cmd = train_cmd(tmp_path, "debug=fast", "name=jl", "dropout.p=0.1,0.2", "hydra/launcher=joblib",
+                    "hydra.launcher.n_jobs=2", multirun=True)
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((tmp_path / "jl" / "manifest.json").read_text())
+    assert len(manifest["jobs"]) == 2 and manifest["failed"] == []
