@@ -20,6 +20,7 @@ from hydra.types import RunMode
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from src.loggers import build_loggers, finish_wandb, log_results
 from src.sweep import register_resolvers, write_job_status
 from src.utils import atomic_write_json, atomic_write_text, build
 
@@ -52,21 +53,6 @@ class AtomicCheckpoint(pl.Callback):
 def is_rank_zero() -> bool:
     # Under DDP every rank runs this script; only one may write the job's status files.
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0
-
-
-def build_loggers(cfg: DictConfig) -> list:
-    loggers = []
-    for name, logger_cfg in (cfg.get("logger") or {}).items():
-        if name == "wandb":
-            os.environ.setdefault("WANDB_SILENT", "true")
-            # Tags let the W&B dashboard filter and group runs by what the sweep varies.
-            d = cfg.dropout
-            tags = [f"backbone={cfg.backbone._target_.rsplit('.', 1)[-1]}", f"position={d.position}",
-                    f"dim={d.dim}", f"p={d.p}", f"degradation={cfg.degradation._target_.rsplit('.', 1)[-1]}"]
-            loggers.append(build(logger_cfg, tags=tags, config=OmegaConf.to_container(cfg, resolve=True)))
-        else:
-            loggers.append(build(logger_cfg))
-    return loggers
 
 
 def is_complete(run_dir: Path, cfg: DictConfig) -> bool:
@@ -108,10 +94,17 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
     if cfg.compile:
         module.net.compile()  # in place: state-dict keys stay BasicSR-compatible
 
+    loggers = build_loggers(cfg)
+    try:
+        return fit_and_evaluate(cfg, run_dir, module, datamodule, loggers)
+    finally:
+        finish_wandb(loggers)
+
+
+def fit_and_evaluate(cfg: DictConfig, run_dir: Path, module, datamodule, loggers: list) -> dict:
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    trainer = build(cfg.trainer, logger=build_loggers(cfg) or False,
-                          callbacks=[AtomicCheckpoint(ckpt.parent, cfg.ckpt_every_n_steps)],
-                          default_root_dir=str(run_dir))
+    trainer = build(cfg.trainer, logger=loggers or False,
+                    callbacks=[AtomicCheckpoint(ckpt.parent, cfg.ckpt_every_n_steps)], default_root_dir=str(run_dir))
     resume_from = str(ckpt) if cfg.resume and ckpt.is_file() and not cfg.force else None
     if resume_from:
         print(f"[train] resuming from {resume_from}")
@@ -131,6 +124,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
                        scale=cfg.upscale, seed=cfg.eval.seed, device=device, tile=cfg.eval.tile,
                        cache_dir=Path(cfg.paths.cache) / "testsets")
     write_results(run_dir, results)
+    log_results(loggers, results, trainer.global_step)
     print(format_table(results))
     return results
 

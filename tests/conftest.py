@@ -20,7 +20,7 @@ def data_root():
     return root
 
 
-def compose_train(overrides, run_dir):
+def compose_train(overrides, run_dir, override_dirname=""):
     """The train config as `python -m src.train <overrides>` would see it, with its output dir set to run_dir."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
@@ -33,7 +33,7 @@ def compose_train(overrides, run_dir):
         cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(run_dir)
-        cfg.hydra.job.override_dirname = ""
+        cfg.hydra.job.override_dirname = override_dirname
     HydraConfig.instance().set_config(cfg)
     return cfg
 

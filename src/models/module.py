@@ -26,6 +26,17 @@ def y_channel(x: torch.Tensor) -> torch.Tensor:
     return ((x * w).sum(1, keepdim=True) + 16.0) / 255.0
 
 
+def panel_strip(lr: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor, crop: int) -> torch.Tensor:
+    """LR (nearest-upsampled) | SR | HR side by side: a centre crop of `crop` HR pixels, (3, crop, 3*crop)."""
+    scale = hr.shape[-1] // lr.shape[-1]
+    h, w = hr.shape[-2:]
+    c = min(crop, h, w) // scale * scale
+    top, left = (h - c) // 2 // scale * scale, (w - c) // 2 // scale * scale
+    lr_up = F.interpolate(lr[None, :, top // scale:(top + c) // scale, left // scale:(left + c) // scale],
+                          scale_factor=scale, mode="nearest")[0]
+    return torch.cat([lr_up, sr[:, top:top + c, left:left + c], hr[:, top:top + c, left:left + c]], dim=-1).clamp(0, 1)
+
+
 class NonFiniteLossError(RuntimeError):
     pass
 
@@ -42,11 +53,13 @@ class SRModule(pl.LightningModule):
     """
 
     def __init__(self, backbone: Mapping[str, Any], optimizer: Mapping[str, Any],
-                 scheduler: Mapping[str, Any] | None = None, scale: int = 4, seed: int = 0):
+                 scheduler: Mapping[str, Any] | None = None, scale: int = 4, seed: int = 0,
+                 panel_images: int = 3, panel_crop: int = 96):
         super().__init__()
         self.save_hyperparameters()
         self.net = build_backbone(backbone)
         self.val_psnr = MeanMetric()
+        self._panel: list[torch.Tensor] = []
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         return self.net(lr)
@@ -73,10 +86,19 @@ class SRModule(pl.LightningModule):
         b = self.hparams.scale
         sr_y, hr_y = y_channel(sr)[..., b:-b, b:-b], y_channel(hr)[..., b:-b, b:-b]
         self.val_psnr.update(peak_signal_noise_ratio(sr_y, hr_y, data_range=1.0, reduction="none", dim=(1, 2, 3)))
+        if batch_idx < self.hparams.panel_images:
+            self._panel.append(panel_strip(lr[0], sr[0], hr[0], self.hparams.panel_crop))
 
     def on_validation_epoch_end(self) -> None:
         self.log("val/psnr", self.val_psnr.compute(), prog_bar=True, sync_dist=True)  # already synced; silences a DDP warning
         self.val_psnr.reset()
+        panel, self._panel = self._panel, []
+        for logger in self.loggers:
+            if panel and hasattr(logger, "log_image") and self.trainer.is_global_zero:
+                # The same validation crops every time, so the panel shows how the output evolves.
+                images = [(p.permute(1, 2, 0).float().cpu().numpy() * 255).round().astype("uint8") for p in panel]
+                logger.log_image("val/panel", images, step=self.global_step,
+                                 caption=[f"LR | SR | HR #{i}" for i in range(len(images))])
 
     def configure_optimizers(self):
         # The configs say `_partial_: true` (they are completed here with params/optimizer); drop it and pass
