@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import math
 import os
 import platform
 import statistics
@@ -208,7 +207,8 @@ def framework_overhead(cfg, make_module, make_dm, degradation, device, rounds: i
     ratios = [a / b for a, b in zip(lightning, plain)]
     ratio = _median(ratios)
     return figure(ratio, "<= 1.03", ratio <= 1.03, lightning_s_per_step=_median(lightning),
-                  bare_s_per_step=_median(plain), rounds=rounds, timed_steps_per_round=steps, warmup_steps=warmup)
+                  bare_s_per_step=_median(plain), round_ratios=[round(r, 4) for r in ratios],
+                  timed_steps_per_round=steps, warmup_steps=warmup)
 
 
 def count_conv_flops(net: nn.Module, x: torch.Tensor) -> int:
@@ -339,6 +339,12 @@ def format_report(report: dict) -> str:
     return "\n".join(lines + [f"note: {n}" for n in report["notes"]])
 
 
+def _cv2_threads() -> int:
+    import cv2
+
+    return cv2.getNumThreads()
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -355,14 +361,20 @@ def run(args: argparse.Namespace) -> dict:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available; use --device cpu")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.threads:
+        import cv2
+
+        torch.set_num_threads(args.threads)
+        cv2.setNumThreads(args.threads)
     data_root = Path(args.data_root) if args.data_root else default_data_root()
     load_start, wall = os.getloadavg(), time.perf_counter()
     warmup, steps, rounds = args.warmup, args.steps, args.rounds
     # Sampler and cosine schedule need a run length; longer than any benchmark run, so neither runs out.
     cfg = compose_config(args.quick, device, data_root, args.cache_dir, args.batch_size, args.lr_patch,
                          total_steps=max(1000, 10 * (warmup + steps)))
-    notes = [f"{os.cpu_count()} CPU cores visible; other processes sharing them slow every figure and add noise "
-             f"(load average is recorded)"] if device.type == "cpu" else []
+    notes = [f"{os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads: other processes on the same "
+             f"cores slow every figure and add noise (see the load averages); more threads than free cores make "
+             f"them wait on each other (--threads 1 avoids that)"] if device.type == "cpu" else []
     degradation = build(cfg.degradation)
     module_kwargs = OmegaConf.to_container(cfg.module, resolve=True)
     module_cls = get_class(module_kwargs.pop("_target_"))
@@ -400,6 +412,7 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "device": device.type, "device_name": _device_name(device), "torch": torch.__version__,
         "pytorch_lightning": pl.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "opencv_threads": _cv2_threads(),
         "load_avg_start": [round(v, 2) for v in load_start], "load_avg_end": [round(v, 2) for v in os.getloadavg()],
         "quick": bool(args.quick), "backbone": cfg.backbone._target_.rsplit(".", 1)[-1],
         "num_feat": int(cfg.backbone.num_feat), "num_block": int(cfg.backbone.num_block),
@@ -424,6 +437,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=None, help="timed steps per round")
     ap.add_argument("--reps", type=int, default=None, help="repetitions of the other figures")
     ap.add_argument("--loader-batches", type=int, default=10, help="batches per data-loading repetition")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="intra-op threads of torch and OpenCV (default: torch's, one per core); on a machine "
+                         "shared with other jobs, 1 avoids threads waiting on each other")
     ap.add_argument("--matmul-size", type=int, default=None, help="n of the n x n peak matmul")
     ap.add_argument("--eval-sets", default=None,
                     help=f"comma-separated (default: {','.join(BENCH_SETS)} on a GPU, "
@@ -434,7 +450,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for key, value in DEFAULTS[("gpu" if gpu else "cpu", "quick" if args.quick else "full")].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    for key in ("rounds", "warmup", "steps", "reps", "loader_batches", "matmul_size", "batch_size", "lr_patch"):
+    for key in ("rounds", "warmup", "steps", "reps", "loader_batches", "matmul_size", "batch_size", "lr_patch",
+                "threads"):
         v = getattr(args, key)
         if v is not None and v < 1:
             ap.error(f"--{key.replace('_', '-')} must be >= 1, got {v}")

@@ -44,3 +44,9 @@ def test_run_folder_is_named_by_overrides():
 
     assert run_id("") == "default"
     assert run_id("dropout.p=0.5,data.root=/a/b") == "dropout.p=0.5,data.root=_a_b"
+
+
+@pytest.mark.parametrize("launcher,key", [("slurm", "nodes"), ("local_parallel", "n_jobs"), ("joblib", "n_jobs")])
+def test_launcher_configs_compose(tmp_path, launcher, key):
+    cfg = compose_train([f"hydra/launcher={launcher}"], tmp_path)
+    assert key in cfg.hydra.launcher

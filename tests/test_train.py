@@ -78,3 +78,14 @@ def test_multirun_sweep_runs_four_jobs_in_own_folders(tmp_path):
         assert all(math.isfinite(m["psnr"]) for m in results["skimage_holdout"].values())
     manifest = json.loads((tmp_path / "sw" / "manifest.json").read_text())
     assert len(manifest["jobs"]) == 4 and manifest["failed"] == []
+    report = (tmp_path / "sw" / "report" / "report.md").read_text()  # the sweep's tables, built at its end
+    assert "Real-SRResNet (p=0.5)" in report and "Improvement" in report
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    from src.models.io import load_model
+
+    bad = tmp_path / "broken.ckpt"
+    bad.write_bytes(b"PK\x03\x04 not really a checkpoint")
+    with pytest.raises(ValueError, match="broken.ckpt: not a readable checkpoint"):
+        load_model(bad, backbone="tiny")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -70,7 +71,11 @@ def load_state_dict_file(path: str | os.PathLike, key: str | None = None) -> tup
             meta = f.metadata() or {}
         cfg = json.loads(meta["backbone"]) if "backbone" in meta else None
         return load_file(str(path)), cfg
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"{path}: not a readable checkpoint (truncated, corrupt, or holds more than weights and "
+                         f"plain config: {str(e).splitlines()[0]})") from e
     cfg = None
     if isinstance(obj, Mapping) and "hyper_parameters" in obj:
         cfg = obj["hyper_parameters"].get("backbone")
