@@ -23,7 +23,7 @@ def train_cmd(runs, *overrides, multirun=False):
 
 
 def only_job(runs, name):
-    jobs = [p for p in (Path(runs) / name).iterdir() if p.is_dir()]
+    jobs = [p for p in (Path(runs) / name).iterdir() if (p / "config.yaml").is_file()]
     assert len(jobs) == 1, jobs
     return jobs[0]
 
@@ -152,7 +152,7 @@ def test_cli_override_wins_over_sweep_axis(tmp_path):
            f"paths.runs={tmp_path}", f"paths.cache={tmp_path}/cache", "eval.degradations=[clean]"]
     proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    jobs = [p for p in (tmp_path / "positions").iterdir() if p.is_dir()]
+    jobs = [p for p in (tmp_path / "positions").iterdir() if (p / "job.json").is_file()]
     configs = [OmegaConf.load(j / "config.yaml") for j in jobs]
     assert sorted(c.dropout.position for c in configs) == ["b4", "last"]
     assert {c.dropout.p for c in configs} == {0.5}

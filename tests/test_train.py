@@ -66,7 +66,7 @@ def test_multirun_sweep_runs_four_jobs_in_own_folders(tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    jobs = sorted(p for p in (tmp_path / "sw").iterdir() if p.is_dir())
+    jobs = sorted(p for p in (tmp_path / "sw").iterdir() if (p / "job.json").is_file())
     assert len(jobs) == 4
     for job, (p, pos) in zip(jobs, [(0.1, "last"), (0.1, "none"), (0.5, "last"), (0.5, "none")]):
         assert f"dropout.p={p},dropout.position={pos}" in job.name  # folders are named by the overrides
