@@ -177,8 +177,8 @@ def main_cfg(cfg, out: str | Path | None = None) -> dict:
     if len(labels) != len(paths) or len(set(labels)) != len(labels):
         raise ValueError(f"labels={labels}: need one distinct label per checkpoint ({len(paths)}: {paths})")
     device = pick_device(cfg.device)
-    backbone = cfg.backbone
-    if backbone is not None and not isinstance(backbone, str):
+    backbone = cfg.get("backbone")  # a conf/backbone group choice, composed (and resolved) here
+    if backbone is not None:
         backbone = OmegaConf.to_container(backbone, resolve=True)
     models = {lab: load_model(p, backbone=backbone, map_location=device) for lab, p in zip(labels, paths)}
     scales = {lab: cfg.scale or model_scale(m) for lab, m in models.items()}

@@ -200,13 +200,14 @@ def test_pipeline_end_to_end_writes_figures_and_csvs(tmp_path):
 
 def test_cli_positional_tool_with_basicsr_pth(tmp_path):
     pytest.importorskip("src.data.testsets")
-    model = _tiny_srresnet(0)
+    srresnet = pytest.importorskip("src.models.srresnet")
+    model = srresnet.MSRResNet(num_feat=32, num_block=4)  # the shape of conf/backbone/tiny.yaml
     torch.save({"params": model.state_dict()}, tmp_path / "tiny.pth")
     from src.data.imageio import write_image
 
     write_image(tmp_path / "hr.png", _image(32, 32, 5))
     cmd = [sys.executable, "-m", "src.analyze", "csm", f"ckpt={tmp_path / 'tiny.pth'}",
-           "backbone={_target_:src.models.srresnet.MSRResNet,num_feat:16,num_block:2}",
+           "backbone=tiny",
            f"image={tmp_path / 'hr.png'}", f"out={tmp_path / 'out'}", "device=cpu", "progress=false"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)

@@ -89,3 +89,19 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     bad.write_bytes(b"PK\x03\x04 not really a checkpoint")
     with pytest.raises(ValueError, match="broken.ckpt: not a readable checkpoint"):
         load_model(bad, backbone="tiny")
+
+
+def test_training_images_smaller_than_a_patch_are_skipped_with_a_warning(tmp_path):
+    import numpy as np
+
+    from src.data.datasets import HRPatches
+    from src.data.imageio import write_image
+
+    rng = np.random.default_rng(0)
+    write_image(tmp_path / "big.png", rng.integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    write_image(tmp_path / "small.png", rng.integers(0, 256, (20, 50, 3), dtype=np.uint8))
+    with pytest.warns(UserWarning, match="skipping 1 training image.*small.png"):
+        data = HRPatches([tmp_path / "big.png", tmp_path / "small.png"], patch_size=32, length=4)
+    assert [p.name for p in data.paths] == ["big.png"] and data[3].shape == (3, 32, 32)
+    with pytest.raises(ValueError, match="every training image is smaller"):
+        HRPatches([tmp_path / "small.png"], patch_size=32, length=4)

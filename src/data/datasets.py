@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -100,11 +101,17 @@ class HRPatches(Dataset):
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.augment = augment
         self._images: dict[int, np.ndarray] = {}
-        for p in self.paths:  # fail at start, naming the file, rather than in a worker hours later
-            img = decoded(p, self.cache_dir)
-            if min(img.shape[:2]) < patch_size:
-                raise ValueError(f"{p}: image {img.shape[1]}x{img.shape[0]} is smaller than the HR patch "
-                                 f"size {patch_size} (data.lr_patch_size x scale)")
+        # Decode everything now: an unreadable file fails at start, naming itself, not in a worker hours later.
+        # Images smaller than a patch (7 of T91's 91 at x4) cannot give a crop: skip them, loudly.
+        sizes = {p: decoded(p, self.cache_dir).shape[:2] for p in self.paths}
+        small = [p for p, (h, w) in sizes.items() if min(h, w) < patch_size]
+        if small:
+            self.paths = [p for p in self.paths if p not in small]
+            if not self.paths:
+                raise ValueError(f"every training image is smaller than the HR patch size {patch_size} "
+                                 f"(data.lr_patch_size x upscale): {', '.join(map(str, small[:5]))}")
+            warnings.warn(f"skipping {len(small)} training image(s) smaller than the {patch_size}px HR patch: "
+                          f"{', '.join(p.name for p in small)}")
 
     def __len__(self) -> int:
         return self.length
