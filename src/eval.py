@@ -15,6 +15,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from src.data.datasets import default_data_root, resolve_set
 from src.data.testsets import TEST_DEGRADATIONS
 from src.evaluation import evaluate, format_table, load_results, merge_results, write_results
+from src.utils import resolve_device
 
 CKPT = Path("checkpoints") / "last.ckpt"
 
@@ -46,14 +47,6 @@ def resolve_degradations(value) -> list[str]:
     if bad:
         raise ValueError(f"degradations={names}: unknown {bad}; allowed: all or any of {', '.join(TEST_DEGRADATIONS)}")
     return names
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available; use device=cpu or device=auto")
-    return torch.device(device)
 
 
 def run_eval(cfg: DictConfig) -> dict[Path, dict]:

@@ -12,13 +12,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
-from src.data.imageio import IMAGE_SUFFIXES, ImageReadError, to_rgb_uint8, write_image
+from src.data.imageio import IMAGE_SUFFIXES, decode_image, to_rgb_uint8, write_image
 from src.tiling import tiled_forward
+from src.utils import resolve_device
 
 
 @dataclass
@@ -34,22 +34,13 @@ class InferenceSummary:
 
 def read_input(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     """(float32 (H, W, 3) RGB in [0, 1], bit depth 8 or 16); raises ImageReadError naming the path."""
-    path = Path(path)
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as e:
-        raise ImageReadError(f"{path}: cannot read file ({e.strerror or e})") from e
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if img is None:
-        raise ImageReadError(f"{path}: not a readable image (empty, truncated or unknown format)")
-    if img.ndim == 3 and img.shape[2] >= 3:
-        img = img[:, :, [2, 1, 0]]  # OpenCV decodes BGR(A); drop alpha here too
+    img = decode_image(path)
     if img.dtype == np.uint16:
         if img.ndim == 3 and img.shape[2] == 2:  # gray + alpha
             img = img[:, :, 0]
         if img.ndim == 2:
             img = np.repeat(img[:, :, None], 3, axis=2)
-        return img.astype(np.float32) / 65535.0, 16
+        return img[:, :, :3].astype(np.float32) / 65535.0, 16  # alpha dropped
     return to_rgb_uint8(img, str(path)).astype(np.float32) / 255.0, 8
 
 
@@ -131,14 +122,6 @@ def run_inference(model: nn.Module, inputs: list[Path], out_dir: str | os.PathLi
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
     return summary
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available; use device=cpu or device=auto")
-    return torch.device(device)
 
 
 def main(cfg) -> int:

@@ -68,3 +68,12 @@ def build(cfg: Any, **kwargs: Any) -> Any:
         if isinstance(cause, (ValueError, FileNotFoundError, TypeError)):
             raise cause from None
         raise
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` (CUDA when there is one), `cpu`, `cuda`, `cuda:N`; asking for CUDA without it is a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available; use device=cpu or device=auto")
+    return torch.device(device)

@@ -133,6 +133,6 @@ def plot_scores(scores: dict[str, np.ndarray], path):
         ax.bar(np.arange(len(s)) + k * width, s / max(s.max(), 1e-30), width=width, label=label)
     ax.set_xlabel("channel index")
     ax.set_ylabel("saliency / max")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     ax.set_title("Channel saliency scores (mean |dD/dF_m|)")
     return save_figure(fig, path)

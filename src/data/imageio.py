@@ -35,8 +35,8 @@ def to_rgb_uint8(img: np.ndarray, source: str = "<array>") -> np.ndarray:
     return np.ascontiguousarray(img[:, :, :3])
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as uint8 (H, W, 3) RGB; raise ImageReadError naming the path if it cannot be decoded."""
+def decode_image(path: str | os.PathLike) -> np.ndarray:
+    """The file's pixels as stored (8- or 16-bit, gray/RGB/RGBA, channels in RGB(A) order); raises ImageReadError."""
     path = Path(path)
     try:
         data = np.fromfile(path, dtype=np.uint8)
@@ -48,7 +48,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if img.ndim == 3 and img.shape[2] >= 3:
         # OpenCV decodes to BGR(A); the rest of the suite is RGB.
         img = img[:, :, [2, 1, 0] + list(range(3, img.shape[2]))]
-    return to_rgb_uint8(img, str(path))
+    return img
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as uint8 (H, W, 3) RGB; raise ImageReadError naming the path if it cannot be decoded."""
+    return to_rgb_uint8(decode_image(path), str(path))
 
 
 def write_image(path: str | os.PathLike, img: np.ndarray) -> Path:
