@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 from src.analysis import ablation as abl
 from src.analysis import ddr as ddr_mod
 from src.analysis import saliency as sal
-from src.analysis.common import DEFAULT_LAYER, center_crop, pick_device, to_tensor, write_csv
-from src.utils import atomic_write_text
+from src.analysis.common import DEFAULT_LAYER, center_crop, to_tensor, write_csv
+from src.utils import atomic_write_text, resolve_device
 
 TOOLS = ("csm", "ablation", "ddr", "all")
 
@@ -176,7 +176,7 @@ def main_cfg(cfg, out: str | Path | None = None) -> dict:
     labels = _as_list(cfg.labels) or [model_label(p) for p in paths]
     if len(labels) != len(paths) or len(set(labels)) != len(labels):
         raise ValueError(f"labels={labels}: need one distinct label per checkpoint ({len(paths)}: {paths})")
-    device = pick_device(cfg.device)
+    device = resolve_device(str(cfg.device))
     backbone = cfg.get("backbone")  # a conf/backbone group choice, composed (and resolved) here
     if backbone is not None:
         backbone = OmegaConf.to_container(backbone, resolve=True)
@@ -205,11 +205,35 @@ def main_cfg(cfg, out: str | Path | None = None) -> dict:
     return summary
 
 
-def _tool_as_override(argv: list[str]) -> list[str]:
-    """`python -m src.analyze csm ...` -> `... tool=csm ...`: Hydra only parses key=value overrides."""
-    if len(argv) > 1 and argv[1] in TOOLS:
-        return [argv[0], f"tool={argv[1]}", *argv[2:]]
-    return argv
+PATH_KEYS = ("ckpt", "ckpts", "image", "out", "data.root")
+
+
+def _quote(value: str) -> str:
+    if value[:1] in ("'", '"'):
+        return value
+    return f"'{value}'" if '"' in value else f'"{value}"'
+
+
+def _preprocess_argv(argv: list[str]) -> list[str]:
+    """Make the command line Hydra-parsable.
+
+    `python -m src.analyze csm ...` becomes `... tool=csm ...` (Hydra only parses key=value overrides), and
+    paths holding `=` (this suite's run folders are named by their overrides, e.g. `dropout.p=0.7`) are
+    quoted, which Hydra's override grammar otherwise rejects.
+    """
+    args = list(argv[1:])
+    if args and args[0] in TOOLS:
+        args[0] = f"tool={args[0]}"
+    for i, arg in enumerate(args):
+        key, sep, value = arg.partition("=")
+        if not sep or key not in PATH_KEYS or "=" not in value:
+            continue
+        if value.startswith("[") and value.endswith("]"):
+            value = "[" + ",".join(_quote(v) if "=" in v else v for v in value[1:-1].split(",")) + "]"
+        else:
+            value = _quote(value)
+        args[i] = f"{key}={value}"
+    return [argv[0], *args]
 
 
 def _hydra_main():
@@ -226,5 +250,5 @@ def _hydra_main():
 
 
 if __name__ == "__main__":
-    sys.argv = _tool_as_override(sys.argv)
+    sys.argv = _preprocess_argv(sys.argv)
     _hydra_main()

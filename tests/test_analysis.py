@@ -215,3 +215,14 @@ def test_cli_positional_tool_with_basicsr_pth(tmp_path):
     assert (tmp_path / "out" / "csm.png").exists() and (tmp_path / "out" / "csm_scores.csv").exists()
     assert not (tmp_path / "out" / "ablation_curve.png").exists()
     assert (tmp_path / "out" / ".hydra" / "config.yaml").exists()
+
+
+def test_argv_tool_positional_and_paths_with_equals_are_quoted():
+    from src.analyze import _preprocess_argv
+
+    argv = ["analyze", "ddr", "ckpt=runs/train/dropout.p=0.7/checkpoints/last.ckpt",
+            "ckpts=[runs/a=1/last.ckpt,plain.pth]", "labels=[a,b]", "out=x"]
+    assert _preprocess_argv(argv) == [
+        "analyze", "tool=ddr", 'ckpt="runs/train/dropout.p=0.7/checkpoints/last.ckpt"',
+        'ckpts=["runs/a=1/last.ckpt",plain.pth]', "labels=[a,b]", "out=x"]
+    assert _preprocess_argv(["analyze", "tool=csm"]) == ["analyze", "tool=csm"]
