@@ -239,3 +239,19 @@ def test_eval_sweep_goes_on_past_a_broken_checkpoint(toy_set, tmp_path):
         run_eval(_eval_cfg(root, tmp_path / "sweep", degradations="[clean]"))
     assert (tmp_path / "sweep" / "a" / "results.json").is_file()
     assert not (tmp_path / "sweep" / "b" / "results.json").exists()
+
+
+def test_eval_cli_basicsr_pth_needs_and_takes_a_backbone(toy_set, tmp_path):
+    from src.models.srresnet import MSRResNet
+
+    root = toy_set[0].parents[1].parent
+    pth = tmp_path / "net_g.pth"
+    torch.save({"params_ema": MSRResNet(num_feat=32, num_block=4).state_dict()}, pth)
+    base = [sys.executable, "-m", "src.eval", f"ckpt={pth}", f"data.root={root}", "sets=[Toy]", "degradations=clean",
+            "device=cpu", f"cache_dir={tmp_path / 'cache'}", f"out_dir={tmp_path / 'out'}"]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    missing = subprocess.run(base, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert missing.returncode != 0 and "backbone=" in missing.stderr + missing.stdout
+    proc = subprocess.run(base + ["backbone=tiny"], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["Toy"]["clean"]["n_images"] >= 1
