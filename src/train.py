@@ -36,7 +36,7 @@ class AtomicCheckpoint(pl.Callback):
 
     def _save(self, trainer: pl.Trainer) -> None:
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        trainer.save_checkpoint(tmp)  # collective under DDP; only rank 0 writes
+        trainer.save_checkpoint(tmp, weights_only=False)  # full state for resuming; collective under DDP
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
         trainer.strategy.barrier("atomic-checkpoint")
