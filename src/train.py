@@ -81,7 +81,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
         return json.loads((run_dir / "results.json").read_text())
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     apply_shrink(cfg)
-    # The effective config, after shrink: what .hydra/config.yaml says before it is applied.
+    # Hydra's .hydra/config.yaml is written before apply_shrink; config.yaml is what this run actually uses.
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     # Backbone first: a bad dropout position or probability must fail before any data is touched.
