@@ -44,7 +44,7 @@ def test_ddp_cpu_two_processes(tmp_path):
 
 
 def test_kill9_then_resume_matches_uninterrupted_run(tmp_path):
-    args = ("trainer.max_steps=24", "ckpt_every_n_steps=3", "trainer.val_check_interval=12", "name=kr",
+    args = ("trainer.max_steps=48", "ckpt_every_n_steps=3", "trainer.val_check_interval=24", "name=kr",
             "eval.degradations=[clean]", "dropout.p=0.5")
     ref = subprocess.run(train_cmd(tmp_path / "ref", *args), cwd=REPO, env=ENV, capture_output=True, text=True,
                          timeout=600)
@@ -66,7 +66,6 @@ def test_kill9_then_resume_matches_uninterrupted_run(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert ckpt is not None, "training finished before it could be killed"
-    print("killed after step", step)
     assert not (ckpt.parent.parent / "train_done.json").exists()
 
     resumed = subprocess.run(train_cmd(runs, *args), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
