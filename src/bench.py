@@ -109,7 +109,7 @@ def build_datamodule(cfg, degradation, notes: list[str]):
     from omegaconf import OmegaConf
 
     from src.data.datasets import decoded, resolve_set
-    from src.utils import build
+    from src.utils import build, resolve_device
 
     dm = build(cfg.data, degradation=degradation)
     try:
@@ -165,7 +165,7 @@ def framework_overhead(cfg, make_module, make_dm, degradation, device, rounds: i
     the end of step `warmup` to the end of step `warmup + steps`, so setup and worker start-up are excluded."""
     import pytorch_lightning as pl
 
-    from src.utils import build
+    from src.utils import build, resolve_device
 
     marks = (warmup, warmup + steps)
 
@@ -356,11 +356,11 @@ def run(args: argparse.Namespace) -> dict:
     from omegaconf import OmegaConf
 
     from src.data.datasets import default_data_root
-    from src.utils import build
+    from src.utils import build, resolve_device
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available; use --device cpu")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device or "auto")
     if args.threads:
         import cv2
 

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.loggers import build_loggers, finish_wandb, log_results
 from src.sweep import register_resolvers, write_job_status
-from src.utils import atomic_write_json, atomic_write_text, build
+from src.utils import atomic_write_json, atomic_write_text, build, resolve_device
 
 register_resolvers()
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def fit_and_evaluate(cfg: DictConfig, run_dir: Path, module, datamodule, loggers
 
     from src.evaluation import evaluate, format_table, write_results
 
-    device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("gpu", "cuda", "auto") else "cpu"
+    device = resolve_device("auto" if cfg.trainer.accelerator in ("gpu", "cuda", "auto") else "cpu")
     results = evaluate(module.net.eval(), datamodule.test_paths, degradations=list(cfg.eval.degradations),
                        scale=cfg.upscale, seed=cfg.eval.seed, device=device, tile=cfg.eval.tile,
                        cache_dir=Path(cfg.paths.cache) / "testsets")

@@ -86,7 +86,8 @@ class SRModule(pl.LightningModule):
         b = self.hparams.scale
         sr_y, hr_y = y_channel(sr)[..., b:-b, b:-b], y_channel(hr)[..., b:-b, b:-b]
         self.val_psnr.update(peak_signal_noise_ratio(sr_y, hr_y, data_range=1.0, reduction="none", dim=(1, 2, 3)))
-        if batch_idx < self.hparams.panel_images:
+        # Panels only where a logger can show images (W&B), not for CSV-only runs.
+        if batch_idx < self.hparams.panel_images and any(hasattr(lg, "log_image") for lg in self.loggers):
             self._panel.append(panel_strip(lr[0], sr[0], hr[0], self.hparams.panel_crop))
 
     def on_validation_epoch_end(self) -> None:
