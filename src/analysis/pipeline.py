@@ -1,0 +1,205 @@
+"""Orchestration of the interpretation tools: load models and images, run each tool, write figures/CSVs/JSON.
+
+`analyze` runs the tools on models already in memory (what tests and notebooks call); `run_config` does the
+same from an analyze.yaml config (checkpoint paths, image sets), which is all the `python -m src.analyze`
+entry point calls. Writes into `out`: csm.png + csm_scores.csv/png (channel saliency maps),
+ablation_channels.png/csv (PSNR drop per ablated channel) + ablation_curve.png/csv (PSNR vs number of
+channels ablated, all models on one plot), ddr_tsne.png + ddr_chi.png/csv + ddr_embedding.csv (deep
+degradation representations), and summary.json.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from src.analysis import ablation as abl
+from src.analysis import ddr as ddr_mod
+from src.analysis import saliency as sal
+from src.analysis.common import DEFAULT_LAYER, center_crop, to_tensor, write_csv
+from src.utils import atomic_write_text, resolve_device
+
+TOOLS = ("csm", "ablation", "ddr", "all")
+
+
+def model_label(path: str | Path) -> str:
+    """A suite run's folder name for `<run>/checkpoints/last.ckpt`, else the file's stem."""
+    path = Path(path)
+    return path.parent.parent.name if path.parent.name == "checkpoints" else path.stem
+
+
+def model_scale(model: nn.Module) -> int:
+    for name in ("upscale", "scale"):
+        value = getattr(model, name, None)
+        if isinstance(value, int) and value >= 1:
+            return value
+    raise ValueError(f"{type(model).__name__} has no integer `upscale`/`scale` attribute: pass scale=<factor>")
+
+
+def load_pairs(paths: Sequence[Path], degradation: str, scale: int, crop: int | None, seed: int = 0
+               ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, LR uint8, HR uint8) with HR centre-cropped to a multiple of the scale (and to `crop` px)."""
+    from src.data.imageio import read_image
+    from src.data.testsets import degrade_test_image
+
+    out = []
+    for p in paths:
+        hr = center_crop(read_image(p), crop, multiple=scale)
+        out.append((Path(p).stem, degrade_test_image(hr, degradation, scale=scale, seed=seed), hr))
+    return out
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def run_ablation(models, pairs, out: Path, scale, layer, order, rescale, batch_size, seed, device, progress):
+    results = {}
+    for label, model in models.items():
+        tensors = [(to_tensor(lr, device), hr) for _, lr, hr in pairs]
+        results[label] = abl.channel_ablation(model, tensors, scale, layer, order, rescale, batch_size, seed,
+                                              progress, desc=f"ablation {label}")
+    write_csv(out / "ablation_channels.csv", ["model", "channel", "psnr", "psnr_drop", "baseline_psnr"],
+              [[lab, c, float(r.single[c]), float(r.drop[c]), r.baseline]
+               for lab, r in results.items() for c in range(len(r.single))])
+    write_csv(out / "ablation_curve.csv", ["model", "n_ablated", "last_ablated_channel", "psnr"],
+              [[lab, k, int(r.order[k - 1]) if k else "", float(r.cumulative[k])]
+               for lab, r in results.items() for k in range(len(r.cumulative))])
+    abl.plot_single(results, out / "ablation_channels.png")
+    abl.plot_cumulative(results, out / "ablation_curve.png", order)
+    return results
+
+
+def run_csm(models, pairs, out: Path, layer, max_channels, device, progress, ablation=None):
+    entries, scores, rows, notes = [], {}, [], []
+    for label, model in models.items():
+        acc = None
+        for k, (_, lr, _) in enumerate(tqdm(pairs, desc=f"csm {label}", disable=not progress)):
+            s = sal.channel_saliency(model, to_tensor(lr, device), layer)
+            stats = torch.stack([s.scores, s.csm.mean(dim=(0, 2, 3)), s.features.mean(dim=(0, 2, 3))])
+            acc = stats if acc is None else acc + stats
+            if k == 0:
+                entries.append((label, s.features[0], s.csm[0]))
+        acc = (acc / len(pairs)).numpy().astype(np.float64)
+        scores[label] = acc[0]
+        rel = acc[0] / max(acc[0].max(), 1e-30)
+        rows += [[label, c, float(acc[0, c]), float(rel[c]), float(acc[1, c]), float(acc[2, c])]
+                 for c in range(acc.shape[1])]
+        if ablation is not None and label in ablation:
+            notes.append({c: f"{d:+.2f}" for c, d in enumerate(-ablation[label].drop)})
+    write_csv(out / "csm_scores.csv", ["model", "channel", "saliency", "saliency_rel", "csm_mean", "feature_mean"],
+              rows)
+    sal.plot_csm_grid(entries, out / "csm.png", max_channels=max_channels, channel_notes=notes or None)
+    sal.plot_scores(scores, out / "csm_scores.png")
+    return scores
+
+
+def run_ddr(models, hr_images, out: Path, scale, layer, degradations, input_size, perplexity, batch_size, seed,
+            device, progress):
+    samples = ddr_mod.make_samples(hr_images, degradations, scale, input_size, seed)
+    results = {label: ddr_mod.compute_ddr(model, samples, layer, batch_size, device, seed, perplexity, progress,
+                                  desc=f"ddr {label}") for label, model in models.items()}
+    write_csv(out / "ddr_chi.csv", ["model", "chi", "chi_tsne", "n_samples", "n_channels"],
+              [[lab, r.chi, r.chi_tsne, len(r.degradations), r.features.shape[1]] for lab, r in results.items()])
+    write_csv(out / "ddr_embedding.csv", ["model", "image", "degradation", "x", "y"],
+              [[lab, im, d, float(x), float(y)] for lab, r in results.items()
+               for im, d, (x, y) in zip(r.images, r.degradations, r.embedding)])
+    ddr_mod.plot_tsne(results, out / "ddr_tsne.png", degradations)
+    ddr_mod.plot_chi(results, out / "ddr_chi.png")
+    return results
+
+
+def analyze(models: dict[str, nn.Module], tool: str, out: str | Path, pairs=None, ddr_images=None, *,
+            scale: int = 4, layer: str = DEFAULT_LAYER, device="cpu", batch_size: int = 8, seed: int = 0,
+            progress: bool = True, max_channels: int = 64, order: str = "index", rescale: bool = True,
+            degradations=ddr_mod.DDR_DEGRADATIONS, input_size: int = 128, perplexity: float = 30.0) -> dict:
+    """Run `tool` on every model; `pairs` = [(name, LR, HR)] for csm/ablation, `ddr_images` = [(name, HR)].
+
+    Returns (and writes as summary.json) per model the headline numbers of each tool.
+    """
+    if tool not in TOOLS:
+        raise ValueError(f"tool={tool!r}; allowed: {', '.join(TOOLS)}")
+    if tool in ("csm", "ablation", "all") and not pairs:
+        raise ValueError(f"tool={tool} needs (name, LR, HR) image pairs; got none")
+    if tool in ("ddr", "all") and not ddr_images:
+        raise ValueError(f"tool={tool} needs HR images for DDR; got none")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, dict] = {label: {} for label in models}
+    ablation = None
+    if tool in ("ablation", "all"):  # before csm so the CSM grid can carry each channel's PSNR drop
+        ablation = run_ablation(models, pairs, out, scale, layer, order, rescale, batch_size, seed, device,
+                                progress)
+        for label, r in ablation.items():
+            c = len(r.single)
+            summary[label]["ablation"] = {
+                "baseline_psnr": _finite(r.baseline), "max_drop": _finite(r.drop.max()),
+                "mean_drop": _finite(r.drop.mean()), "std_drop": _finite(r.drop.std()),
+                "psnr_half_ablated": _finite(r.cumulative[c // 2]), "psnr_all_ablated": _finite(r.cumulative[c])}
+    if tool in ("csm", "all"):
+        scores = run_csm(models, pairs, out, layer, max_channels, device, progress, ablation)
+        for label, s in scores.items():
+            # Coefficient of variation and the top channel's share: how unequal the channels' importance is.
+            summary[label]["csm"] = {"saliency_cv": float(s.std() / max(s.mean(), 1e-30)),
+                                     "top_channel_share": float(s.max() / max(s.sum(), 1e-30))}
+    if tool in ("ddr", "all"):
+        res = run_ddr(models, ddr_images, out, scale, layer, degradations, input_size, perplexity, batch_size,
+                      seed, device, progress)
+        for label, r in res.items():
+            summary[label]["ddr"] = {"chi": r.chi, "chi_tsne": r.chi_tsne, "n_samples": len(r.degradations)}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return summary
+
+
+def _as_list(value) -> list:
+    return [] if value is None else list(value)
+
+
+def run_config(cfg, out: str | Path | None = None) -> dict:
+    """Load the checkpoints and inputs named by an analyze.yaml config and run `analyze`; `out` overrides cfg.out."""
+    from omegaconf import OmegaConf
+
+    from src.data.datasets import default_data_root, resolve_set
+    from src.models.io import load_model
+
+    if cfg.tool not in TOOLS:
+        raise ValueError(f"tool={cfg.tool!r}; allowed: {', '.join(TOOLS)}")
+    paths = ([cfg.ckpt] if cfg.ckpt else []) + _as_list(cfg.ckpts)
+    if not paths:
+        raise ValueError("no model given: pass ckpt=<path> or ckpts=[<path>,<path>]")
+    labels = _as_list(cfg.labels) or [model_label(p) for p in paths]
+    if len(labels) != len(paths) or len(set(labels)) != len(labels):
+        raise ValueError(f"labels={labels}: need one distinct label per checkpoint ({len(paths)}: {paths})")
+    device = resolve_device(str(cfg.device))
+    backbone = cfg.get("backbone")  # a conf/backbone group choice, composed (and resolved) here
+    if backbone is not None:
+        backbone = OmegaConf.to_container(backbone, resolve=True)
+    models = {lab: load_model(p, backbone=backbone, map_location=device) for lab, p in zip(labels, paths)}
+    scales = {lab: cfg.scale or model_scale(m) for lab, m in models.items()}
+    if len(set(scales.values())) != 1:
+        raise ValueError(f"the checkpoints have different scales {scales}; compare models of one scale")
+    scale = next(iter(scales.values()))
+    root = Path(cfg.data.root) if cfg.data.root else default_data_root()
+    pairs = ddr_images = None
+    if cfg.tool in ("csm", "ablation", "all"):
+        images = [Path(cfg.image)] if cfg.image else resolve_set(cfg.data.set, root)[:cfg.n_images]
+        pairs = load_pairs(images, cfg.degradation, scale, cfg.crop, cfg.seed)
+    if cfg.tool in ("ddr", "all"):
+        from src.data.imageio import read_image
+
+        ddr_images = [(p.stem, read_image(p)) for p in resolve_set(cfg.ddr.set, root)[:cfg.ddr.n_images]]
+    out = Path(out or cfg.out)
+    summary = analyze(models, cfg.tool, out, pairs, ddr_images, scale=scale, layer=cfg.layer, device=device,
+                      batch_size=cfg.batch_size, seed=cfg.seed, progress=cfg.progress,
+                      max_channels=cfg.csm.max_channels, order=cfg.ablation.order, rescale=cfg.ablation.rescale,
+                      degradations=tuple(cfg.ddr.degradations), input_size=cfg.ddr.input_size,
+                      perplexity=cfg.ddr.perplexity)
+    print(json.dumps(summary, indent=2, sort_keys=True))
+    print(f"analysis written to {out.resolve()}")
+    return summary
