@@ -9,34 +9,36 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from src import runs as run_folders
 from src.data.datasets import default_data_root, resolve_set
 from src.data.testsets import TEST_DEGRADATIONS
 from src.evaluation import evaluate, format_table, load_results, merge_results, write_results
 from src.utils import resolve_device
 
-CKPT = Path("checkpoints") / "last.ckpt"
 
+def checkpoints_to_evaluate(target: str | os.PathLike, out_dir: str | os.PathLike | None = None
+                            ) -> list[tuple[Path, Path]]:
+    """(checkpoint, results folder) pairs for a weights file, a run folder or a sweep folder.
 
-def find_runs(target: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> list[tuple[Path, Path]]:
-    """(checkpoint, run folder) pairs for a checkpoint file, a run folder or a sweep folder."""
+    Run folders without a checkpoint (a job that failed before saving one) are skipped with a line naming them.
+    """
     target = Path(target)
     if target.is_file():
         if out_dir is not None:
             return [(target, Path(out_dir))]
-        run = target.parent.parent if target.parent.name == "checkpoints" else target.parent
-        return [(target, run)]
-    if not target.is_dir():
+        return [(target, run_folders.run_of_checkpoint(target) or target.parent)]
+    if not target.exists():
         raise FileNotFoundError(f"ckpt={target}: no such file or folder")
-    if (target / CKPT).is_file():
-        return [(target / CKPT, target)]
-    runs = sorted(p.parent.parent for p in target.rglob(str(CKPT)))
-    if not runs:
-        raise FileNotFoundError(f"ckpt={target}: no {CKPT} in it or in any folder below it (not a run or sweep "
-                                f"folder?)")
-    return [(r / CKPT, r) for r in runs]
+    found = run_folders.find_runs(target)
+    pairs = [(run_folders.checkpoint(r), r) for r in found if run_folders.checkpoint(r).is_file()]
+    for r in found:
+        if not run_folders.checkpoint(r).is_file():
+            print(f"[eval] skipped {r}: no {run_folders.CKPT} (training failed or has not saved one yet)")
+    if not pairs:
+        raise FileNotFoundError(f"ckpt={target}: no {run_folders.CKPT} in it or in any run folder below it")
+    return pairs
 
 
 def resolve_degradations(value) -> list[str]:
@@ -55,7 +57,7 @@ def run_eval(cfg: DictConfig) -> dict[Path, dict]:
 
     if cfg.get("ckpt") in (None, "", "???"):
         raise ValueError("ckpt=... is required: a checkpoint file, a run folder or a sweep folder")
-    runs = find_runs(cfg.ckpt, cfg.get("out_dir"))
+    runs = checkpoints_to_evaluate(cfg.ckpt, cfg.get("out_dir"))
     root = Path(cfg.data.root) if cfg.data.get("root") else default_data_root()
     names = [cfg.sets] if isinstance(cfg.sets, str) else list(cfg.sets)
     # Resolve every set before loading any model: a missing folder should fail in a second, not after a sweep.

@@ -177,8 +177,10 @@ def main(cfg) -> Path:
     backbone = cfg.get("backbone")  # a conf/backbone group choice, composed (and resolved) here
     if backbone is not None:
         backbone = OmegaConf.to_container(backbone, resolve=True)
+    from src.runs import resolve_checkpoint
+
     out = to_absolute_path(cfg.out) if cfg.out else None
-    path = export(to_absolute_path(cfg.ckpt), str(cfg.format), out, backbone, int(cfg.opset), str(cfg.exporter))
+    path = export(resolve_checkpoint(to_absolute_path(cfg.ckpt)), str(cfg.format), out, backbone, int(cfg.opset), str(cfg.exporter))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return path
 

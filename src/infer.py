@@ -129,6 +129,7 @@ def main(cfg) -> int:
     from omegaconf import OmegaConf
 
     from src.models.io import load_model
+    from src.runs import resolve_checkpoint
 
     for key in ("ckpt", "input", "output"):
         if cfg.get(key) in (None, "", "???"):
@@ -138,7 +139,7 @@ def main(cfg) -> int:
     backbone = cfg.get("backbone")  # a conf/backbone group choice, composed (and resolved) here
     if backbone is not None:
         backbone = OmegaConf.to_container(backbone, resolve=True)
-    model = load_model(to_absolute_path(cfg.ckpt), backbone=backbone, map_location=device)
+    model = load_model(resolve_checkpoint(to_absolute_path(cfg.ckpt)), backbone=backbone, map_location=device)
     out_dir = Path(to_absolute_path(cfg.output))
     summary = run_inference(model, gather_inputs(to_absolute_path(cfg.input)), out_dir, device, cfg.tile,
                             cfg.overlap, cfg.pad_multiple, progress=cfg.progress)

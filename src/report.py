@@ -1,10 +1,10 @@
 """Rebuild the paper's tables and figures from the result files of one or more sweeps.
 
     python -m src.report runs/positions [runs/probabilities ...] [--out DIR] [--metric psnr]
-    python -m src.report runs/main --fig5 runs/main/dropout=none/checkpoints/last.ckpt \
-        runs/main/dropout=last/checkpoints/last.ckpt ../shared/datasets/Set14/HR/zebra.png
+    python -m src.report runs/main --fig5 runs/main/sweep/dropout-none/checkpoints/last.ckpt \
+        runs/main/sweep/dropout-last/checkpoints/last.ckpt ../shared/datasets/Set14/HR/zebra.png
 
-A run is a folder with `.hydra/config.yaml` (what was trained: backbone, dropout position/dim/p, training
+A run is a folder with `config.yaml` (the config that ran: backbone, dropout position/dim/p, training
 degradation) and `results.json` (written by src.eval / src.train); `metrics.csv` (CSV logger) gives training
 curves. A sweep's `manifest.json` (from src.sweep) is used when present, so failed jobs are listed, not guessed.
 
@@ -29,6 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
+from src import runs as run_folders
 from src.utils import atomic_write_bytes, atomic_write_text
 
 SET_ORDER = ("Set5", "Set14", "BSD100", "Manga109", "Urban100")
@@ -80,15 +81,11 @@ def _select(cfg, key, default=None):
 
 
 def read_run(run_dir: Path) -> Run | None:
-    """A Run from a run folder, or None if it has no results yet."""
-    from omegaconf import OmegaConf
-
-    cfg_path, res_path = run_dir / ".hydra" / "config.yaml", run_dir / "results.json"
-    if not cfg_path.is_file():
-        raise ValueError(f"{run_dir}: no .hydra/config.yaml; cannot tell what this run trained")
-    if not res_path.is_file():
+    """A Run from a run folder (labelled from the config that actually ran), or None if it has no results yet."""
+    cfg = run_folders.load_run_config(run_dir)
+    results = run_folders.read_state(run_folders.results_file(run_dir))
+    if results is None:
         return None
-    cfg = OmegaConf.load(cfg_path)
     target = str(_select(cfg, "backbone._target_", "?"))
     cls = target.rsplit(".", 1)[-1]
     name = BACKBONE_LABEL.get(cls, cls)
@@ -101,7 +98,6 @@ def read_run(run_dir: Path) -> Run | None:
     p = float(_select(cfg, "dropout.p", 0.0) or 0.0)
     if position == "none" or p == 0:
         position, p = "none", 0.0
-    results = json.loads(res_path.read_text())
     return Run(run_dir, name, prefix + name + ("" if not size else f"[{','.join(size)}]"), position,
                str(_select(cfg, "dropout.dim", "channel")), p, results, fingerprint=_fingerprint(cfg))
 
@@ -137,32 +133,24 @@ def _short_groups(runs: list[Run]) -> None:
             r.group = base
 
 
-def find_runs(sweeps: Sequence[os.PathLike]) -> tuple[list[Run], list[str]]:
+def load_runs(sweeps: Sequence[os.PathLike]) -> tuple[list[Run], list[str]]:
     """(runs with results, notes about jobs left out) for sweep or run folders."""
     runs, notes = [], []
     for sweep in map(Path, sweeps):
-        if not sweep.is_dir():
-            raise FileNotFoundError(f"{sweep}: no such folder")
-        manifest = sweep / "manifest.json"
-        if manifest.is_file():
-            jobs = json.loads(manifest.read_text()).get("jobs", {})
-            dirs = []
-            for key, job in sorted(jobs.items()):
-                if job.get("status") == "completed":
-                    dirs.append(sweep / job.get("dir", key))
-                else:
-                    notes.append(f"{sweep / job.get('dir', key)}: job {job.get('status')} "
-                                 f"({job.get('error', 'no error recorded')}); left out")
-        else:
-            dirs = sorted({c.parent.parent for c in sweep.rglob(".hydra/config.yaml")})
-        for d in dirs:
+        jobs = (run_folders.read_manifest(sweep) or {}).get("jobs", {})
+        by_dir = {sweep / job.get("dir", key): job for key, job in jobs.items()}
+        for d in run_folders.find_runs(sweep):
+            job = by_dir.get(d)
+            if job is not None and job.get("status") != "completed":
+                notes.append(f"{d}: job {job.get('status')} ({job.get('error', 'no error recorded')}); left out")
+                continue
             run = read_run(d)
             if run is None:
                 notes.append(f"{d}: no results.json (run `python -m src.eval ckpt={d}`); left out")
             else:
                 runs.append(run)
     if not runs:
-        raise ValueError(f"no run with .hydra/config.yaml and results.json under {', '.join(map(str, sweeps))}")
+        raise ValueError(f"no run with config.yaml and results.json under {', '.join(map(str, sweeps))}")
     _short_groups(runs)
     return runs, notes
 
@@ -449,7 +437,7 @@ def fig_dropout_bars(runs: list[Run], group: str, s: str, d: str, metric: str, p
 
 
 def read_curve(run_dir: Path, key: str = "val/psnr") -> tuple[list[float], list[float]]:
-    path = run_dir / "metrics.csv"
+    path = run_dir / run_folders.METRICS
     steps, vals = [], []
     if not path.is_file():
         return steps, vals
@@ -533,7 +521,7 @@ def build_report(sweeps: Sequence[os.PathLike], out: os.PathLike | None = None, 
                  fig4: str | None = None, fig5: Sequence[str] | None = None, fig5_degradations=("clean", "noise"),
                  backbone=None) -> dict[str, list[Path]]:
     """Write tables and figures; returns {"tables": [...], "figures": [...]} paths."""
-    runs, notes = find_runs(sweeps)
+    runs, notes = load_runs(sweeps)
     runs = _merge_seeds(runs)
     out = Path(out) if out else Path(sweeps[0]) / "report"
     cols = _columns(runs)

@@ -1,36 +1,20 @@
 """Hydra plumbing shared by the entry points: run-folder naming and the sweep manifest."""
 from __future__ import annotations
 
-import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from src.utils import atomic_write_json
-
-
-def run_id(override_dirname: str) -> str:
-    # A run without overrides still needs a stable folder name so that rerunning it resumes.
-    return override_dirname.replace("/", "_") or "default"
+from src import runs
 
 
 def register_resolvers() -> None:
+    # A run without overrides still needs a stable folder name so that rerunning it resumes.
     if not OmegaConf.has_resolver("run_id"):
-        OmegaConf.register_new_resolver("run_id", run_id)
-
-
-def write_job_status(output_dir: str | Path, overrides: list[str], error: BaseException | None = None) -> None:
-    """`job.json` in the job's folder: its overrides and status (and error). One file per job, so parallel
-    launchers never race on a shared manifest."""
-    entry = {"overrides": list(overrides), "dir": Path(output_dir).name,
-             "status": "failed" if error else "completed", "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    if error is not None:
-        entry["error"] = f"{type(error).__name__}: {error}"
-    atomic_write_json(Path(output_dir) / "job.json", entry)
+        OmegaConf.register_new_resolver("run_id", runs.run_id)
 
 
 def write_sweep_report(config: DictConfig, sweep_dir: Path) -> None:
@@ -61,13 +45,11 @@ class ManifestCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         jobs = {}
-        for job_file in sorted(sweep_dir.glob("*/job.json")):
-            try:
-                jobs[job_file.parent.name] = json.loads(job_file.read_text())
-            except (OSError, json.JSONDecodeError) as e:
-                jobs[job_file.parent.name] = {"status": "unknown", "error": str(e)}
+        for job_file in sorted(sweep_dir.glob(f"*/{runs.JOB}")):
+            jobs[job_file.parent.name] = runs.read_job(job_file.parent) or {
+                "status": "unknown", "error": f"{job_file} was unreadable"}
         failed = sorted(k for k, v in jobs.items() if v.get("status") != "completed")
-        atomic_write_json(sweep_dir / "manifest.json", {"name": config.get("name"), "jobs": jobs, "failed": failed})
+        runs.write_manifest(sweep_dir, config.get("name"), jobs)
         if len(jobs) - len(failed) > 0:
             write_sweep_report(config, sweep_dir)
         if failed:

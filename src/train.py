@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -21,8 +20,9 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.loggers import build_loggers, finish_wandb, log_results
-from src.sweep import register_resolvers, write_job_status
-from src.utils import atomic_write_json, atomic_write_text, build, resolve_device
+from src import runs
+from src.sweep import register_resolvers
+from src.utils import build, resolve_device
 
 register_resolvers()
 log = logging.getLogger(__name__)
@@ -56,13 +56,7 @@ def is_rank_zero() -> bool:
 
 
 def is_complete(run_dir: Path, cfg: DictConfig) -> bool:
-    done, results = run_dir / "train_done.json", run_dir / "results.json"
-    if not (done.is_file() and results.is_file()):
-        return False
-    if json.loads(done.read_text()).get("global_step", -1) < cfg.trainer.max_steps:
-        return False
-    have = json.loads(results.read_text())
-    return all(d in have.get(s, {}) for s in cfg.data.test_sets for d in cfg.eval.degradations)
+    return runs.is_complete(run_dir, cfg.trainer.max_steps, cfg.data.test_sets, cfg.eval.degradations)
 
 
 def apply_shrink(cfg: DictConfig) -> None:
@@ -78,11 +72,11 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
     run_dir = Path(run_dir)
     if cfg.resume and not cfg.force and is_complete(run_dir, cfg):
         print(f"[train] {run_dir} is already complete (train_done.json + results.json); force=true reruns it")
-        return json.loads((run_dir / "results.json").read_text())
+        return runs.read_state(runs.results_file(run_dir))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     apply_shrink(cfg)
     # Hydra's .hydra/config.yaml is written before apply_shrink; config.yaml is what this run actually uses.
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    runs.save_run_config(run_dir, cfg)
 
     # Backbone first: a bad dropout position or probability must fail before any data is touched.
     module_kwargs = OmegaConf.to_container(cfg.module, resolve=True)
@@ -102,7 +96,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
 
 
 def fit_and_evaluate(cfg: DictConfig, run_dir: Path, module, datamodule, loggers: list) -> dict:
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    ckpt = runs.checkpoint(run_dir)
     trainer = build(cfg.trainer, logger=loggers or False,
                     callbacks=[AtomicCheckpoint(ckpt.parent, cfg.ckpt_every_n_steps)], default_root_dir=str(run_dir))
     resume_from = str(ckpt) if cfg.resume and ckpt.is_file() and not cfg.force else None
@@ -114,8 +108,7 @@ def fit_and_evaluate(cfg: DictConfig, run_dir: Path, module, datamodule, loggers
         raise RuntimeError("training was interrupted; rerun the same command to resume")
     if not trainer.is_global_zero:
         return {}
-    atomic_write_json(run_dir / "train_done.json",
-                      {"global_step": trainer.global_step, "fit_seconds": round(time.time() - start, 1)})
+    runs.mark_trained(run_dir, trainer.global_step, time.time() - start)
 
     from src.evaluation import evaluate, format_table, write_results
 
@@ -141,10 +134,10 @@ def main(cfg: DictConfig) -> float | None:
         # In a sweep, one bad job must not cost the others: record it, and the sweep exits non-zero at the end.
         log.exception("job %s failed", output_dir)
         if is_rank_zero():
-            write_job_status(output_dir, overrides, error)
+            runs.write_job_status(output_dir, overrides, "failed", error)
         return None
     if is_rank_zero():
-        write_job_status(output_dir, overrides)
+        runs.write_job_status(output_dir, overrides, "completed")
     # A sweeper that optimises needs a number: mean PSNR over everything evaluated.
     values = [m["psnr"] for s in results.values() for m in s.values() if isinstance(m, dict) and "psnr" in m]
     return sum(values) / len(values) if values else None

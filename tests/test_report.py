@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from src.report import build_report, find_runs, main
+from src.report import build_report, load_runs, main
 
 DEGS = ("clean", "blur", "noise", "jpeg", "b+n", "b+j", "n+j", "b+n+j")
 GAIN = {"none": 0.0, "last": 0.5, "b4": 0.2, "b8": 0.3, "all": -1.0}
@@ -110,7 +110,7 @@ def test_report_tables_and_figures(sweep, tmp_path):
 
 def test_runs_without_manifest_and_seed_averaging(sweep, tmp_path):
     (sweep / "manifest.json").unlink()
-    runs, notes = find_runs([sweep])
+    runs, notes = load_runs([sweep])
     assert len(runs) == 11 and any("job_bad" in n and "no results.json" in n for n in notes)
     # a second seed of the baseline is averaged into one row
     _run(sweep, "job_seed1", "SRResNet", "none", "channel", 0.0)

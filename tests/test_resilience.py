@@ -82,7 +82,7 @@ def test_sweep_with_failing_job_finishes_others_and_exits_nonzero(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
     manifest = json.loads((tmp_path / "sw" / "manifest.json").read_text())
-    status = {name.split("dropout.position=")[1].split(",")[0]: job["status"] for name, job in manifest["jobs"].items()}
+    status = {name.split("dropout.position-")[1].split("_")[0]: job["status"] for name, job in manifest["jobs"].items()}
     assert status == {"last": "completed", "b16": "failed", "none": "completed"}
     (failed,) = manifest["failed"]
     assert "dropout.position='b16'" in manifest["jobs"][failed]["error"]

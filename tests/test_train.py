@@ -69,7 +69,7 @@ def test_multirun_sweep_runs_four_jobs_in_own_folders(tmp_path):
     jobs = sorted(p for p in (tmp_path / "sw").iterdir() if (p / "job.json").is_file())
     assert len(jobs) == 4
     for job, (p, pos) in zip(jobs, [(0.1, "last"), (0.1, "none"), (0.5, "last"), (0.5, "none")]):
-        assert f"dropout.p={p},dropout.position={pos}" in job.name  # folders are named by the overrides
+        assert f"dropout.p-{p}_dropout.position-{pos}" in job.name  # folders are named by the overrides
     for job in jobs:
         cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
         assert cfg.dropout.position in ("last", "none")

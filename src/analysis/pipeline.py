@@ -29,9 +29,14 @@ TOOLS = ("csm", "ablation", "ddr", "all")
 
 
 def model_label(path: str | Path) -> str:
-    """A suite run's folder name for `<run>/checkpoints/last.ckpt`, else the file's stem."""
+    """A suite run's folder name for a run folder or its `checkpoints/last.ckpt`, else the file's stem."""
+    from src.runs import run_of_checkpoint
+
     path = Path(path)
-    return path.parent.parent.name if path.parent.name == "checkpoints" else path.stem
+    if path.is_dir():
+        return path.name
+    run = run_of_checkpoint(path)
+    return run.name if run is not None else path.stem
 
 
 def model_scale(model: nn.Module) -> int:
@@ -180,7 +185,9 @@ def run_config(cfg, out: str | Path | None = None) -> dict:
     backbone = cfg.get("backbone")  # a conf/backbone group choice, composed (and resolved) here
     if backbone is not None:
         backbone = OmegaConf.to_container(backbone, resolve=True)
-    models = {lab: load_model(p, backbone=backbone, map_location=device) for lab, p in zip(labels, paths)}
+    from src.runs import resolve_checkpoint
+
+    models = {lab: load_model(resolve_checkpoint(p), backbone=backbone, map_location=device) for lab, p in zip(labels, paths)}
     scales = {lab: cfg.scale or model_scale(m) for lab, m in models.items()}
     if len(set(scales.values())) != 1:
         raise ValueError(f"the checkpoints have different scales {scales}; compare models of one scale")

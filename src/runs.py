@@ -1,0 +1,258 @@
+"""What a run folder is: its files, its name, whether it is complete, its status, the config that ran, finding runs.
+
+A run folder (one training job) holds:
+
+    config.yaml              the config this run actually used (resolved; after the run-size shrink)
+    .hydra/config.yaml       Hydra's composition, saved before the run started (not what ran when shrunk)
+    checkpoints/last.ckpt    the latest full training state (resuming starts here)
+    train_done.json          training reached trainer.max_steps (global_step, fit seconds)
+    results.json / .csv      scores under the literature protocol; results_official.json / .csv: the paper's own
+    job.json                 the command-line overrides, status (running / completed / failed) and error
+    identity.json            the fingerprint of what the run learns from and how it is scored
+    metrics.csv              training curves (CSV logger)
+    .lock                    held by the one process writing the folder (PID and command inside)
+
+A sweep folder holds one folder per job and `manifest.json` (the sweep's jobs and their status).
+
+Folder names are made of the overrides with `-` between key and value and `_` between overrides
+(`dropout.p=0.7 seed=1` -> `dropout.p-0.7_seed-1`): no `=`, `,`, brackets or quotes, so every path the suite
+prints can be passed back to any tool unquoted. The exact overrides are kept in job.json.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from src.utils import atomic_write_json, atomic_write_text
+
+CKPT = Path("checkpoints") / "last.ckpt"
+CONFIG = "config.yaml"
+HYDRA_CONFIG = Path(".hydra") / "config.yaml"
+DONE = "train_done.json"
+JOB = "job.json"
+IDENTITY = "identity.json"
+MANIFEST = "manifest.json"
+METRICS = "metrics.csv"
+LOCK = ".lock"
+RESULTS = {"literature": "results.json", "official": "results_official.json"}
+
+_MARKERS = (JOB, CONFIG, str(HYDRA_CONFIG), str(CKPT))
+
+
+# --- names ---------------------------------------------------------------------------------------------------
+def _split_top(text: str, sep: str = ",") -> list[str]:
+    """Split at `sep` outside brackets and quotes (list values such as `[clean,noise]` stay whole)."""
+    parts, depth, quote, cur = [], 0, None, []
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[({":
+            depth += 1
+        elif ch in "])}":
+            depth -= 1
+        elif ch == sep and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+            continue
+        cur.append(ch)
+    parts.append("".join(cur))
+    return [p for p in parts if p]
+
+
+def _slug(text: str) -> str:
+    # Only characters that every shell and Hydra's override grammar take unquoted.
+    text = text.replace("/", ".").replace(",", "+").replace("=", "-").replace("~", "no-")
+    return re.sub(r"[^A-Za-z0-9._+\-]", "", text)
+
+
+def folder_name(overrides: Iterable[str], empty: str = "default", max_len: int = 120) -> str:
+    """A folder name from `key=value` overrides: `dropout.p=0.7 seed=1` -> `dropout.p-0.7_seed-1`.
+
+    List values keep their items joined by `+` (`eval.degradations=[clean,noise]` -> `...-clean+noise`). Names
+    longer than `max_len` are cut and end in a hash of the full text, so they stay unique and stable.
+    """
+    parts = []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        parts.append(_slug(key) + ("-" + _slug(value) if _ else ""))
+    name = "_".join(p for p in parts if p) or empty
+    if len(name) > max_len:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+        name = f"{name[:max_len - 9]}-{digest}"
+    return name
+
+
+def run_id(override_dirname: str) -> str:
+    """The job folder name from Hydra's `job.override_dirname` (overrides joined by `,`, key and value by `=`)."""
+    return folder_name(_split_top(override_dirname))
+
+
+# --- paths ---------------------------------------------------------------------------------------------------
+def checkpoint(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / CKPT
+
+
+def results_file(run_dir: str | os.PathLike, protocol: str = "literature") -> Path:
+    if protocol not in RESULTS:
+        raise ValueError(f"protocol={protocol!r}; allowed: {', '.join(RESULTS)}")
+    return Path(run_dir) / RESULTS[protocol]
+
+
+def is_run_folder(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return any((path / m).is_file() for m in _MARKERS)
+
+
+def run_of_checkpoint(path: str | os.PathLike) -> Path | None:
+    """The run folder a `<run>/checkpoints/last.ckpt` belongs to, else None."""
+    path = Path(path)
+    return path.parent.parent if path.parent.name == CKPT.parent.name else None
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A weights file as given, or a run folder's `checkpoints/last.ckpt` (tools accept either)."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / CKPT).is_file():
+            return path / CKPT
+        raise FileNotFoundError(f"{path} is a folder without {CKPT}: pass a run folder whose training has "
+                                f"written a checkpoint, or a weights file")
+    return path
+
+
+# --- state files ---------------------------------------------------------------------------------------------
+def read_state(path: str | os.PathLike) -> Any | None:
+    """A JSON state file (results, completion marker, job, manifest), or None when absent.
+
+    A corrupt one (a crash of another tool, a hand edit) is moved aside to `<name>.corrupt-<time>` with a warning
+    naming it, and reads as absent: the run continues from what is valid instead of failing for good.
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(path, aside)
+        warnings.warn(f"{path} was unreadable ({type(e).__name__}: {e}); moved it to {aside.name} and carried on "
+                      f"without it", RuntimeWarning, stacklevel=2)
+        return None
+
+
+def training_done(run_dir: str | os.PathLike) -> dict | None:
+    return read_state(Path(run_dir) / DONE)
+
+
+def mark_trained(run_dir: str | os.PathLike, global_step: int, fit_seconds: float) -> Path:
+    return atomic_write_json(Path(run_dir) / DONE, {"global_step": int(global_step),
+                                                     "fit_seconds": round(float(fit_seconds), 1)})
+
+
+def invalidate(run_dir: str | os.PathLike) -> list[Path]:
+    """Remove the completion marker and results: they describe weights about to be replaced.
+
+    Called before a forced (or non-resuming) retrain touches the checkpoint, so an interrupted retrain can never
+    leave old results next to new weights.
+    """
+    run_dir, removed = Path(run_dir), []
+    names = [DONE] + [n for r in RESULTS.values() for n in (r, r.replace(".json", ".csv"))]
+    for name in names:  # completion marker first: without it the run is incomplete whatever else remains
+        path = run_dir / name
+        if path.is_file():
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def is_complete(run_dir: str | os.PathLike, max_steps: int, test_sets: Sequence[str],
+                degradations: Sequence[str]) -> bool:
+    """Training reached `max_steps` and results.json scores every set under every degradation."""
+    done = training_done(run_dir)
+    if not done or done.get("global_step", -1) < max_steps:
+        return False
+    have = read_state(results_file(run_dir)) or {}
+    return all(d in have.get(s, {}) for s in test_sets for d in degradations)
+
+
+# --- job status and manifests -------------------------------------------------------------------------------
+def write_job_status(run_dir: str | os.PathLike, overrides: Sequence[str], status: str = "completed",
+                     error: BaseException | str | None = None) -> Path:
+    """`job.json`: the run's overrides and status (and error). One file per job, so parallel launchers never
+    race on a shared file."""
+    if status not in ("running", "completed", "failed"):
+        raise ValueError(f"status={status!r}; allowed: running, completed, failed")
+    entry = {"overrides": list(overrides), "dir": Path(run_dir).name, "status": status,
+             "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if status == "running":
+        entry["pid"] = os.getpid()
+    if error is not None:
+        entry["error"] = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    return atomic_write_json(Path(run_dir) / JOB, entry)
+
+
+def read_job(run_dir: str | os.PathLike) -> dict | None:
+    return read_state(Path(run_dir) / JOB)
+
+
+def write_manifest(sweep_dir: str | os.PathLike, name: str | None, jobs: dict[str, dict]) -> Path:
+    """`manifest.json`: {name, jobs: {folder: job.json content}, failed: [folders not completed]}."""
+    failed = sorted(k for k, v in jobs.items() if v.get("status") != "completed")
+    return atomic_write_json(Path(sweep_dir) / MANIFEST, {"name": name, "jobs": jobs, "failed": failed})
+
+
+def read_manifest(sweep_dir: str | os.PathLike) -> dict | None:
+    return read_state(Path(sweep_dir) / MANIFEST)
+
+
+# --- the config that ran -------------------------------------------------------------------------------------
+def save_run_config(run_dir: str | os.PathLike, cfg) -> Path:
+    from omegaconf import OmegaConf
+
+    return atomic_write_text(Path(run_dir) / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def load_run_config(run_dir: str | os.PathLike):
+    """The config the run actually used: `config.yaml`, else (runs older than it) Hydra's `.hydra/config.yaml`."""
+    from omegaconf import OmegaConf
+
+    run_dir = Path(run_dir)
+    for path in (run_dir / CONFIG, run_dir / HYDRA_CONFIG):
+        if path.is_file():
+            return OmegaConf.load(path)
+    raise FileNotFoundError(f"{run_dir}: neither {CONFIG} nor {HYDRA_CONFIG}; cannot tell what this run trained")
+
+
+# --- finding runs --------------------------------------------------------------------------------------------
+def find_runs(target: str | os.PathLike) -> list[Path]:
+    """The run folders `target` names: itself if it is a run folder; a sweep's jobs as its manifest lists them;
+    else every run folder below it (outermost only: a run's own subfolders are not runs).
+
+    Sorted by path. Raises FileNotFoundError naming the path when it does not exist or holds no run.
+    """
+    target = Path(target)
+    if not target.is_dir():
+        raise FileNotFoundError(f"{target}: no such folder")
+    if is_run_folder(target):
+        return [target]
+    manifest = read_manifest(target)
+    if manifest and manifest.get("jobs"):
+        return sorted(target / job.get("dir", key) for key, job in manifest["jobs"].items())
+    found = set()
+    for marker in _MARKERS:
+        depth = len(Path(marker).parts)
+        for hit in target.rglob(marker):
+            found.add(hit.parents[depth - 1])
+    runs = sorted(p for p in found if not any(a in found for a in p.parents))
+    if not runs:
+        raise FileNotFoundError(f"{target}: no run folder in it or below it (a run folder holds {JOB}, {CONFIG} "
+                                f"or {CKPT})")
+    return runs

@@ -1,0 +1,78 @@
+"""The run-folder layout (src/runs.py): finding runs, completion, state files, the config that ran."""
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from src import runs
+
+
+def _run(path, ckpt=True, job=None, config=True):
+    path.mkdir(parents=True)
+    if ckpt:
+        (path / runs.CKPT).parent.mkdir()
+        (path / runs.CKPT).write_bytes(b"x")
+    if job:
+        runs.write_job_status(path, [f"k={path.name}"], job)
+    if config:
+        OmegaConf.save(OmegaConf.create({"a": 1}), path / runs.CONFIG)
+    return path
+
+
+def test_find_runs_one_rule_for_runs_sweeps_and_trees(tmp_path):
+    sweep = tmp_path / "train" / "sweep-a"
+    a, b = _run(sweep / "a", job="completed"), _run(sweep / "b", ckpt=False, job="failed")
+    single = _run(tmp_path / "train" / "default")
+    (single / "wandb" / "run-1" / "files").mkdir(parents=True)  # a run's own subfolders are not runs
+    OmegaConf.save(OmegaConf.create({}), single / "wandb" / "run-1" / "files" / "config.yaml")
+    (tmp_path / "train" / "empty").mkdir()
+    assert runs.find_runs(a) == [a]
+    assert runs.find_runs(sweep) == [a, b]
+    assert runs.find_runs(tmp_path) == [single, a, b]
+    # a manifest decides a sweep's jobs: a job folder not in it belongs to another sweep
+    runs.write_manifest(sweep, "x", {"a": runs.read_job(a)})
+    assert runs.find_runs(sweep) == [a]
+    with pytest.raises(FileNotFoundError, match="empty: no run folder"):
+        runs.find_runs(tmp_path / "train" / "empty")
+
+
+def test_completion_needs_steps_and_every_result(tmp_path):
+    assert not runs.is_complete(tmp_path, 10, ["S"], ["clean"])
+    runs.mark_trained(tmp_path, 10, 1.0)
+    assert not runs.is_complete(tmp_path, 10, ["S"], ["clean"])  # no results yet
+    (tmp_path / "results.json").write_text(json.dumps({"S": {"clean": {"psnr": 1}}}))
+    assert runs.is_complete(tmp_path, 10, ["S"], ["clean"])
+    assert not runs.is_complete(tmp_path, 11, ["S"], ["clean"])
+    assert not runs.is_complete(tmp_path, 10, ["S"], ["clean", "noise"])
+    removed = runs.invalidate(tmp_path)
+    assert [p.name for p in removed] == ["train_done.json", "results.json"]
+    assert not runs.is_complete(tmp_path, 10, ["S"], ["clean"])
+
+
+def test_run_config_prefers_the_config_that_ran(tmp_path):
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create({"backbone": {"num_feat": 64}}), tmp_path / ".hydra" / "config.yaml")
+    assert runs.load_run_config(tmp_path).backbone.num_feat == 64  # older runs: Hydra's copy
+    runs.save_run_config(tmp_path, OmegaConf.create({"backbone": {"num_feat": 16}}))
+    assert runs.load_run_config(tmp_path).backbone.num_feat == 16
+    with pytest.raises(FileNotFoundError, match="config.yaml"):
+        runs.load_run_config(tmp_path / "nowhere")
+
+
+def test_resolve_checkpoint_takes_a_run_folder(tmp_path):
+    run = _run(tmp_path / "r")
+    assert runs.resolve_checkpoint(run) == run / runs.CKPT
+    assert runs.run_of_checkpoint(run / runs.CKPT) == run
+    assert runs.run_of_checkpoint(tmp_path / "w.pth") is None
+    with pytest.raises(FileNotFoundError, match="without checkpoints/last.ckpt"):
+        runs.resolve_checkpoint(_run(tmp_path / "s", ckpt=False))
+
+
+def test_eval_names_the_run_folders_it_skips(tmp_path, capsys):
+    from src.eval import checkpoints_to_evaluate
+
+    sweep = tmp_path / "sweep"
+    a = _run(sweep / "a", job="completed")
+    b = _run(sweep / "b", ckpt=False, job="failed")
+    assert checkpoints_to_evaluate(sweep) == [(a / runs.CKPT, a)]
+    assert f"skipped {b}: no checkpoints/last.ckpt" in capsys.readouterr().out
