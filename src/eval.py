@@ -3,6 +3,9 @@
     python -m src.eval ckpt=runs/train/default sets=[Set5,Set14,BSD100,Urban100] degradations=all
     python -m src.eval ckpt=runs/positions            # every folder below holding checkpoints/last.ckpt
     python -m src.eval ckpt=RRDB.pth backbone=rrdb out_dir=results/rrdb
+    python -m src.eval ckpt=runs/train/default protocol=both   # also the paper's official protocol
+
+`protocol=literature` (default) writes results.json/.csv, `protocol=official` results_official.json/.csv.
 """
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from src import runs as run_folders
 from src.data.datasets import default_data_root, resolve_set
 from src.data.testsets import TEST_DEGRADATIONS
-from src.evaluation import evaluate, format_table, load_results, merge_results, write_results
+from src.evaluation import (evaluate, format_table, load_results, merge_results, resolve_protocols,
+                            write_results)
 from src.utils import resolve_device
 
 
@@ -52,7 +56,8 @@ def resolve_degradations(value) -> list[str]:
 
 
 def run_eval(cfg: DictConfig) -> dict[Path, dict]:
-    """Evaluate every run `cfg.ckpt` names; returns {run folder: results dict} and writes each run's files."""
+    """Evaluate every run `cfg.ckpt` names under `cfg.protocol`; returns {run folder: {protocol: results dict}}
+    and writes each run's files."""
     from src.models.io import load_model
 
     if cfg.get("ckpt") in (None, "", "???"):
@@ -63,6 +68,7 @@ def run_eval(cfg: DictConfig) -> dict[Path, dict]:
     # Resolve every set before loading any model: a missing folder should fail in a second, not after a sweep.
     sets = {name: resolve_set(name, root) for name in names}
     degradations = resolve_degradations(cfg.degradations)
+    protocols = resolve_protocols(cfg.get("protocol", "literature"))
     device = resolve_device(str(cfg.device))
     backbone = cfg.get("backbone")
     if isinstance(backbone, (DictConfig, ListConfig)):
@@ -70,11 +76,17 @@ def run_eval(cfg: DictConfig) -> dict[Path, dict]:
     out, failed = {}, []
     for i, (ckpt, run_dir) in enumerate(runs, 1):
         print(f"[eval] ({i}/{len(runs)}) {ckpt}")
-        existing = {} if cfg.force else load_results(run_dir)
         try:
             model = load_model(ckpt, backbone=backbone, map_location=device)
-            new = evaluate(model, sets, degradations, scale=cfg.scale, seed=cfg.seed, device=device, tile=cfg.tile,
-                           cache_dir=cfg.get("cache_dir"), overlap=cfg.overlap, done=existing)
+            for protocol in protocols:
+                existing = {} if cfg.force else load_results(run_dir, protocol)
+                new = evaluate(model, sets, degradations, scale=cfg.scale, seed=cfg.seed, device=device,
+                               tile=cfg.tile, cache_dir=cfg.get("cache_dir"), overlap=cfg.overlap, done=existing,
+                               protocol=protocol)
+                json_path, csv_path = write_results(run_dir, merge_results(existing, new), protocol)
+                print(format_table(new))
+                print(f"[eval] wrote {json_path} and {csv_path.name}")
+                out.setdefault(run_dir, {})[protocol] = new
         except Exception as e:  # noqa: BLE001 - any per-run failure (corrupt file, wrong weights, OOM)
             if len(runs) == 1:
                 raise
@@ -82,10 +94,6 @@ def run_eval(cfg: DictConfig) -> dict[Path, dict]:
             print(f"[eval] FAILED {ckpt}: {type(e).__name__}: {e}")
             failed.append(f"{ckpt}: {e}")
             continue
-        write_results(run_dir, merge_results(existing, new))
-        print(format_table(new))
-        print(f"[eval] wrote {run_dir / 'results.json'} and results.csv")
-        out[run_dir] = new
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(runs)} runs could not be evaluated:\n" + "\n".join(failed))
     return out

@@ -1,5 +1,9 @@
 """The paper's test protocol: benchmark sets x test degradations -> PSNR/SSIM (Y and RGB), as files.
 
+Two protocols (src.data.testsets): `literature` (MATLAB bicubic LR, Y-PSNR headline, `results.json`) and
+`official` (the paper's own script's LR, RGB-PSNR headline as its test configs, `results_official.json`). Every
+entry records its protocol and the scores of each image (`per_image`, for paired statistics).
+
 Each SR output is clamped and rounded to 8 bits before scoring, because that is what a saved result image would
 score and what published tables measure. Metrics are averaged over images (not pixels), as the literature does.
 """
@@ -20,7 +24,7 @@ import torch
 from torch import nn
 
 from src.data.imageio import read_image
-from src.data.testsets import TEST_DEGRADATIONS, load_test_pairs
+from src.data.testsets import PROTOCOLS, TEST_DEGRADATIONS, check_protocol, load_test_pairs
 from src.metrics import psnr, ssim
 from src.tiling import tiled_forward
 from src.utils import atomic_write_text
@@ -30,6 +34,34 @@ log = logging.getLogger(__name__)
 METRICS = ("psnr", "ssim", "psnr_rgb", "ssim_rgb")
 SSIM_WINDOW = 11
 CHUNK = 8  # images decoded at a time
+RESULTS_STEM = {"literature": "results", "official": "results_official"}
+# The number a protocol's tables lead with: the literature quotes PSNR on Y, the official test configs RGB PSNR.
+HEADLINE = {"literature": "psnr", "official": "psnr_rgb"}
+
+
+def results_files(run_dir: str | os.PathLike, protocol: str = "literature") -> tuple[Path, Path]:
+    """(json, csv) paths of a protocol's results in a run folder."""
+    stem = RESULTS_STEM[check_protocol(protocol)]
+    return Path(run_dir) / f"{stem}.json", Path(run_dir) / f"{stem}.csv"
+
+
+def resolve_protocols(value) -> list[str]:
+    """`literature`, `official` or `both` (also a list) -> the protocols to evaluate, in a fixed order."""
+    names = list(PROTOCOLS) if value == "both" else ([value] if isinstance(value, str) else list(value or []))
+    bad = [n for n in names if n not in PROTOCOLS]
+    if bad or not names:
+        raise ValueError(f"protocol={value!r}: allowed {', '.join(PROTOCOLS)} or both")
+    return [n for n in PROTOCOLS if n in names]
+
+
+def protocol_of(results: Mapping) -> str:
+    """The protocol all entries of a results dict were made with (entries without one predate protocols:
+    literature); a mix is a ValueError."""
+    found = {e.get("protocol", "literature") for row in results.values() for e in row.values()
+             if isinstance(e, Mapping)}
+    if len(found) > 1:
+        raise ValueError(f"results mix protocols {sorted(found)}; keep each protocol in its own file")
+    return found.pop() if found else "literature"
 
 
 def check_image(img: np.ndarray, scale: int, path: str | os.PathLike = "<array>") -> None:
@@ -66,26 +98,63 @@ def super_resolve(model: nn.Module, lr: np.ndarray, scale: int, device="cpu", ti
     return y[0].clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
-def _reusable(entry, scale: int, seed: int, n_paths: int) -> bool:
+def score_image(sr: np.ndarray, hr: np.ndarray, scale: int) -> dict[str, float]:
+    """PSNR/SSIM on Y and on RGB of one uint8 SR image against its HR, `scale` border pixels cropped."""
+    return {"psnr": psnr(sr, hr, scale, y_channel=True), "ssim": ssim(sr, hr, scale, y_channel=True),
+            "psnr_rgb": psnr(sr, hr, scale, y_channel=False), "ssim_rgb": ssim(sr, hr, scale, y_channel=False)}
+
+
+def _reusable(entry, scale: int, seed: int, n_paths: int, protocol: str) -> bool:
+    # Entries written before protocols existed are literature ones; without per-image scores they are
+    # recomputed, so that every reused entry can enter paired statistics.
     return (isinstance(entry, Mapping) and entry.get("scale") == scale and entry.get("seed") == seed
-            and entry.get("n_images", -1) + entry.get("skipped", 0) == n_paths and all(m in entry for m in METRICS))
+            and entry.get("protocol", "literature") == protocol
+            and entry.get("n_images", -1) + entry.get("skipped", 0) == n_paths and all(m in entry for m in METRICS)
+            and isinstance(entry.get("per_image"), Mapping) and len(entry["per_image"]) == entry["n_images"])
+
+
+def usable_cache_dir(cache_dir: str | os.PathLike | None) -> Path | None:
+    """`cache_dir` if LR images can be written there, else None after one warning naming the folder."""
+    if cache_dir is None:
+        return None
+    folder = Path(cache_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        log.warning("test-set cache %s is not writable (%s); evaluating without a cache (LR images are "
+                    "recomputed each time; set cache_dir=... to a writable folder)", folder, e.strerror or e)
+        return None
+    return folder
+
+
+def _image_keys(paths: Sequence[Path]) -> list[str]:
+    """Per-image result keys: the file stem, or the file name where two files share a stem."""
+    stems = [p.stem for p in paths]
+    return [p.stem if stems.count(p.stem) == 1 else p.name for p in paths]
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, sets: Mapping[str, Sequence[os.PathLike]],
              degradations: Sequence[str] = TEST_DEGRADATIONS, scale: int = 4, seed: int = 0, device="cpu",
              tile: int | None = None, cache_dir: str | os.PathLike | None = None, overlap: int = 16,
-             done: Mapping | None = None) -> dict:
-    """`{set: {degradation: {psnr, ssim, psnr_rgb, ssim_rgb, n_images, skipped, scale, seed}}}`.
+             done: Mapping | None = None, protocol: str = "literature") -> dict:
+    """`{set: {degradation: {psnr, ssim, psnr_rgb, ssim_rgb, n_images, skipped, scale, seed, protocol,
+    per_image: {<image file stem>: {psnr, ssim, psnr_rgb, ssim_rgb}}}}}`.
 
     PSNR/SSIM "psnr"/"ssim" are on the Y channel, "*_rgb" on RGB, all with `scale` border pixels cropped from
-    HR images cropped to a multiple of `scale`. Unreadable and too-small images are logged by path and counted
-    in "skipped". Entries of `done` (an earlier results dict) made with the same scale, seed and image count are
-    reused instead of recomputed.
+    HR images cropped to a multiple of `scale`; the set's figures are means over its images. Unreadable and
+    too-small images are logged by path and counted in "skipped". Entries of `done` (an earlier results dict of
+    the same protocol) made with the same scale, seed and image count, with per-image scores, are reused instead
+    of recomputed. An unwritable `cache_dir` is left out with one warning.
     """
+    check_protocol(protocol)
     unknown = [d for d in degradations if d not in TEST_DEGRADATIONS]
     if unknown:
         raise ValueError(f"degradations {unknown} unknown; allowed: {', '.join(TEST_DEGRADATIONS)}")
+    cache_dir = usable_cache_dir(cache_dir)
     was_training = model.training
     model.eval().to(device)
     done = done or {}
@@ -94,7 +163,8 @@ def evaluate(model: nn.Module, sets: Mapping[str, Sequence[os.PathLike]],
         for set_name, paths in sets.items():
             paths = list(paths)
             results[set_name] = {}
-            todo = [d for d in degradations if not _reusable(done.get(set_name, {}).get(d), scale, seed, len(paths))]
+            todo = [d for d in degradations
+                    if not _reusable(done.get(set_name, {}).get(d), scale, seed, len(paths), protocol)]
             for d in degradations:
                 if d not in todo:
                     results[set_name][d] = dict(done[set_name][d])
@@ -104,39 +174,45 @@ def evaluate(model: nn.Module, sets: Mapping[str, Sequence[os.PathLike]],
             good, rejected = usable_paths(paths, scale)
             for msg in rejected:
                 log.warning("skipping %s", msg)
+            keys = dict(zip(good, _image_keys(good)))
             for d in todo:
                 start = time.time()
-                scores = {m: [] for m in METRICS}
+                per_image = {}
                 # In chunks: a whole Urban100 of decoded HR images would hold ~300 MB. The noise is seeded by
                 # image content, so chunking does not change any LR image.
                 chunks = (good[i:i + CHUNK] for i in range(0, len(good), CHUNK))
-                for path, hr, lr in (t for c in chunks for t in load_test_pairs(c, d, scale, seed, cache_dir)):
+                for path, hr, lr in (t for c in chunks
+                                     for t in load_test_pairs(c, d, scale, seed, cache_dir, protocol)):
                     sr = super_resolve(model, lr, scale, device, tile, overlap)
                     if sr.shape != hr.shape:
                         raise ValueError(f"{path}: SR output is {sr.shape}, HR is {hr.shape}; is the model x{scale}?")
-                    scores["psnr"].append(psnr(sr, hr, scale, y_channel=True))
-                    scores["ssim"].append(ssim(sr, hr, scale, y_channel=True))
-                    scores["psnr_rgb"].append(psnr(sr, hr, scale, y_channel=False))
-                    scores["ssim_rgb"].append(ssim(sr, hr, scale, y_channel=False))
-                entry = {m: (float(np.mean(v)) if v else math.nan) for m, v in scores.items()}
-                entry.update(n_images=len(scores["psnr"]), skipped=len(rejected), scale=scale, seed=seed)
+                    per_image[keys[path]] = score_image(sr, hr, scale)
+                entry = {m: (float(np.mean([v[m] for v in per_image.values()])) if per_image else math.nan)
+                         for m in METRICS}
+                entry.update(n_images=len(per_image), skipped=len(rejected), scale=scale, seed=seed,
+                             protocol=protocol, per_image=per_image)
                 results[set_name][d] = entry
-                log.info("%s/%s: PSNR-Y %.2f dB, SSIM-Y %.4f over %d images (%d skipped) in %.1f s", set_name, d,
-                         entry["psnr"], entry["ssim"], entry["n_images"], len(rejected), time.time() - start)
+                log.info("%s/%s (%s): PSNR-Y %.2f dB, PSNR-RGB %.2f dB, SSIM-Y %.4f over %d images (%d skipped) "
+                         "in %.1f s", set_name, d, protocol, entry["psnr"], entry["psnr_rgb"], entry["ssim"],
+                         entry["n_images"], len(rejected), time.time() - start)
     finally:
         model.train(was_training)
     return results
 
 
-def format_table(results: Mapping, metric: str = "psnr") -> str:
-    """Text table: rows = sets, columns = degradations, cells = `metric` (PSNR-Y by default)."""
+def format_table(results: Mapping, metric: str | None = None) -> str:
+    """Text table: rows = sets, columns = degradations, cells = `metric`; by default the protocol's headline
+    (PSNR-Y for `literature`, RGB PSNR for `official`). The title names the protocol."""
+    protocol = protocol_of(results)
+    metric = metric or HEADLINE[protocol]
     degs = [d for d in TEST_DEGRADATIONS if any(d in r for r in results.values())]
     degs += [d for r in results.values() for d in r if d not in degs]
     digits = 4 if metric.startswith("ssim") else 2
     width = max([len(s) for s in results] + [len("set")])
     title = {"psnr": "PSNR (dB, Y channel)", "ssim": "SSIM (Y channel)", "psnr_rgb": "PSNR (dB, RGB)",
              "ssim_rgb": "SSIM (RGB)"}.get(metric, metric)
-    lines = [title, f"{'set':<{width}} " + " ".join(f"{d:>7}" for d in degs) + f" {'images':>7}"]
+    header = f"{'set':<{width}} " + " ".join(f"{d:>7}" for d in degs) + f" {'images':>7}"
+    lines = [f"{title}, {protocol} protocol", header]
     notes = []
     for s, row in results.items():
         cells = []
@@ -152,6 +228,8 @@ def format_table(results: Mapping, metric: str = "psnr") -> str:
 
 
 def _finite(v):
+    if isinstance(v, Mapping):
+        return {k: _finite(x) for k, x in v.items()}
     return v if not isinstance(v, float) or math.isfinite(v) else None
 
 
@@ -168,18 +246,22 @@ def results_csv(results: Mapping) -> str:
     return buf.getvalue()
 
 
-def write_results(run_dir: str | os.PathLike, results: Mapping) -> tuple[Path, Path]:
-    """Write `results.json` (the results dict; NaN/inf as null) and `results.csv` (long format) atomically."""
-    run_dir = Path(run_dir)
-    clean = {s: {d: {k: _finite(v) for k, v in e.items()} for d, e in row.items()} for s, row in results.items()}
-    j = atomic_write_text(run_dir / "results.json", json.dumps(clean, indent=2) + "\n")
-    c = atomic_write_text(run_dir / "results.csv", results_csv(results))
+def write_results(run_dir: str | os.PathLike, results: Mapping, protocol: str | None = None) -> tuple[Path, Path]:
+    """Write the protocol's json (the results dict; NaN/inf as null) and csv (long format, set means) atomically:
+    `results.json`/`.csv` for `literature`, `results_official.json`/`.csv` for `official`. The protocol is
+    the one recorded in the entries unless given."""
+    protocol = protocol or protocol_of(results)
+    json_path, csv_path = results_files(run_dir, protocol)
+    clean = {s: {d: _finite(e) for d, e in row.items()} for s, row in results.items()}
+    j = atomic_write_text(json_path, json.dumps(clean, indent=2) + "\n")
+    c = atomic_write_text(csv_path, results_csv(results))
     return j, c
 
 
-def load_results(run_dir: str | os.PathLike) -> dict:
-    """The results dict of a run folder, {} if it has none; a corrupt file is reported and treated as absent."""
-    path = Path(run_dir) / "results.json"
+def load_results(run_dir: str | os.PathLike, protocol: str = "literature") -> dict:
+    """The protocol's results dict of a run folder, {} if it has none; a corrupt file is reported and treated as
+    absent. Files written before protocols and per-image scores existed read as they are (literature)."""
+    path = results_files(run_dir, protocol)[0]
     if not path.is_file():
         return {}
     try:

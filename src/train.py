@@ -110,15 +110,18 @@ def fit_and_evaluate(cfg: DictConfig, run_dir: Path, module, datamodule, loggers
         return {}
     runs.mark_trained(run_dir, trainer.global_step, time.time() - start)
 
-    from src.evaluation import evaluate, format_table, write_results
+    from src.evaluation import evaluate, format_table, resolve_protocols, write_results
 
     device = resolve_device("auto" if cfg.trainer.accelerator in ("gpu", "cuda", "auto") else "cpu")
-    results = evaluate(module.net.eval(), datamodule.test_paths, degradations=list(cfg.eval.degradations),
-                       scale=cfg.upscale, seed=cfg.eval.seed, device=device, tile=cfg.eval.tile,
-                       cache_dir=Path(cfg.paths.cache) / "testsets")
-    write_results(run_dir, results)
-    log_results(loggers, results, trainer.global_step)
-    print(format_table(results))
+    # The official protocol first, so that results.json (the completion marker) is written last.
+    for protocol in reversed(resolve_protocols(cfg.eval.get("protocol", "literature"))):
+        results = evaluate(module.net.eval(), datamodule.test_paths, degradations=list(cfg.eval.degradations),
+                           scale=cfg.upscale, seed=cfg.eval.seed, device=device, tile=cfg.eval.tile,
+                           cache_dir=Path(cfg.paths.cache) / "testsets", protocol=protocol)
+        write_results(run_dir, results, protocol)
+        if protocol == "literature":
+            log_results(loggers, results, trainer.global_step)
+        print(format_table(results))
     return results
 
 

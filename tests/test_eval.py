@@ -255,3 +255,78 @@ def test_eval_cli_basicsr_pth_needs_and_takes_a_backbone(toy_set, tmp_path):
     proc = subprocess.run(base + ["backbone=tiny"], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "out" / "results.json").read_text())["Toy"]["clean"]["n_images"] >= 1
+
+
+# --- protocols, per-image scores, older files, cache -------------------------------------------------------------
+def test_per_image_scores_and_protocol_are_recorded(toy_set, tmp_path):
+    from src.data.testsets import load_test_pairs as pairs
+    from src.evaluation import results_files
+
+    run = tmp_path / "run"
+    for protocol in ("literature", "official"):
+        res = evaluate(Bicubic(), {"Toy": toy_set}, ["clean", "noise"], scale=4, protocol=protocol)
+        for d, e in res["Toy"].items():
+            assert e["protocol"] == protocol and sorted(e["per_image"]) == ["im0", "im1"]
+            for m in ("psnr", "ssim", "psnr_rgb", "ssim_rgb"):
+                assert e[m] == pytest.approx(np.mean([v[m] for v in e["per_image"].values()]), abs=1e-12)
+            # each image's figure is that image's own score, on this protocol's LR
+            for path, hr, lr in pairs(toy_set, d, 4, 0, protocol=protocol):
+                x = torch.from_numpy(lr).permute(2, 0, 1)[None].float() / 255
+                sr = (F.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1) * 255)
+                sr = sr.round()[0].permute(1, 2, 0).to(torch.uint8).numpy()
+                assert e["per_image"][path.stem]["psnr_rgb"] == pytest.approx(psnr(sr, hr, 4, y_channel=False))
+        write_results(run, res)
+        reread = load_results(run, protocol)["Toy"]["noise"]["per_image"]
+        assert reread["im1"] == res["Toy"]["noise"]["per_image"]["im1"]
+        assert results_files(run, protocol)[1].is_file()
+        title = format_table(res).splitlines()[0]
+        assert title == ("PSNR (dB, Y channel), literature protocol" if protocol == "literature"
+                         else "PSNR (dB, RGB), official protocol")
+    assert sorted(p.name for p in run.iterdir()) == ["results.csv", "results.json", "results_official.csv",
+                                                     "results_official.json"]
+    lit, off = load_results(run), load_results(run, "official")
+    assert lit["Toy"]["noise"]["psnr"] != off["Toy"]["noise"]["psnr"]
+    with pytest.raises(ValueError, match="mix protocols"):
+        write_results(run, {"A": lit["Toy"], "B": off["Toy"]})
+
+
+def test_older_results_files_are_read_and_recomputed_only_where_needed(toy_set, tmp_path):
+    model = Bicubic()
+    new = evaluate(model, {"Toy": toy_set}, ["clean", "jpeg"], scale=4)
+    old = {"Toy": {"clean": {k: v for k, v in new["Toy"]["clean"].items() if k not in ("per_image", "protocol")},
+                   "jpeg": new["Toy"]["jpeg"]}}
+    (tmp_path / "results.json").write_text(json.dumps(old))
+    loaded = load_results(tmp_path)
+    assert loaded["Toy"]["clean"]["psnr"] == pytest.approx(new["Toy"]["clean"]["psnr"])
+    assert format_table(loaded).startswith("PSNR (dB, Y channel), literature protocol")
+    calls = model.calls
+    again = evaluate(model, {"Toy": toy_set}, ["clean", "jpeg"], scale=4, done=loaded)
+    assert model.calls == calls + 2  # the entry without per-image scores was recomputed, the other reused
+    assert again["Toy"]["clean"] == new["Toy"]["clean"] and again["Toy"]["jpeg"] == new["Toy"]["jpeg"]
+    # an entry of the other protocol is never reused
+    evaluate(model, {"Toy": toy_set}, ["jpeg"], scale=4, done=loaded, protocol="official")
+    assert model.calls == calls + 4
+
+
+def test_unwritable_cache_falls_back_with_one_warning(toy_set, tmp_path, caplog):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the cache folder should be")
+    with caplog.at_level(logging.WARNING, logger="src.evaluation"):
+        res = evaluate(Bicubic(), {"Toy": toy_set}, ["clean", "noise"], scale=4, cache_dir=blocker / "testsets")
+    warnings = [r for r in caplog.records if "not writable" in r.getMessage()]
+    assert len(warnings) == 1 and str(blocker / "testsets") in warnings[0].getMessage()
+    assert res["Toy"]["noise"] == evaluate(Bicubic(), {"Toy": toy_set}, ["noise"], scale=4)["Toy"]["noise"]
+
+
+def test_eval_both_protocols(toy_set, tmp_path):
+    from src.eval import run_eval
+
+    root = toy_set[0].parents[1].parent
+    ckpt = _fake_run(tmp_path / "run")
+    out = run_eval(_eval_cfg(root, ckpt, protocol="both", degradations="[clean]"))
+    assert sorted(out[tmp_path / "run"]) == ["literature", "official"]
+    lit = json.loads((tmp_path / "run" / "results.json").read_text())
+    off = json.loads((tmp_path / "run" / "results_official.json").read_text())
+    assert lit["Toy"]["clean"]["protocol"] == "literature" and off["Toy"]["clean"]["protocol"] == "official"
+    with pytest.raises(ValueError, match="protocol='matlab': allowed literature, official or both"):
+        run_eval(_eval_cfg(root, ckpt, protocol="matlab"))

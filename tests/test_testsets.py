@@ -147,3 +147,77 @@ def test_real_image_all_degradations():
         psnr[name] = 10 * np.log10(255**2 / max(((lr - clean) ** 2).mean(), 1e-12))
     assert psnr["clean"] > 100
     assert psnr["noise"] < 23 and psnr["b+n+j"] < psnr["b+j"]
+
+
+# --- the official protocol: the paper's own script, re-implemented here step by step --------------------------
+def _official_reference(hr, name, seed=0):
+    """dataset/add_degradations.py of the official repository, written out with PIL/cv2/numpy calls."""
+    from PIL import Image
+
+    hr = T.modcrop(hr, 4)
+    steps = T.steps_of(name)
+    img = Image.fromarray(hr)
+    if "b" in steps:
+        img = Image.fromarray(cv2.GaussianBlur(np.array(img), (21, 21), 2).astype(np.uint8))
+    w, h = img.size
+    img = img.resize((int(w / 4), int(h / 4)), Image.BICUBIC)
+    if "n" in steps:
+        ar = np.array(img)
+        ar = ar.transpose(2, 0, 1) if ar.ndim == 3 else ar[None, ...]
+        x = ar.astype(np.float32) / 255.
+        gauss = T.noise_rng(hr, name, seed).normal(loc=0, scale=20 / 255., size=x.shape)
+        noisy = np.clip(x + gauss, 0, 1).astype(np.float32)
+        ar = np.clip(noisy * 255, 0, 255).astype(np.uint8)
+        img = Image.fromarray(ar[0] if ar.shape[0] == 1 else ar.transpose(1, 2, 0))
+    if "j" in steps:
+        import io
+
+        with io.BytesIO() as f:
+            img.save(f, format="JPEG", quality=50)
+            f.seek(0)
+            img = Image.open(f).convert("RGB")
+    return np.array(img)
+
+
+@pytest.mark.parametrize("gray", [False, True])
+def test_official_protocol_equals_the_official_script(gray):
+    hr = synthetic(70, 93, seed=4)
+    if gray:
+        hr = np.ascontiguousarray(hr[..., 1])
+    for name in T.TEST_DEGRADATIONS:
+        ours = T.degrade_test_image(hr, name, scale=4, seed=0, protocol="official")
+        ref = _official_reference(hr, name)
+        assert ours.shape == ref.shape and np.array_equal(ours, ref), name
+        # gray stays one channel until JPEG, which decodes it as RGB (three equal channels)
+        if gray:
+            assert ours.ndim == (3 if "j" in T.steps_of(name) else 2)
+    # the official LR differs from the literature's (PIL's bicubic, truncated noise, PIL's JPEG)
+    rgb = synthetic(70, 93, seed=4)
+    assert not np.array_equal(T.degrade_test_image(rgb, "b+n+j", protocol="official"),
+                              T.degrade_test_image(rgb, "b+n+j", protocol="literature"))
+
+
+def test_official_noise_is_sigma_20_on_255_and_truncated():
+    flat = np.full((400, 400, 3), 128, np.uint8)
+    lr = T.degrade_test_image(flat, "noise", protocol="official").astype(np.float64)
+    # truncation of x*255 lowers the mean by half a grey level
+    assert abs(lr.std() - 20) < 0.3 and abs(lr.mean() - 127.5) < 0.15
+
+
+def test_official_gray_images_stay_gray_and_are_read_as_rgb(tmp_path):
+    gray = synthetic(48, 40, seed=3)[..., 0]
+    path = write_image(tmp_path / "g.png", gray)
+    assert T.read_test_hr(path, "official").shape == (48, 40)
+    assert T.read_test_hr(path, "literature").shape == (48, 40, 3)
+    (_, hr, lr), = T.load_test_pairs([path], "noise", 4, 0, protocol="official")
+    assert hr.shape == (48, 40, 3) and lr.shape == (12, 10, 3)
+    assert np.array_equal(lr[..., 0], lr[..., 2]) and np.array_equal(hr[..., 0], gray)  # gray noise, replicated
+    assert np.array_equal(lr[..., 0], T.degrade_test_image(gray, "noise", 4, 0, "official"))
+    # the literature protocol draws colour noise on the replicated image
+    (_, _, lit), = T.load_test_pairs([path], "noise", 4, 0, protocol="literature")
+    assert not np.array_equal(lit[..., 0], lit[..., 2])
+    with pytest.raises(ValueError, match="protocol='matlab' is unknown; allowed: literature, official"):
+        T.degrade_test_image(synthetic(), "clean", protocol="matlab")
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) RGB array for protocol=literature"):
+        T.degrade_test_image(gray, "clean", protocol="literature")
+    assert T.cache_key("clean", 4, 0, "official") != T.cache_key("clean", 4, 0, "literature")

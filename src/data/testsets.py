@@ -1,12 +1,22 @@
-"""The paper's 8 test degradations (Table 1), computed on uint8 (H, W, 3) RGB images and cached on disk.
+"""The paper's 8 test degradations (Table 1) under two protocols, computed on uint8 images and cached on disk.
 
-b = Gaussian blur (21 x 21 kernel, sigma 2), then MATLAB-style bicubic x`scale` downscale (always), then
-n = Gaussian noise (sigma 20 on the 0-255 scale), then j = JPEG quality 50 (OpenCV's encoder, 4:2:0), applied in
-that order; `clean` is the bicubic alone. Every step is rounded to 8 bits, as if the image were saved in between.
+Protocols (`protocol=`):
+
+- ``literature`` (default): the SR literature's convention. b = Gaussian blur (21 x 21 kernel, sigma 2), then
+  MATLAB-style bicubic x`scale` downscale (always), then n = Gaussian noise (sigma 20 on the 0-255 scale), then
+  j = JPEG quality 50 (OpenCV's encoder, 4:2:0), applied in that order on (H, W, 3) RGB; `clean` is the bicubic
+  alone. Every step is rounded to 8 bits, as if the image were saved in between. Gray images are replicated to
+  RGB first.
+- ``official``: the steps of the paper's own script (``dataset/add_degradations.py`` of the official repository,
+  after its 2024 fix of the noise level): ``cv2.GaussianBlur`` 21 x 21, sigma 2 on the uint8 HR; PIL
+  ``Image.resize((w // scale, h // scale), BICUBIC)``; Gaussian noise of sigma 20/255 on [0, 1] (float32 image),
+  clipped, then ``astype(uint8)`` of x * 255 (truncation); PIL JPEG quality 50, decoded as RGB. A gray image stays
+  single-channel through it (only JPEG turns it into RGB), as there.
+
 The noise is seeded per (seed, image content, degradation), so every model in a sweep sees the same LR inputs,
-in any process, whatever the file is called.
+in any process, whatever the file is called (the official script leaves it unseeded).
 
-    python -m src.data.testsets <set_dir> <out_dir> [--scale 4] [--seed 0] [--degradations clean,blur,...]
+    python -m src.data.testsets <set> <out_dir> [--protocol literature|official] [--scale 4] [--seed 0]
 
 writes <out_dir>/HR/<stem>.png (modcropped) and <out_dir>/<degradation>/<stem>.png for other tools.
 """
@@ -14,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -23,15 +35,23 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from src.data.imageio import ImageReadError, read_image, write_image
+from src.data.imageio import ImageReadError, decode_image, read_image, to_rgb_uint8, write_image
 
 TEST_DEGRADATIONS = ("clean", "blur", "noise", "jpeg", "b+n", "b+j", "n+j", "b+n+j")
+PROTOCOLS = ("literature", "official")
 TEST_PARAMS = {"blur_kernel_size": 21, "blur_sigma": 2.0, "noise_sigma": 20.0, "jpeg_quality": 50}
 # Bump when the output of degrade_test_image changes, so stale cached LR images are not reused.
-CODE_VERSION = 1
+CODE_VERSION = 2
 
 _STEPS = {"clean": (), "blur": ("b",), "noise": ("n",), "jpeg": ("j",)}
+
+
+def check_protocol(protocol: str) -> str:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol={protocol!r} is unknown; allowed: {', '.join(PROTOCOLS)}")
+    return protocol
 
 
 def steps_of(name: str) -> tuple[str, ...]:
@@ -88,6 +108,39 @@ def jpeg_compress(img: np.ndarray, quality: int) -> np.ndarray:
     return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1])
 
 
+# --- the official script's steps (PIL + OpenCV), on uint8 (H, W) gray or (H, W, 3) RGB ------------------------
+def official_blur(img: np.ndarray) -> np.ndarray:
+    """cv2.GaussianBlur(img, (21, 21), 2) on the uint8 image, as the official script (OpenCV's 8-bit path)."""
+    k = TEST_PARAMS["blur_kernel_size"]
+    return cv2.GaussianBlur(np.ascontiguousarray(img), (k, k), TEST_PARAMS["blur_sigma"])
+
+
+def pil_bicubic_resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """PIL `Image.resize((w, h), BICUBIC)` of a uint8 gray or RGB array; `size` is (width, height)."""
+    return np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize(size, Image.BICUBIC))
+
+
+def official_noise(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The official script's Gaussian noise: float32 [0, 1] image + N(0, 20/255), clipped, x255 truncated.
+
+    The noise is drawn in the script's (C, H, W) layout (one channel for a gray image).
+    """
+    chw = img.transpose(2, 0, 1) if img.ndim == 3 else img[None]
+    x = chw.astype(np.float32) / 255.0
+    noisy = np.clip(x + rng.standard_normal(x.shape) * (TEST_PARAMS["noise_sigma"] / 255.0), 0, 1)
+    # float32 before the x255 and astype's truncation, as there: a -0.5 grey-level bias
+    out = np.clip(noisy.astype(np.float32) * 255, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(out.transpose(1, 2, 0) if img.ndim == 3 else out[0])
+
+
+def pil_jpeg(img: np.ndarray, quality: int) -> np.ndarray:
+    """Save with PIL as JPEG at `quality`, reopen and convert to RGB (so a gray image comes back as RGB)."""
+    with io.BytesIO() as f:
+        Image.fromarray(np.ascontiguousarray(img)).save(f, format="JPEG", quality=int(quality))
+        f.seek(0)
+        return np.asarray(Image.open(f).convert("RGB"))
+
+
 def _content_digest(img: np.ndarray) -> bytes:
     h = hashlib.sha256(f"{img.shape}|{img.dtype}".encode())
     h.update(np.ascontiguousarray(img).tobytes())
@@ -102,13 +155,33 @@ def noise_rng(hr: np.ndarray, name: str, seed: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), *map(int, words)])
 
 
-def degrade_test_image(hr: np.ndarray, name: str, scale: int = 4, seed: int = 0) -> np.ndarray:
-    """The LR image of test degradation `name` for a uint8 (H, W, 3) RGB HR image (modcropped first)."""
+def _check_hr(hr: np.ndarray, protocol: str) -> None:
+    gray_ok = protocol == "official" and hr.ndim == 2
+    if hr.dtype != np.uint8 or not (gray_ok or (hr.ndim == 3 and hr.shape[2] == 3)):
+        allowed = "(H, W) gray or (H, W, 3) RGB" if protocol == "official" else "(H, W, 3) RGB"
+        raise ValueError(f"hr must be a uint8 {allowed} array for protocol={protocol}, got {hr.dtype} {hr.shape}")
+
+
+def degrade_test_image(hr: np.ndarray, name: str, scale: int = 4, seed: int = 0,
+                       protocol: str = "literature") -> np.ndarray:
+    """The LR image of test degradation `name` for a uint8 HR image (modcropped first).
+
+    `literature`: (H, W, 3) RGB in, (h, w, 3) out. `official`: (H, W) gray or (H, W, 3) RGB in; the LR is what the
+    official script saves: gray stays (h, w) except after JPEG, which returns RGB.
+    """
+    check_protocol(protocol)
     steps = steps_of(name)
-    if hr.dtype != np.uint8 or hr.ndim != 3 or hr.shape[2] != 3:
-        raise ValueError(f"hr must be a uint8 (H, W, 3) array, got {hr.dtype} {hr.shape}")
+    _check_hr(hr, protocol)
     hr = modcrop(hr, scale)
     p = TEST_PARAMS
+    if protocol == "official":
+        img = official_blur(hr) if "b" in steps else hr
+        img = pil_bicubic_resize(img, (hr.shape[1] // scale, hr.shape[0] // scale))
+        if "n" in steps:
+            img = official_noise(img, noise_rng(hr, name, seed))
+        if "j" in steps:
+            img = pil_jpeg(img, p["jpeg_quality"])
+        return img
     img = gaussian_blur(hr, p["blur_kernel_size"], p["blur_sigma"]) if "b" in steps else hr
     img = bicubic_downscale(img, scale)
     if "n" in steps:
@@ -118,26 +191,47 @@ def degrade_test_image(hr: np.ndarray, name: str, scale: int = 4, seed: int = 0)
     return img
 
 
-def cache_key(name: str, scale: int, seed: int) -> str:
+def read_test_hr(path: str | os.PathLike, protocol: str = "literature") -> np.ndarray:
+    """The HR image as the protocol reads it: RGB (H, W, 3) for `literature`; for `official` an 8-bit gray file
+    stays (H, W), as PIL's `Image.open` gives it to the official script (other files become RGB)."""
+    if check_protocol(protocol) == "official":
+        img = decode_image(path)
+        if img.dtype == np.uint8 and (img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1)):
+            return np.ascontiguousarray(img.reshape(img.shape[:2]))
+        return to_rgb_uint8(img, str(path))
+    return read_image(path)
+
+
+def as_rgb(img: np.ndarray) -> np.ndarray:
+    """Gray (H, W) replicated to (H, W, 3), as OpenCV's IMREAD_COLOR in the official test loader does."""
+    return np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2)) if img.ndim == 2 else img
+
+
+def cache_key(name: str, scale: int, seed: int, protocol: str = "literature") -> str:
     """Folder name for cached LR images: everything that changes their content is in the hash."""
     spec = {"name": name, "steps": steps_of(name), "params": TEST_PARAMS, "scale": scale, "seed": seed,
-            "version": CODE_VERSION, "opencv": cv2.__version__.split(".")[0]}
+            "version": CODE_VERSION, "opencv": cv2.__version__.split(".")[0], "protocol": check_protocol(protocol)}
+    if protocol == "official":
+        spec["pillow"] = Image.__version__.split(".")[0]
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{name}_x{scale}_s{seed}_{digest}"
+    prefix = "" if protocol == "literature" else f"{protocol}_"
+    return f"{prefix}{name}_x{scale}_s{seed}_{digest}"
 
 
 def load_test_pairs(paths: Iterable[str | os.PathLike], name: str, scale: int = 4, seed: int = 0,
-                    cache_dir: str | os.PathLike | None = None) -> list[tuple[Path, np.ndarray, np.ndarray]]:
-    """[(path, modcropped HR uint8, LR uint8)] for test degradation `name`.
+                    cache_dir: str | os.PathLike | None = None,
+                    protocol: str = "literature") -> list[tuple[Path, np.ndarray, np.ndarray]]:
+    """[(path, modcropped HR uint8, LR uint8)] for test degradation `name`, both (H, W, 3) RGB.
 
-    With cache_dir, each LR image is computed once and kept as
+    Under `official` a gray image is degraded as gray and both HR and LR are then replicated to 3 channels, as the
+    official test loader reads them. With cache_dir, each LR image is computed once and kept as
     <cache_dir>/<cache_key>/<stem>-<content hash>.png; an unreadable or wrongly sized cached file is recomputed.
     """
     steps_of(name)
-    folder = Path(cache_dir) / cache_key(name, scale, seed) if cache_dir is not None else None
+    folder = Path(cache_dir) / cache_key(name, scale, seed, protocol) if cache_dir is not None else None
     pairs = []
     for path in map(Path, paths):
-        hr = modcrop(read_image(path), scale)
+        hr = modcrop(read_test_hr(path, protocol), scale)
         lr = None
         if folder is not None:
             cached = folder / f"{path.stem}-{_content_digest(hr).hex()[:12]}.png"
@@ -149,25 +243,31 @@ def load_test_pairs(paths: Iterable[str | os.PathLike], name: str, scale: int = 
                 if lr is not None and lr.shape != (hr.shape[0] // scale, hr.shape[1] // scale, 3):
                     lr = None
         if lr is None:
-            lr = degrade_test_image(hr, name, scale, seed)
+            lr = degrade_test_image(hr, name, scale, seed, protocol)
             if folder is not None:
                 write_image(cached, lr)
-        pairs.append((path, hr, lr))
+        pairs.append((path, as_rgb(hr), as_rgb(lr)))
     return pairs
 
 
 def write_degraded_set(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, scale: int = 4,
                        seed: int = 0, degradations: Sequence[str] = TEST_DEGRADATIONS,
-                       cache_dir: str | os.PathLike | None = None) -> dict[str, int]:
-    """Write <out_dir>/HR/<stem>.png and <out_dir>/<degradation>/<stem>.png; return images written per folder."""
+                       protocol: str = "literature") -> dict[str, int]:
+    """Write <out_dir>/HR/<stem>.png and <out_dir>/<degradation>/<stem>.png; return images written per folder.
+
+    The files are those the evaluation scores (under `official`, gray images stay gray as the official script
+    saves them)."""
+    check_protocol(protocol)
     out_dir = Path(out_dir)
     paths = [Path(p) for p in paths]
     for path in paths:
-        write_image(out_dir / "HR" / f"{path.stem}.png", modcrop(read_image(path), scale))
+        write_image(out_dir / "HR" / f"{path.stem}.png", modcrop(read_test_hr(path, protocol), scale))
     counts = {"HR": len(paths)}
     for name in degradations:
-        for path, _, lr in load_test_pairs(paths, name, scale, seed, cache_dir):
-            write_image(out_dir / name / f"{path.stem}.png", lr)
+        steps_of(name)
+        for path in paths:
+            hr = modcrop(read_test_hr(path, protocol), scale)
+            write_image(out_dir / name / f"{path.stem}.png", degrade_test_image(hr, name, scale, seed, protocol))
         counts[name] = len(paths)
     return counts
 
