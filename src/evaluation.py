@@ -26,6 +26,7 @@ from torch import nn
 from src.data.imageio import read_image
 from src.data.testsets import PROTOCOLS, TEST_DEGRADATIONS, check_protocol, load_test_pairs
 from src.metrics import psnr, ssim
+from src.runs import results_file
 from src.tiling import tiled_forward
 from src.utils import atomic_write_text
 
@@ -34,15 +35,14 @@ log = logging.getLogger(__name__)
 METRICS = ("psnr", "ssim", "psnr_rgb", "ssim_rgb")
 SSIM_WINDOW = 11
 CHUNK = 8  # images decoded at a time
-RESULTS_STEM = {"literature": "results", "official": "results_official"}
 # The number a protocol's tables lead with: the literature quotes PSNR on Y, the official test configs RGB PSNR.
 HEADLINE = {"literature": "psnr", "official": "psnr_rgb"}
 
 
 def results_files(run_dir: str | os.PathLike, protocol: str = "literature") -> tuple[Path, Path]:
-    """(json, csv) paths of a protocol's results in a run folder."""
-    stem = RESULTS_STEM[check_protocol(protocol)]
-    return Path(run_dir) / f"{stem}.json", Path(run_dir) / f"{stem}.csv"
+    """(json, csv) paths of a protocol's results in a run folder (names from src.runs)."""
+    path = results_file(run_dir, check_protocol(protocol))
+    return path, path.with_suffix(".csv")
 
 
 def resolve_protocols(value) -> list[str]:
