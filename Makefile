@@ -30,7 +30,7 @@ sweep: $(STAMP)        ## a study of the paper: make sweep SWEEP=positions ARGS=
 bench: $(STAMP)        ## speed figures as ratios, written to bench.json
 	$(PY) -m src.bench $(ARGS)
 
-REPRO := runs/repro_small
+REPRO := runs/repro_small/sweep
 REPRO_CKPTS := [$(REPRO)/dropout.p-0.0,$(REPRO)/dropout.p-0.7]
 repro: $(STAMP)        ## issue 9: p=0 vs p=0.7 at reduced scale on T91+BSD200 (CPU, ~75 min), tables and figures in docs/results
 	OMP_NUM_THREADS=1 $(PY) -m src.train --config-dir sweeps --config-name repro_small -m $(ARGS)

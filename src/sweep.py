@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from src import runs
 
@@ -38,23 +38,145 @@ def write_sweep_report(config: DictConfig, sweep_dir: Path) -> None:
             run.finish()
 
 
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def sweep_folder_name(task_overrides: Sequence[str], exclude_keys: Sequence[str] = ()) -> str:
+    """`sweep` plus the multirun's own command-line overrides, e.g. `sweep-dropout.p-0.1+0.5_seed-1`: the same
+    command finds the same folder again (finished jobs are skipped, interrupted ones resume), and a different
+    command gets a folder of its own."""
+    kept = sorted(o for o in task_overrides if o.lstrip("+~").partition("=")[0] not in set(exclude_keys))
+    return "sweep" + ("-" + runs.folder_name(kept) if kept else "")
+
+
+def _quote_override(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def expand_jobs(config: DictConfig) -> list[list[str]] | None:
+    """Each job's overrides, in launch order, as Hydra's basic sweeper will expand them (None for other
+    sweepers, which choose their jobs as they go)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if OmegaConf.select(config, "hydra.sweeper._target_") != BASIC_SWEEPER:
+        return None
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
+    parsed = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
+    return [job for batch in BasicSweeper.split_arguments(parsed, max_batch_size=None) for job in batch]
+
+
+def shared_keys(jobs: list[list[str]]) -> list[str]:
+    """Keys that every job sets to the same value (the multirun's constant overrides)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser, values = OverridesParser.create(), {}
+    for job in jobs:
+        for o in parser.parse_overrides(job):
+            values.setdefault(o.key_or_group, []).append(o.input_line.partition("=")[2])
+    return sorted(k for k, v in values.items() if len(v) == len(jobs) and len(set(v)) == 1)
+
+
+def preflight(config: DictConfig, jobs: list[list[str]]) -> dict[str, list[str]]:
+    """Compose every job's config and build its model (no weights, no data); returns {job folder: overrides}.
+
+    All invalid jobs are reported together, and the sweep stops before any job trains."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from src.preflight import check_job
+
+    loader = GlobalHydra.instance().config_loader()
+    planned, errors = {}, []
+    for overrides in jobs:
+        try:
+            job_cfg = loader.load_sweep_config(config, list(overrides))
+            planned[runs.run_id(job_cfg.hydra.job.override_dirname)] = list(overrides)
+            check_job(job_cfg, list(job_cfg.hydra.overrides.task))
+        except Exception as e:  # noqa: BLE001 - every kind of bad job is reported, not just the first
+            errors.append(f"  {' '.join(overrides)}\n      {type(e).__name__}: {e}")
+    if errors:
+        print(f"[sweep] preflight: {len(errors)} of {len(jobs)} jobs cannot run; nothing was trained:\n"
+              + "\n".join(errors) + "\n[sweep] fix: change or drop the values named above (each message says what "
+              "is allowed, e.g. a dropout position that the backbone has, or backbone=srresnet for b8..b16) and "
+              "run the command again", file=sys.stderr)
+        sys.exit(2)
+    return planned
+
+
 class ManifestCallback(Callback):
-    """At the end of a sweep, gathers every job's `job.json` into `manifest.json` in the sweep folder and exits
-    non-zero if any job failed (the failed jobs do not stop the others: src.train records and swallows them)."""
+    """Gives each multirun its own sweep folder, checks every job before the first one trains, records the
+    sweep's jobs in `manifest.json` at its start and their outcome at its end (from each job's `job.json`), and
+    exits non-zero if any of them failed (failed jobs do not stop the others: src.train records them)."""
+
+    def __init__(self) -> None:
+        self.planned: dict[str, list[str]] | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Every launcher composes each job again from the master config's hydra overrides, so what must hold for
+        # all jobs (their sweep folder, how their folders are named) is added there.
+        added = []
+        exclude = list(config.hydra.job.config.override_dirname.exclude_keys)
+        if not any(o.startswith("hydra.sweep.dir=") for o in config.hydra.overrides.hydra):
+            sweep_dir = str(Path(config.hydra.sweep.dir) / sweep_folder_name(config.hydra.overrides.task, exclude))
+            added.append(("hydra.sweep.dir", sweep_dir, _quote_override(sweep_dir)))
+        jobs = expand_jobs(config)
+        if jobs is not None:
+            # The sweep folder's name holds what all jobs share; a job folder is named by what varies.
+            shared = [k for k in shared_keys(jobs) if k not in exclude]
+            if shared:
+                keys = exclude + shared
+                added.append(("hydra.job.config.override_dirname.exclude_keys", keys,
+                              "[" + ",".join(_quote_override(k) for k in keys) + "]"))
+        with read_write(config), open_dict(config):
+            for key, value, text in added:
+                OmegaConf.update(config, key, value, merge=False)
+                config.hydra.overrides.hydra.append(f"{key}={text}")
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if jobs is None:
+            return
+        self.planned = preflight(config, jobs)
+        print(f"[sweep] {len(jobs)} jobs, checked; sweep folder {sweep_dir}", flush=True)
+        runs.write_manifest(sweep_dir, config.get("name"),
+                            {d: {"overrides": o, "dir": d, "status": "pending"} for d, o in self.planned.items()})
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        if self.planned is not None:
+            names = sorted(self.planned)
+        else:  # a sweeper that chose its own jobs: every job folder of this sweep
+            names = sorted(p.parent.name for p in sweep_dir.glob(f"*/{runs.JOB}"))
         jobs = {}
-        for job_file in sorted(sweep_dir.glob(f"*/{runs.JOB}")):
-            jobs[job_file.parent.name] = runs.read_job(job_file.parent) or {
-                "status": "unknown", "error": f"{job_file} was unreadable"}
+        for name in names:
+            job = runs.read_job(sweep_dir / name)
+            if job is None:
+                job = {"overrides": (self.planned or {}).get(name, []), "dir": name, "status": "failed",
+                       "error": "the job did not run (its process died before it could record a status)"}
+            elif job.get("status") == "running":
+                job = {**job, "status": "failed", "error": "the job stopped without recording an outcome"}
+            jobs[name] = job
         failed = sorted(k for k, v in jobs.items() if v.get("status") != "completed")
-        runs.write_manifest(sweep_dir, config.get("name"), jobs)
+        manifest = runs.write_manifest(sweep_dir, config.get("name"), jobs)
+        report = sweep_dir / "report"
         if len(jobs) - len(failed) > 0:
             write_sweep_report(config, sweep_dir)
+        print(f"[sweep] {len(jobs) - len(failed)} of {len(jobs)} jobs completed in {sweep_dir}\n"
+              f"[sweep]   manifest: {manifest}" + (f"\n[sweep]   report:   {report / 'report.md'}"
+                                                    if (report / "report.md").is_file() else "")
+              + _wandb_line(sweep_dir), flush=True)
         if failed:
             for name in failed:
                 print(f"[sweep] FAILED {name}: {jobs[name].get('error')}", file=sys.stderr)
-            print(f"[sweep] {len(failed)} of {len(jobs)} jobs failed (see {sweep_dir / 'manifest.json'})",
-                  file=sys.stderr)
+            print(f"[sweep] {len(failed)} of {len(jobs)} jobs failed (see {manifest})", file=sys.stderr)
             sys.exit(1)
+
+
+def _wandb_line(sweep_dir: Path) -> str:
+    # Offline W&B runs: one per job (<job>/wandb) and one for the report (<sweep>/wandb); `wandb sync` uploads them.
+    jobs = sorted(sweep_dir.glob("*/wandb/offline-run-*"))
+    if not jobs and not (sweep_dir / "wandb").is_dir():
+        return ""
+    return (f"\n[sweep]   W&B:      {sweep_dir}/*/wandb ({len(jobs)} offline runs) and {sweep_dir / 'wandb'} (report); "
+            f"upload with: wandb sync {sweep_dir}/*/wandb/offline-run-* {sweep_dir}/wandb/offline-run-*")

@@ -38,5 +38,12 @@ def compose_train(overrides, run_dir, override_dirname=""):
     return cfg
 
 
+def sweep_folder(runs, name):
+    """The one sweep folder a multirun made under <runs>/<name> (each multirun gets its own)."""
+    found = sorted(Path(runs, name).glob("sweep*"))
+    assert len(found) == 1, found
+    return found[0]
+
+
 TINY = ["logger=none", "trainer.enable_progress_bar=false", "data.batch_size=2", "data.lr_patch_size=16",
         "data.val_crop=64", "eval.degradations=[clean,noise]"]

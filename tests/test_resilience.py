@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import REPO, TINY, compose_train
+from conftest import REPO, TINY, compose_train, sweep_folder
 
 ENV = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -77,15 +77,17 @@ def test_kill9_then_resume_matches_uninterrupted_run(tmp_path):
 
 
 def test_sweep_with_failing_job_finishes_others_and_exits_nonzero(tmp_path):
-    # b16 does not exist on the 4-block tiny model: that job fails, the other two must still run.
-    cmd = train_cmd(tmp_path, "debug=fast", "name=sw", "dropout.position=last,b16,none", multirun=True)
+    # A training set that does not exist fails only when that job reads its data (the preflight builds models, it
+    # reads no data): that job fails, the other two must still run.
+    cmd = train_cmd(tmp_path, "debug=fast", "name=sw", "data.train_sets=[skimage],[nowhere],[skimage_holdout]",
+                    multirun=True)
     proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
-    manifest = json.loads((tmp_path / "sw" / "manifest.json").read_text())
-    status = {name.split("dropout.position-")[1].split("_")[0]: job["status"] for name, job in manifest["jobs"].items()}
-    assert status == {"last": "completed", "b16": "failed", "none": "completed"}
+    manifest = json.loads((sweep_folder(tmp_path, "sw") / "manifest.json").read_text())
+    status = {name.split("data.train_sets-")[1]: job["status"] for name, job in manifest["jobs"].items()}
+    assert status == {"skimage": "completed", "nowhere": "failed", "skimage_holdout": "completed"}
     (failed,) = manifest["failed"]
-    assert "dropout.position='b16'" in manifest["jobs"][failed]["error"]
+    assert "nowhere" in manifest["jobs"][failed]["error"]
     assert "FAILED" in proc.stderr
 
 
@@ -152,7 +154,7 @@ def test_cli_override_wins_over_sweep_axis(tmp_path):
            f"paths.runs={tmp_path}", f"paths.cache={tmp_path}/cache", "eval.degradations=[clean]"]
     proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    jobs = [p for p in (tmp_path / "positions").iterdir() if (p / "job.json").is_file()]
+    jobs = [p for p in sweep_folder(tmp_path, "positions").iterdir() if (p / "job.json").is_file()]
     configs = [OmegaConf.load(j / "config.yaml") for j in jobs]
     assert sorted(c.dropout.position for c in configs) == ["b4", "last"]
     assert {c.dropout.p for c in configs} == {0.5}
@@ -164,5 +166,5 @@ def test_joblib_launcher_runs_two_jobs(tmp_path):
                     "hydra.launcher.n_jobs=2", multirun=True)
     proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    manifest = json.loads((tmp_path / "jl" / "manifest.json").read_text())
+    manifest = json.loads((sweep_folder(tmp_path, "jl") / "manifest.json").read_text())
     assert len(manifest["jobs"]) == 2 and manifest["failed"] == []

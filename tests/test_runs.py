@@ -76,3 +76,13 @@ def test_eval_names_the_run_folders_it_skips(tmp_path, capsys):
     b = _run(sweep / "b", ckpt=False, job="failed")
     assert checkpoints_to_evaluate(sweep) == [(a / runs.CKPT, a)]
     assert f"skipped {b}: no checkpoints/last.ckpt" in capsys.readouterr().out
+
+
+def test_sweep_folder_named_by_its_command_and_jobs_by_what_varies():
+    from src.sweep import shared_keys, sweep_folder_name
+
+    assert sweep_folder_name([]) == "sweep"
+    assert sweep_folder_name(["dropout.p=0.1,0.5", "paths.runs=/x", "backbone=srresnet"], ["paths.runs"]) == \
+        "sweep-backbone-srresnet_dropout.p-0.1+0.5"
+    jobs = [["dropout.p=0.1", "backbone=srresnet", "seed=1"], ["dropout.p=0.5", "backbone=srresnet", "seed=2"]]
+    assert shared_keys(jobs) == ["backbone"]

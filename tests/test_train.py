@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import REPO, TINY, compose_train
+from conftest import REPO, TINY, compose_train, sweep_folder
 
 
 def _run_train(tmp_path, overrides):
@@ -66,7 +66,8 @@ def test_multirun_sweep_runs_four_jobs_in_own_folders(tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    jobs = sorted(p for p in (tmp_path / "sw").iterdir() if (p / "job.json").is_file())
+    sweep = sweep_folder(tmp_path, "sw")
+    jobs = sorted(p for p in sweep.iterdir() if (p / "job.json").is_file())
     assert len(jobs) == 4
     for job, (p, pos) in zip(jobs, [(0.1, "last"), (0.1, "none"), (0.5, "last"), (0.5, "none")]):
         assert f"dropout.p-{p}_dropout.position-{pos}" in job.name  # folders are named by the overrides
@@ -76,9 +77,9 @@ def test_multirun_sweep_runs_four_jobs_in_own_folders(tmp_path):
         assert (job / "checkpoints" / "last.ckpt").is_file()
         results = json.loads((job / "results.json").read_text())
         assert all(math.isfinite(m["psnr"]) for m in results["skimage_holdout"].values())
-    manifest = json.loads((tmp_path / "sw" / "manifest.json").read_text())
+    manifest = json.loads((sweep / "manifest.json").read_text())
     assert len(manifest["jobs"]) == 4 and manifest["failed"] == []
-    report = (tmp_path / "sw" / "report" / "report.md").read_text()  # the sweep's tables, built at its end
+    report = (sweep / "report" / "report.md").read_text()  # the sweep's tables, built at its end
     assert "Real-SRResNet (p=0.5)" in report and "Improvement" in report
 
 

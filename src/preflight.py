@@ -1,0 +1,79 @@
+"""Checks on a training config that run before anything trains: values the code would accept silently or explain
+badly, keys added with `+` that nothing reads, and whether the model builds (cheaply, without weights or data).
+
+`src.train` calls `check_values` at the start of every run; a multirun calls `check_job` on every job before its
+first job trains, so an invalid combination fails in seconds, not after hours of other jobs.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Sequence
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+# (key, smallest allowed value, what it means): integers that must be positive.
+_POSITIVE = (("trainer.max_steps", "training steps; the run trains this many optimizer steps"),
+             ("data.batch_size", "LR patches per step and device"),
+             ("data.lr_patch_size", "side of an LR training patch in px (HR = lr_patch_size * scale)"))
+
+
+def apply_shrink(cfg: DictConfig) -> None:
+    """Apply `shrink.<BackboneClass>` argument overrides (scale=cpu) to the backbone config, in place."""
+    changes = (cfg.get("shrink") or {}).get(cfg.backbone._target_.rsplit(".", 1)[-1])
+    if changes:
+        with open_dict(cfg):
+            cfg.backbone = OmegaConf.merge(cfg.backbone, changes)
+
+
+def check_values(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
+    """Raise ValueError naming the key, the value and what is allowed, for values that would train nonsense."""
+    for key, meaning in _POSITIVE:
+        value = OmegaConf.select(cfg, key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            extra = " (-1 would mean 'train forever' to Lightning)" if key == "trainer.max_steps" else ""
+            raise ValueError(f"{key}={value!r}: must be an integer >= 1 ({meaning}){extra}")
+    check_added_keys(cfg, overrides)
+
+
+def check_added_keys(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Reject `+a.b=v` where `a` is a plain settings node: the key did not exist (else `+` fails in Hydra), and no
+    code reads it, so `+dropout.prob=0.5` would train with the default dropout.p. Nodes with a `_target_` are
+    passed to a constructor, which rejects unknown arguments itself; config groups (`+experiment=x`) are fine."""
+    choices = set(OmegaConf.select(cfg, "hydra.runtime.choices", default={}) or {})
+    for item in overrides:
+        if not item.startswith("+") or item.startswith("++"):
+            continue
+        key = item[1:].partition("=")[0]
+        if key in choices or "/" in key or key.startswith("hydra"):
+            continue
+        parent_key, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+        if not isinstance(parent, DictConfig) or "_target_" in parent:
+            continue
+        known = sorted(k for k in parent.keys() if k != leaf and k != "hydra")
+        close = difflib.get_close_matches(leaf, known, n=1)
+        hint = f"; did you mean {parent_key + '.' if parent_key else ''}{close[0]}=...?" if close else ""
+        raise ValueError(f"{item}: {key!r} is not a setting (nothing reads it); the keys of "
+                         f"{parent_key or 'the root config'} are: {', '.join(known)}{hint}")
+
+
+def build_model_cheaply(cfg: DictConfig) -> None:
+    """Build the job's backbone on PyTorch's meta device: every argument is checked (dropout position, window
+    size, ...) but no weights are allocated, so checking a 48-job sweep of large models takes seconds."""
+    import torch
+
+    from src.models.io import build_backbone
+
+    backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
+    with torch.device("meta"):
+        build_backbone(backbone)
+
+
+def check_job(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
+    """Everything a job can get wrong before it reads data: values, added keys, the model with its dropout."""
+    cfg = cfg.copy()
+    check_values(cfg, overrides)
+    apply_shrink(cfg)
+    build_model_cheaply(cfg)
