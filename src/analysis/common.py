@@ -1,8 +1,9 @@
 """Shared pieces of the interpretation tools: the layer m hook, image <-> tensor, CSV and figure writing.
 
 Layer m is named by the submodule whose INPUT is the feature map F_m (default `conv_last`: the input of the
-output conv is where `last` dropout acts). Reading and replacing F_m with a forward pre-hook works on every
-backbone without touching its forward().
+output conv is where `last` dropout acts), or by `<submodule>:out` for its OUTPUT (e.g. `body.15:out`, the
+trunk's last block, which no submodule takes as its sole input). Reading and replacing F_m with a forward
+(pre-)hook works on every backbone without touching its forward().
 """
 from __future__ import annotations
 
@@ -22,8 +23,20 @@ from src.utils import atomic_write_bytes, atomic_write_text
 DEFAULT_LAYER = "conv_last"
 
 
+OUTPUT_SUFFIX = ":out"
+
+
+def split_layer(layer: str) -> tuple[str, bool]:
+    """(submodule name, True when the layer is that submodule's output rather than its input)."""
+    if layer.endswith(OUTPUT_SUFFIX):
+        return layer[:-len(OUTPUT_SUFFIX)], True
+    return layer, False
+
+
 def resolve_layer(model: nn.Module, layer: str = DEFAULT_LAYER) -> nn.Module:
-    """The submodule named `layer`; also looks under `net.` so a LightningModule (SRModule) works too."""
+    """The submodule named `layer` (a trailing `:out` ignored); also looks under `net.` so a LightningModule
+    (SRModule) works too."""
+    layer = split_layer(layer)[0]
     for name in (layer, f"net.{layer}"):
         try:
             return model.get_submodule(name)
@@ -38,14 +51,21 @@ def resolve_layer(model: nn.Module, layer: str = DEFAULT_LAYER) -> nn.Module:
 @contextlib.contextmanager
 def feature_hook(model: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor | None],
                  layer: str = DEFAULT_LAYER) -> Iterator[None]:
-    """While active, `fn(F_m)` sees the first input of `layer`; a tensor it returns replaces that input."""
+    """While active, `fn(F_m)` sees the first input of `layer` (its output for `<name>:out`); a tensor it
+    returns replaces that input (output)."""
     module = resolve_layer(model, layer)
 
     def pre_hook(_module, args):
         out = fn(args[0])
         return None if out is None else (out, *args[1:])
 
-    handle = module.register_forward_pre_hook(pre_hook)
+    def post_hook(_module, _args, output):
+        return fn(output)
+
+    if split_layer(layer)[1]:
+        handle = module.register_forward_hook(post_hook)
+    else:
+        handle = module.register_forward_pre_hook(pre_hook)
     try:
         yield
     finally:
@@ -78,10 +98,17 @@ def to_tensor(img: np.ndarray, device: torch.device | str = "cpu") -> torch.Tens
     return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float().div(255).to(device)
 
 
-def to_uint8(sr: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) or (3, H, W) float -> uint8 (..., H, W, 3), rounded as SR test code saves its outputs."""
+def to_uint8(sr: torch.Tensor, rounding: str = "round") -> np.ndarray:
+    """(B, 3, H, W) or (3, H, W) float -> uint8 (..., H, W, 3).
+
+    `round` as SR test code saves its outputs; `floor` truncates as torchvision's ToPILImage (the official
+    interpretation code's conversion) does.
+    """
+    if rounding not in ("round", "floor"):
+        raise ValueError(f"rounding={rounding!r}; allowed: round, floor")
     # A wildly rescaled ablation can overflow; NaN would otherwise cast to an arbitrary byte.
-    arr = sr.detach().float().nan_to_num(0.0, 1.0, 0.0).clamp(0, 1).mul(255).round().byte().cpu()
+    arr = sr.detach().float().nan_to_num(0.0, 1.0, 0.0).clamp(0, 1).mul(255)
+    arr = (arr.round() if rounding == "round" else arr.floor()).byte().cpu()
     return arr.permute(0, 2, 3, 1).numpy() if arr.ndim == 4 else arr.permute(1, 2, 0).numpy()
 
 

@@ -64,45 +64,113 @@ def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
-def run_ablation(models, pairs, out: Path, scale, layer, order, rescale, batch_size, seed, device, progress):
+def run_ablation(models, pairs, out: Path, scale, layer, order, rescale, batch_size, seed, device, progress,
+                 score: str = "y"):
     results = {}
     for label, model in models.items():
         tensors = [(to_tensor(lr, device), hr) for _, lr, hr in pairs]
         results[label] = abl.channel_ablation(model, tensors, scale, layer, order, rescale, batch_size, seed,
-                                              progress, desc=f"ablation {label}")
-    write_csv(out / "ablation_channels.csv", ["model", "channel", "psnr", "psnr_drop", "baseline_psnr"],
-              [[lab, c, float(r.single[c]), float(r.drop[c]), r.baseline]
+                                              progress, desc=f"ablation {label}", score=score)
+    # psnr/psnr_drop/baseline_psnr hold the chosen `score`; every score is written beside it.
+    extra = [f"{k}_{s}" for s in abl.SCORES for k in ("psnr", "psnr_drop")]
+    write_csv(out / "ablation_channels.csv",
+              ["model", "channel", "psnr", "psnr_drop", "baseline_psnr", *extra, "score", "rescale", "layer"],
+              [[lab, c, float(r.single[c]), float(r.drop[c]), r.baseline,
+                *[float(v) for s in abl.SCORES for v in (r.by_score[s][1][c], r.drop_of(s)[c])],
+                r.score, r.rescale, layer]
                for lab, r in results.items() for c in range(len(r.single))])
-    write_csv(out / "ablation_curve.csv", ["model", "n_ablated", "last_ablated_channel", "psnr"],
-              [[lab, k, int(r.order[k - 1]) if k else "", float(r.cumulative[k])]
+    write_csv(out / "ablation_curve.csv",
+              ["model", "n_ablated", "last_ablated_channel", "psnr", *[f"psnr_{s}" for s in abl.SCORES], "score",
+               "rescale", "order", "layer"],
+              [[lab, k, int(r.order[k - 1]) if k else "", float(r.cumulative[k]),
+                *[float(r.by_score[s][2][k]) for s in abl.SCORES], r.score, r.rescale, order, layer]
                for lab, r in results.items() for k in range(len(r.cumulative))])
     abl.plot_single(results, out / "ablation_channels.png")
     abl.plot_cumulative(results, out / "ablation_curve.png", order)
     return results
 
 
-def run_csm(models, pairs, out: Path, layer, max_channels, device, progress, ablation=None):
-    entries, scores, rows, notes = [], {}, [], []
+def csm_points(model: nn.Module, layer: str, layers=None) -> dict[str, str]:
+    """{point name: layer spec} the CSM reads: `layer` alone (layers=None), the official 19 points of SRResNet
+    (`official`), or a list of layer specs / official point names (`first`, `b1`..`b16`, `hr`, `last`)."""
+    if layers is None or (not isinstance(layers, str) and len(layers) == 0):
+        return {layer: layer}
+    if layers == "official":
+        return sal.official_layers(model)
+    if isinstance(layers, str):
+        layers = [layers]
+    try:
+        official = sal.official_layers(model)
+    except ValueError:  # plain layer specs still work on a backbone without the official points
+        official = {}
+    points = {}
+    for spec in layers:
+        spec = str(spec)
+        if spec in sal.OFFICIAL_POINTS and spec not in official:
+            raise ValueError(f"csm layer {spec!r}: this model has the official points {', '.join(official)}")
+        points[spec] = official.get(spec, spec)
+    return points
+
+
+def _file_tag(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+
+
+def run_csm(models, pairs, out: Path, layer, max_channels, device, progress, ablation=None, norm: str = "minmax",
+            layers=None) -> dict[str, dict[str, np.ndarray]]:
+    """CSM of every model at every point; returns {model: {point: per-channel saliency scores (C,)}}.
+
+    One point (layers=None): csm.png and csm_scores.png. Several: csm_<point>.png per point, and csm.png for
+    the point reading `layer` (the one channel ablation uses), if any.
+    """
+    points = {label: csm_points(model, layer, layers) for label, model in models.items()}
+    if len({tuple(p) for p in points.values()}) != 1:
+        raise ValueError(f"the models have different CSM points: {points}")
+    names = list(next(iter(points.values())))
+    main = next((n for n in names if points[next(iter(points))][n] == layer), None if len(names) > 1 else names[0])
+    entries = {n: [] for n in names}
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    rows, notes = [], []
     for label, model in models.items():
-        acc = None
+        acc: dict[str, torch.Tensor] = {}
         for k, (_, lr, _) in enumerate(tqdm(pairs, desc=f"csm {label}", disable=not progress)):
-            s = sal.channel_saliency(model, to_tensor(lr, device), layer)
-            stats = torch.stack([s.scores, s.csm.mean(dim=(0, 2, 3)), s.features.mean(dim=(0, 2, 3))])
-            acc = stats if acc is None else acc + stats
-            if k == 0:
-                entries.append((label, s.features[0], s.csm[0]))
-        acc = (acc / len(pairs)).numpy().astype(np.float64)
-        scores[label] = acc[0]
-        rel = acc[0] / max(acc[0].max(), 1e-30)
-        rows += [[label, c, float(acc[0, c]), float(rel[c]), float(acc[1, c]), float(acc[2, c])]
-                 for c in range(acc.shape[1])]
+            x = to_tensor(lr, device)
+            if layers is None:
+                result = {names[0]: sal.channel_saliency(model, x, layer, norm=norm)}
+            else:
+                result = sal.channel_saliency_layers(model, x, points[label], norm=norm)
+            for n, s in result.items():
+                stats = torch.stack([s.scores, s.csm.mean(dim=(0, 2, 3)), s.features.mean(dim=(0, 2, 3))])
+                acc[n] = stats if n not in acc else acc[n] + stats
+                if k == 0:
+                    entries[n].append((label, s.features[0], s.csm[0]))
+        scores[label] = {}
+        for n in names:
+            a = (acc[n] / len(pairs)).numpy().astype(np.float64)
+            scores[label][n] = a[0]
+            rel = a[0] / max(a[0].max(), 1e-30)
+            rows += [[label, n, points[label][n], c, float(a[0, c]), float(rel[c]), float(a[1, c]), float(a[2, c]),
+                      norm] for c in range(a.shape[1])]
         if ablation is not None and label in ablation:
             notes.append({c: f"{d:+.2f}" for c, d in enumerate(-ablation[label].drop)})
-    write_csv(out / "csm_scores.csv", ["model", "channel", "saliency", "saliency_rel", "csm_mean", "feature_mean"],
-              rows)
-    sal.plot_csm_grid(entries, out / "csm.png", max_channels=max_channels, channel_notes=notes or None)
-    sal.plot_scores(scores, out / "csm_scores.png")
+    write_csv(out / "csm_scores.csv", ["model", "point", "layer", "channel", "saliency", "saliency_rel",
+                                       "csm_mean", "feature_mean", "norm"], rows)
+    title = f"CSM norm: {norm}"
+    for n in names:
+        if n == main:
+            sal.plot_csm_grid(entries[n], out / "csm.png", max_channels=max_channels, channel_notes=notes or None,
+                              title=f"{title}; layer {points[next(iter(points))][n]}")
+            sal.plot_scores({lab: sc[n] for lab, sc in scores.items()}, out / "csm_scores.png")
+        if len(names) > 1:
+            sal.plot_csm_grid(entries[n], out / f"csm_{_file_tag(n)}.png", max_channels=max_channels,
+                              title=f"{title}; point {n} = layer {points[next(iter(points))][n]}")
     return scores
+
+
+def spread_stats(s: np.ndarray) -> dict[str, float]:
+    """How unequal the channels' saliency is: coefficient of variation and the top channel's share."""
+    return {"saliency_cv": float(s.std() / max(s.mean(), 1e-30)),
+            "top_channel_share": float(s.max() / max(s.sum(), 1e-30))}
 
 
 def run_ddr(models, hr_images, out: Path, scale, layer, degradations, input_size, perplexity, batch_size, seed,
@@ -120,13 +188,37 @@ def run_ddr(models, hr_images, out: Path, scale, layer, degradations, input_size
     return results
 
 
+# What each number of summary.json means; written beside it (analysis.json) so a reader needs no code.
+DEFINITIONS = {
+    "ablation.baseline_psnr": "PSNR (dB, `score`) of the unablated model, mean over the images",
+    "ablation.max_drop": "largest single-channel drop: max over channels c of baseline_psnr minus the PSNR with "
+                         "channel c alone ablated (each a mean over the images), dB",
+    "ablation.mean_drop / std_drop": "mean / standard deviation over channels of that single-channel drop",
+    "ablation.psnr_half_ablated / psnr_all_ablated": "PSNR of the cumulative curve with C//2 / all C channels "
+                                                     "ablated (in `order`)",
+    "ablation.scores": "the same baseline/max/mean drop for every score (y: PSNR-Y with a `scale` px border "
+                       "crop, SR rounded; rgb: RGB PSNR without crop, SR truncated, the official metric)",
+    "csm.saliency_cv": "spread of saliency: standard deviation / mean over channels of the per-channel saliency "
+                       "score (mean |dD/dF_m| over pixels and images); 0 = all channels equally important",
+    "csm.top_channel_share": "the most salient channel's share of the summed per-channel saliency (1/C = equal)",
+    "csm.points": "saliency_cv and top_channel_share at every CSM point (layers=...)",
+    "ddr.chi": "Calinski-Harabasz index of the degradation clusters of global-average-pooled F_m "
+               "(lower = weaker clustering)",
+    "ddr.chi_tsne": "the same index on the 2-D t-SNE embedding",
+}
+
+
 def analyze(models: dict[str, nn.Module], tool: str, out: str | Path, pairs=None, ddr_images=None, *,
             scale: int = 4, layer: str = DEFAULT_LAYER, device="cpu", batch_size: int = 8, seed: int = 0,
-            progress: bool = True, max_channels: int = 64, order: str = "index", rescale: bool = True,
+            progress: bool = True, max_channels: int = 64, order: str = "index", rescale: bool | str = True,
+            score: str = "y", csm_norm: str = "minmax", csm_layers=None,
             degradations=ddr_mod.DDR_DEGRADATIONS, input_size: int = 128, perplexity: float = 30.0) -> dict:
     """Run `tool` on every model; `pairs` = [(name, LR, HR)] for csm/ablation, `ddr_images` = [(name, HR)].
 
-    Returns (and writes as summary.json) per model the headline numbers of each tool.
+    `rescale` (l1 | sum | none, True = sum) and `score` (y | rgb) are the ablation's conventions, `csm_norm`
+    (minmax | max | channel) and `csm_layers` (None = `layer` alone, `official`, or a list) the CSM's; see
+    src/analysis/ablation.py and saliency.py. Returns (and writes as summary.json) per model the headline
+    numbers of each tool; analysis.json holds the options and the definition of each number.
     """
     if tool not in TOOLS:
         raise ValueError(f"tool={tool!r}; allowed: {', '.join(TOOLS)}")
@@ -134,25 +226,45 @@ def analyze(models: dict[str, nn.Module], tool: str, out: str | Path, pairs=None
         raise ValueError(f"tool={tool} needs (name, LR, HR) image pairs; got none")
     if tool in ("ddr", "all") and not ddr_images:
         raise ValueError(f"tool={tool} needs HR images for DDR; got none")
+    rescale = abl.rescale_mode(rescale)
+    if score not in abl.SCORES:
+        raise ValueError(f"ablation score={score!r}; allowed: {', '.join(abl.SCORES)}")
+    if csm_norm not in sal.NORMS:
+        raise ValueError(f"csm norm={csm_norm!r}; allowed: {', '.join(sal.NORMS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    options = {"tool": tool, "scale": scale, "layer": layer, "seed": seed, "n_images": len(pairs or []),
+               "images": [n for n, *_ in pairs or []], "ablation": {"rescale": rescale, "score": score,
+                                                                    "order": order},
+               "csm": {"norm": csm_norm, "layers": csm_layers if isinstance(csm_layers, (str, type(None)))
+                       else list(csm_layers)},
+               "ddr": {"degradations": list(degradations), "input_size": input_size, "perplexity": perplexity,
+                       "n_images": len(ddr_images or [])}}
+    atomic_write_text(out / "analysis.json", json.dumps({"models": list(models), "options": options,
+                                                        "definitions": DEFINITIONS}, indent=2) + "\n")
     summary: dict[str, dict] = {label: {} for label in models}
     ablation = None
     if tool in ("ablation", "all"):  # before csm so the CSM grid can carry each channel's PSNR drop
         ablation = run_ablation(models, pairs, out, scale, layer, order, rescale, batch_size, seed, device,
-                                progress)
+                                progress, score)
         for label, r in ablation.items():
             c = len(r.single)
             summary[label]["ablation"] = {
                 "baseline_psnr": _finite(r.baseline), "max_drop": _finite(r.drop.max()),
                 "mean_drop": _finite(r.drop.mean()), "std_drop": _finite(r.drop.std()),
-                "psnr_half_ablated": _finite(r.cumulative[c // 2]), "psnr_all_ablated": _finite(r.cumulative[c])}
+                "psnr_half_ablated": _finite(r.cumulative[c // 2]), "psnr_all_ablated": _finite(r.cumulative[c]),
+                "score": r.score, "rescale": r.rescale,
+                "scores": {s: {"baseline_psnr": _finite(r.by_score[s][0]), "max_drop": _finite(r.drop_of(s).max()),
+                               "mean_drop": _finite(r.drop_of(s).mean())} for s in abl.SCORES}}
     if tool in ("csm", "all"):
-        scores = run_csm(models, pairs, out, layer, max_channels, device, progress, ablation)
-        for label, s in scores.items():
-            # Coefficient of variation and the top channel's share: how unequal the channels' importance is.
-            summary[label]["csm"] = {"saliency_cv": float(s.std() / max(s.mean(), 1e-30)),
-                                     "top_channel_share": float(s.max() / max(s.sum(), 1e-30))}
+        scores = run_csm(models, pairs, out, layer, max_channels, device, progress, ablation, csm_norm,
+                         csm_layers)
+        for label, by_point in scores.items():
+            points = csm_points(models[label], layer, csm_layers)
+            main = next((n for n, spec in points.items() if spec == layer), next(iter(points)))
+            summary[label]["csm"] = {**spread_stats(by_point[main]), "layer": points[main], "norm": csm_norm}
+            if len(by_point) > 1:
+                summary[label]["csm"]["points"] = {n: spread_stats(v) for n, v in by_point.items()}
     if tool in ("ddr", "all"):
         res = run_ddr(models, ddr_images, out, scale, layer, degradations, input_size, perplexity, batch_size,
                       seed, device, progress)
@@ -164,6 +276,13 @@ def analyze(models: dict[str, nn.Module], tool: str, out: str | Path, pairs=None
 
 def _as_list(value) -> list:
     return [] if value is None else list(value)
+
+
+def _layers(value):
+    """csm.layers from a config: null, `official`, one layer name, or a list."""
+    if value is None or isinstance(value, str):
+        return value
+    return [str(v) for v in value]
 
 
 def run_config(cfg, out: str | Path | None = None) -> dict:
@@ -205,6 +324,7 @@ def run_config(cfg, out: str | Path | None = None) -> dict:
     summary = analyze(models, cfg.tool, out, pairs, ddr_images, scale=scale, layer=cfg.layer, device=device,
                       batch_size=cfg.batch_size, seed=cfg.seed, progress=cfg.progress,
                       max_channels=cfg.csm.max_channels, order=cfg.ablation.order, rescale=cfg.ablation.rescale,
+                      score=cfg.ablation.score, csm_norm=cfg.csm.norm, csm_layers=_layers(cfg.csm.layers),
                       degradations=tuple(cfg.ddr.degradations), input_size=cfg.ddr.input_size,
                       perplexity=cfg.ddr.perplexity)
     print(json.dumps(summary, indent=2, sort_keys=True))
