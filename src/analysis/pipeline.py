@@ -2,10 +2,12 @@
 
 `analyze` runs the tools on models already in memory (what tests and notebooks call); `run_config` does the
 same from an analyze.yaml config (checkpoint paths, image sets), which is all the `python -m src.analyze`
-entry point calls. Writes into `out`: csm.png + csm_scores.csv/png (channel saliency maps),
-ablation_channels.png/csv (PSNR drop per ablated channel) + ablation_curve.png/csv (PSNR vs number of
-channels ablated, all models on one plot), ddr_tsne.png + ddr_chi.png/csv + ddr_embedding.csv (deep
-degradation representations), and summary.json.
+entry point calls; with `groups` it hands over to src/analysis/seeds.py (mean +- std over the models of each
+setting). Writes into `out`: csm.png + csm_scores.csv/png (channel saliency maps; csm_<point>.png per point
+with several CSM points), ablation_channels.png/csv (PSNR drop per ablated channel) + ablation_curve.png/csv
+(PSNR vs number of channels ablated, all models on one plot), ddr_tsne.png + ddr_chi.png/csv +
+ddr_embedding.csv (deep degradation representations), summary.json (headline numbers per model) and
+analysis.json (the options and what each number means).
 """
 from __future__ import annotations
 
@@ -285,8 +287,33 @@ def _layers(value):
     return [str(v) for v in value]
 
 
+def _models_from_config(cfg, load) -> tuple[dict[str, nn.Module], dict[str, tuple[str, Path]] | None]:
+    """(models by label, {label: (group, path)} when `groups` is given, else None)."""
+    groups = cfg.get("groups") or {}
+    if groups:
+        from src.analysis.seeds import group_labels, resolve_checkpoints
+
+        if cfg.ckpt or _as_list(cfg.ckpts):
+            raise ValueError("give either groups={<setting>: [<ckpt>, ...]} or ckpt/ckpts, not both")
+        resolved = {str(g): resolve_checkpoints(_as_list(v) if not isinstance(v, str) else v, str(g))
+                    for g, v in groups.items()}
+        labels = group_labels(resolved)
+        return {lab: load(p) for lab, (_, p) in labels.items()}, labels
+    from src.analysis.seeds import resolve_checkpoints
+
+    specs = ([cfg.ckpt] if cfg.ckpt else []) + _as_list(cfg.ckpts)
+    if not specs:
+        raise ValueError("no model given: pass ckpt=<path>, ckpts=[<path>,<path>] or groups={<setting>: [...]}")
+    paths = resolve_checkpoints([str(s) for s in specs])  # run folders and glob patterns work too
+    names = _as_list(cfg.labels) or [model_label(p) for p in paths]
+    if len(names) != len(paths) or len(set(names)) != len(names):
+        raise ValueError(f"labels={names}: need one distinct label per checkpoint ({len(paths)}: {paths})")
+    return {lab: load(p) for lab, p in zip(names, paths)}, None
+
+
 def run_config(cfg, out: str | Path | None = None) -> dict:
-    """Load the checkpoints and inputs named by an analyze.yaml config and run `analyze`; `out` overrides cfg.out."""
+    """Load the checkpoints and inputs named by an analyze.yaml config and run `analyze` (or, with `groups`,
+    `seeds.analyze_group_models`); `out` overrides cfg.out."""
     from omegaconf import OmegaConf
 
     from src.data.datasets import default_data_root, resolve_set
@@ -294,19 +321,11 @@ def run_config(cfg, out: str | Path | None = None) -> dict:
 
     if cfg.tool not in TOOLS:
         raise ValueError(f"tool={cfg.tool!r}; allowed: {', '.join(TOOLS)}")
-    paths = ([cfg.ckpt] if cfg.ckpt else []) + _as_list(cfg.ckpts)
-    if not paths:
-        raise ValueError("no model given: pass ckpt=<path> or ckpts=[<path>,<path>]")
-    labels = _as_list(cfg.labels) or [model_label(p) for p in paths]
-    if len(labels) != len(paths) or len(set(labels)) != len(labels):
-        raise ValueError(f"labels={labels}: need one distinct label per checkpoint ({len(paths)}: {paths})")
     device = resolve_device(str(cfg.device))
     backbone = cfg.get("backbone")  # a conf/backbone group choice, composed (and resolved) here
     if backbone is not None:
         backbone = OmegaConf.to_container(backbone, resolve=True)
-    from src.runs import resolve_checkpoint
-
-    models = {lab: load_model(resolve_checkpoint(p), backbone=backbone, map_location=device) for lab, p in zip(labels, paths)}
+    models, group_of = _models_from_config(cfg, lambda p: load_model(p, backbone=backbone, map_location=device))
     scales = {lab: cfg.scale or model_scale(m) for lab, m in models.items()}
     if len(set(scales.values())) != 1:
         raise ValueError(f"the checkpoints have different scales {scales}; compare models of one scale")
@@ -321,12 +340,19 @@ def run_config(cfg, out: str | Path | None = None) -> dict:
 
         ddr_images = [(p.stem, read_image(p)) for p in resolve_set(cfg.ddr.set, root)[:cfg.ddr.n_images]]
     out = Path(out or cfg.out)
-    summary = analyze(models, cfg.tool, out, pairs, ddr_images, scale=scale, layer=cfg.layer, device=device,
-                      batch_size=cfg.batch_size, seed=cfg.seed, progress=cfg.progress,
-                      max_channels=cfg.csm.max_channels, order=cfg.ablation.order, rescale=cfg.ablation.rescale,
-                      score=cfg.ablation.score, csm_norm=cfg.csm.norm, csm_layers=_layers(cfg.csm.layers),
-                      degradations=tuple(cfg.ddr.degradations), input_size=cfg.ddr.input_size,
-                      perplexity=cfg.ddr.perplexity)
-    print(json.dumps(summary, indent=2, sort_keys=True))
+    options = dict(scale=scale, layer=cfg.layer, device=device, batch_size=cfg.batch_size, seed=cfg.seed,
+                   progress=cfg.progress, max_channels=cfg.csm.max_channels, order=cfg.ablation.order,
+                   rescale=cfg.ablation.rescale, score=cfg.ablation.score, csm_norm=cfg.csm.norm,
+                   csm_layers=_layers(cfg.csm.layers), degradations=tuple(cfg.ddr.degradations),
+                   input_size=cfg.ddr.input_size, perplexity=cfg.ddr.perplexity)
+    if group_of is not None:
+        from src.analysis.seeds import analyze_group_models
+
+        result = analyze_group_models(models, group_of, cfg.tool, out, pairs, ddr_images, **options)
+        shown = {g: {k: {"mean": v["mean"], "std": v["std"], "n": v["n"]} for k, v in by.items()}
+                 for g, by in result["stats"].items()}
+    else:
+        result = shown = analyze(models, cfg.tool, out, pairs, ddr_images, **options)
+    print(json.dumps(shown, indent=2, sort_keys=True))
     print(f"analysis written to {out.resolve()}")
-    return summary
+    return result

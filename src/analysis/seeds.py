@@ -1,0 +1,229 @@
+"""Interpretation statistics over several models per setting (e.g. p=0 and p=0.7, several seeds each).
+
+`analyze_groups` runs the tools once on every model of every group (per-model files as `analyze` writes them,
+labels `<group>/<model>`), then reduces each model's headline numbers (summary.json) to mean +- std per group:
+- groups.csv: one row per (group, statistic): mean, std (sample, ddof=1; empty for one model), n, min, max and
+  the per-model values;
+- groups.json: the same, plus the per-model numbers, the options and the definition of every statistic;
+- groups_stats.png: the main statistics per group, bars at the mean, error bars +- std, one dot per model;
+- groups_ablation_curve.png: the cumulative ablation curve (Fig. 8), mean +- std band per group.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from torch import nn
+
+from src.analysis.common import pyplot, save_figure, write_csv
+from src.analysis.pipeline import DEFINITIONS, analyze, model_label
+from src.utils import atomic_write_text
+
+# Statistics shown in groups_stats.png (all numeric ones are in groups.csv/json).
+MAIN_STATS = ("ablation.baseline_psnr", "ablation.max_drop", "ablation.mean_drop", "ablation.psnr_half_ablated",
+              "csm.saliency_cv", "csm.top_channel_share", "ddr.chi")
+GROUP_DEFINITIONS = {
+    "mean": "mean over the models of the group",
+    "std": "sample standard deviation over the models of the group (ddof=1); null for a single model",
+    "n": "number of models in the group",
+}
+
+
+def resolve_checkpoints(spec: str | Path | Sequence[str | Path], group: str = "") -> list[Path]:
+    """Checkpoint files named by `spec`: a file, a run folder (its checkpoints/last.ckpt), a folder of runs (a
+    sweep: every run below it with a checkpoint, src.runs.find_runs), a glob pattern, or a list of these."""
+    from src.runs import CKPT, find_runs, is_run_folder
+
+    items = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    out: list[Path] = []
+    for item in items:
+        found = len(out)
+        text = str(item)
+        matches = [Path(p) for p in sorted(glob.glob(text, recursive=True))] if glob.has_magic(text) else [Path(text)]
+        for p in matches:
+            if p.is_file():
+                out.append(p)
+            elif p.is_dir():
+                try:
+                    runs = [p] if is_run_folder(p) else find_runs(p)
+                except FileNotFoundError:
+                    runs = []
+                out.extend(r / CKPT for r in runs if (r / CKPT).is_file())
+        if len(out) == found:
+            where = f"group {group!r}: " if group else ""
+            raise ValueError(f"{where}{text!r} names no checkpoint (a file, a run folder with {CKPT}, a folder of "
+                             f"runs, or a glob pattern)")
+    return list(dict.fromkeys(out))  # a checkpoint named twice counts once
+
+
+def group_labels(groups: Mapping[str, Sequence[Path]]) -> dict[str, tuple[str, Path]]:
+    """{`<group>/<model>`: (group, path)}, <model> being the run folder's (or file's) name, or the file's folder
+    when files of one group share a name (seed0/model.pth, seed1/model.pth); any clash left gets `-2`, `-3`."""
+    labels: dict[str, tuple[str, Path]] = {}
+    for group, paths in groups.items():
+        names = [model_label(p) for p in paths]
+        if len(set(names)) < len(names):
+            names = [Path(p).parent.name or n for p, n in zip(paths, names)]
+        for p, name in zip(paths, names):
+            base = f"{group}/{name}"
+            label, k = base, 2
+            while label in labels:
+                label, k = f"{base}-{k}", k + 1
+            labels[label] = (group, Path(p))
+    return labels
+
+
+def flatten(summary: Mapping, prefix: str = "") -> dict[str, float]:
+    """The numeric leaves of one model's summary as {`tool.key[.sub]`: value}; None (non-finite) stays NaN."""
+    out: dict[str, float] = {}
+    for key, value in summary.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name))
+        elif value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+            out[name] = math.nan if value is None else float(value)
+    return out
+
+
+def group_stats(per_model: Mapping[str, Mapping[str, float]], members: Mapping[str, Sequence[str]]
+                ) -> dict[str, dict[str, dict]]:
+    """{group: {statistic: {mean, std, n, min, max, values: {model: value}}}} over the finite values."""
+    out: dict[str, dict[str, dict]] = {}
+    for group, labels in members.items():
+        names = sorted({k for lab in labels for k in per_model[lab]})
+        out[group] = {}
+        for name in names:
+            values = {lab: per_model[lab].get(name, math.nan) for lab in labels}
+            finite = np.array([v for v in values.values() if math.isfinite(v)], dtype=np.float64)
+            n = len(finite)
+            out[group][name] = {
+                "mean": float(finite.mean()) if n else None,
+                "std": float(finite.std(ddof=1)) if n > 1 else None,
+                "n": n,
+                "min": float(finite.min()) if n else None,
+                "max": float(finite.max()) if n else None,
+                "values": {lab: (v if math.isfinite(v) else None) for lab, v in values.items()},
+            }
+    return out
+
+
+def _fmt(v) -> str | float:
+    return "" if v is None else v
+
+
+def write_group_files(out: Path, stats: dict, per_model: dict, labels: dict[str, tuple[str, Path]],
+                      options: dict) -> None:
+    rows = []
+    for group, by_stat in stats.items():
+        for name, s in by_stat.items():
+            values = ";".join("" if v is None else f"{v:.6g}" for v in s["values"].values())
+            rows.append([group, name, _fmt(s["mean"]), _fmt(s["std"]), s["n"], _fmt(s["min"]), _fmt(s["max"]),
+                         values])
+    write_csv(out / "groups.csv", ["group", "statistic", "mean", "std", "n", "min", "max", "values"], rows)
+    write_csv(out / "groups_models.csv", ["group", "model", "checkpoint", "statistic", "value"],
+              [[g, lab, str(p), name, v] for lab, (g, p) in labels.items()
+               for name, v in sorted(per_model[lab].items())])
+    doc = {"groups": {g: [lab for lab, (gg, _) in labels.items() if gg == g] for g in stats},
+           "checkpoints": {lab: str(p) for lab, (_, p) in labels.items()},
+           "stats": stats, "options": options,
+           "definitions": {**DEFINITIONS, **GROUP_DEFINITIONS}}
+    atomic_write_text(out / "groups.json", json.dumps(doc, indent=2, allow_nan=False) + "\n")
+
+
+def plot_group_stats(stats: dict, path, names: Sequence[str] = MAIN_STATS):
+    """One panel per statistic: per group a bar at the mean, +- std error bar, one dot per model."""
+    names = [n for n in names if any(n in by for by in stats.values())]
+    if not names:
+        return None
+    plt = pyplot()
+    groups = list(stats)
+    fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names) + 0.5, 3.4), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for ax, name in zip(axes[0], names):
+        for k, g in enumerate(groups):
+            s = stats[g].get(name)
+            if s is None or s["mean"] is None:
+                continue
+            ax.bar(k, s["mean"], yerr=s["std"] or 0.0, color=colours(k % 10), alpha=0.6, capsize=4)
+            vals = [v for v in s["values"].values() if v is not None]
+            ax.plot(np.full(len(vals), k) + np.linspace(-0.15, 0.15, len(vals)), vals, "k.", markersize=5)
+        ax.set_xticks(range(len(groups)), groups, rotation=20, ha="right")
+        ax.set_title(name, fontsize=9)
+    fig.suptitle("mean +- std over the models of each group (dots: models)", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_group_curves(curves: dict[str, list[np.ndarray]], path, ylabel: str = "PSNR (dB)", title: str = ""):
+    """Fig. 8 with seeds: the cumulative ablation curve of each group, mean line and +- std band."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for g, cs in curves.items():
+        arr = np.stack(cs)
+        x = np.arange(arr.shape[1])
+        mean = arr.mean(axis=0)
+        std = arr.std(axis=0, ddof=1) if len(arr) > 1 else np.zeros_like(mean)
+        (line,) = ax.plot(x, mean, label=f"{g} (n={len(arr)})")
+        ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("number of channels ablated")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or "Channel ablation, mean +- std over models", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return save_figure(fig, path)
+
+
+def _curves_from_csv(path: Path, labels: dict[str, tuple[str, Path]]) -> tuple[dict[str, list[np.ndarray]], str]:
+    import csv
+
+    by_model: dict[str, list[float]] = {}
+    score = ""
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            by_model.setdefault(row["model"], []).append(float(row["psnr"]))
+            score = row.get("score", score)
+    curves: dict[str, list[np.ndarray]] = {}
+    for lab, (g, _) in labels.items():
+        if lab in by_model:
+            curves.setdefault(g, []).append(np.asarray(by_model[lab]))
+    return curves, score
+
+
+def analyze_groups(groups: Mapping[str, Sequence[str | Path]], tool: str, out: str | Path, load,
+                   pairs=None, ddr_images=None, **options) -> dict:
+    """Run `tool` on every checkpoint of every group and reduce the numbers to mean +- std per group.
+
+    `groups` maps a setting's name to its checkpoints (anything `resolve_checkpoints` takes); `load(path)` turns
+    one into a model. `options` go to `analyze`. Returns the groups.json document.
+    """
+    if not groups:
+        raise ValueError("groups is empty: give {<setting>: [<checkpoint>, ...], ...}")
+    resolved = {str(g): resolve_checkpoints(spec, str(g)) for g, spec in groups.items()}
+    labels = group_labels(resolved)
+    models: dict[str, nn.Module] = {lab: load(p) for lab, (_, p) in labels.items()}
+    return analyze_group_models(models, labels, tool, out, pairs, ddr_images, **options)
+
+
+def analyze_group_models(models: Mapping[str, nn.Module], labels: Mapping[str, tuple[str, Path]], tool: str,
+                         out: str | Path, pairs=None, ddr_images=None, **options) -> dict:
+    """`analyze_groups` for models already in memory; `labels` = {label: (group, checkpoint path)}."""
+    out = Path(out)
+    summary = analyze(dict(models), tool, out, pairs, ddr_images, **options)
+    per_model = {lab: flatten(summary[lab]) for lab in labels}
+    members = {}
+    for lab, (g, _) in labels.items():
+        members.setdefault(g, []).append(lab)
+    stats = group_stats(per_model, members)
+    meta = json.loads((out / "analysis.json").read_text())
+    write_group_files(out, stats, per_model, dict(labels), meta["options"])
+    plot_group_stats(stats, out / "groups_stats.png")
+    if (out / "ablation_curve.csv").exists():
+        curves, score = _curves_from_csv(out / "ablation_curve.csv", dict(labels))
+        rescale = meta["options"]["ablation"]["rescale"]
+        plot_group_curves(curves, out / "groups_ablation_curve.png", f"PSNR (dB, {score})",
+                          f"Channel ablation (rescale {rescale}, score {score}), mean +- std over models")
+    return json.loads((out / "groups.json").read_text())
