@@ -34,7 +34,7 @@ REPRO := runs/repro_small/sweep
 REPRO_CKPTS := [$(REPRO)/dropout.p-0.0,$(REPRO)/dropout.p-0.7]
 repro: $(STAMP)        ## issue 9: p=0 vs p=0.7 at reduced scale on T91+BSD200 (CPU, ~75 min), tables and figures in docs/results
 	OMP_NUM_THREADS=1 $(PY) -m src.train --config-dir sweeps --config-name repro_small -m $(ARGS)
-	$(PY) -m src.report $(REPRO) --out docs/results
+	$(PY) -m src.report $(REPRO) out=docs/results
 	$(PY) -m src.analyze ablation ckpts=$(REPRO_CKPTS) labels=[p0,p0.7] data.set=Set5 out=docs/results/ablation
 	$(PY) -m src.analyze ddr ckpts=$(REPRO_CKPTS) labels=[p0,p0.7] ddr.set=BSD100 out=docs/results/ddr
 

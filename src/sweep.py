@@ -20,7 +20,7 @@ def register_resolvers() -> None:
 def write_sweep_report(config: DictConfig, sweep_dir: Path) -> None:
     """The paper-style tables of a finished sweep, in `<sweep>/report/`, and in W&B when the sweep logs there
     (a run of its own in the sweep's group, so the dashboard shows the comparison next to the jobs)."""
-    from src.report import build_report
+    from src.reports import build_report
 
     wandb_cfg = (config.get("logger") or {}).get("wandb")
     run = None

@@ -13,7 +13,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from src.report import build_report, load_runs, main
+from src.report import main
+from src.reports import build_report, load_runs
 
 DEGS = ("clean", "blur", "noise", "jpeg", "b+n", "b+j", "n+j", "b+n+j")
 GAIN = {"none": 0.0, "last": 0.5, "b4": 0.2, "b8": 0.3, "all": -1.0}
@@ -150,8 +151,8 @@ def test_fig5_visual_grid_and_cli(sweep, tmp_path, capsys):
     img = cv2.resize(rng.random((12, 16, 3)), (128, 96), interpolation=cv2.INTER_CUBIC)
     image = tmp_path / "img.png"
     cv2.imwrite(str(image), np.round(np.clip(img, 0, 1) * 255).astype(np.uint8))
-    assert main([str(sweep), "--out", str(tmp_path / "r"), "--fig5", *ckpts, str(image),
-                 "--fig5-degradations", "clean,b+n+j"]) == 0
+    assert main([str(sweep), f"out={tmp_path / 'r'}", f"fig5=[{','.join(ckpts)},{image}]",
+                 "fig5_degradations=[clean,b+n+j]"]) == 0
     assert "fig5_visual.png" in capsys.readouterr().out
     _png_ok(tmp_path / "r" / "fig5_visual.png")
 
@@ -166,3 +167,19 @@ def test_runs_of_different_experiments_are_not_averaged(sweep, tmp_path):
     build_report([sweep], tmp_path / "r")
     labels = [r[0] for r in csv.reader((tmp_path / "r" / "table1.csv").open())]
     assert "Real-SRResNet (p=0) [job0]" in labels and "Real-SRResNet (p=0) [job_other]" in labels
+
+
+def test_cli_key_value_options_help_and_errors(capsys):
+    from src.report import parse_args
+
+    folders, opts = parse_args(["runs/sw/dropout.p=0.7", "out=/tmp/x", "metric=ssim", "fig4=Set5/noise"])
+    assert folders == ["runs/sw/dropout.p=0.7"] and opts == {"out": "/tmp/x", "metric": "ssim", "fig4": "Set5/noise"}
+    with pytest.raises(SystemExit, match="metric=lpips is not one of psnr, ssim"):
+        parse_args(["runs/sw", "metric=lpips"])
+    with pytest.raises(SystemExit, match="unknown option '--outdir'"):
+        parse_args(["runs/sw", "--outdir", "x"])
+    with pytest.raises(SystemExit, match="fig5 needs 3 paths"):
+        parse_args(["runs/sw", "fig5=[a,b]"])
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "usage: python -m src.report FOLDER" in out and "examples:" in out and "out=DIR" in out
