@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 SWEEP  ?= positions
 ARGS   ?=
 
-.PHONY: install quickstart test test-full sweep bench repro clean
+.PHONY: install quickstart test test-full sweep bench report repro clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,6 +29,10 @@ sweep: $(STAMP)        ## a study of the paper: make sweep SWEEP=positions ARGS=
 
 bench: $(STAMP)        ## speed figures as ratios, written to bench.json
 	$(PY) -m src.bench $(ARGS)
+
+RESULTS := docs/results
+report: $(STAMP)       ## rebuild every table and figure of docs/results from the committed result files (no training)
+	$(PY) -m src.report $(RESULTS)/repro_small out=$(RESULTS)
 
 REPRO := runs/repro_small/sweep
 REPRO_CKPTS := [$(REPRO)/dropout.p-0.0,$(REPRO)/dropout.p-0.7]

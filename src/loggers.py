@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import warnings
 from pathlib import Path
 
@@ -36,16 +35,22 @@ class ResumableCSVLogger(CSVLogger):
         return experiment
 
 
+def wandb_tags(cfg: DictConfig) -> list[str]:
+    """Tags that let the W&B dashboard filter and group runs by what the sweep varies, from the config that runs:
+    a run without dropout (position `none` or p = 0) is tagged `position=none`, `p=0` whatever p the sweep set."""
+    d = cfg.dropout
+    position, p = (d.position, d.p) if d.position != "none" and float(d.p) > 0 else ("none", 0)
+    return [f"backbone={cfg.backbone._target_.rsplit('.', 1)[-1]}", f"position={position}", f"dim={d.dim}",
+            f"p={p:g}" if isinstance(p, (int, float)) else f"p={p}",
+            f"degradation={cfg.degradation._target_.rsplit('.', 1)[-1]}"]
+
+
 def build_loggers(cfg: DictConfig) -> list:
     loggers = []
     for name, logger_cfg in (cfg.get("logger") or {}).items():
         if name == "wandb":
-            os.environ.setdefault("WANDB_SILENT", "true")
-            # Tags let the W&B dashboard filter and group runs by what the sweep varies.
-            d = cfg.dropout
-            tags = [f"backbone={cfg.backbone._target_.rsplit('.', 1)[-1]}", f"position={d.position}",
-                    f"dim={d.dim}", f"p={d.p}", f"degradation={cfg.degradation._target_.rsplit('.', 1)[-1]}"]
-            logger = build(logger_cfg, tags=tags)
+            # W&B is not silenced: its closing lines say which `wandb sync` command uploads an offline run.
+            logger = build(logger_cfg, tags=wandb_tags(cfg))
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # the whole composed config
             loggers.append(logger)
         else:
@@ -57,14 +62,18 @@ RESULT_COLUMNS = ["set", "degradation", "psnr", "ssim", "psnr_rgb", "ssim_rgb", 
 
 
 def log_results(loggers: list, results: dict, step: int) -> None:
-    """Test metrics as `test/<set>/<degradation>/<metric>` scalars, and as a table where the logger has tables."""
+    """Test metrics as `test/<set>/<degradation>/<metric>` scalars (summary values in W&B: one number per run,
+    not a one-point chart), and as a table where the logger has tables."""
     flat, rows = {}, []
     for set_name, per_degradation in results.items():
         for degradation, m in per_degradation.items():
             flat.update({f"test/{set_name}/{degradation}/{k}": m[k] for k in ("psnr", "ssim") if k in m})
             rows.append([set_name, degradation] + [m.get(k) for k in RESULT_COLUMNS[2:]])
     for logger in loggers:
-        logger.log_metrics(flat, step=step)
+        if type(logger).__name__ == "WandbLogger":
+            logger.experiment.summary.update(flat)
+        else:
+            logger.log_metrics(flat, step=step)
         if hasattr(logger, "log_table"):
             logger.log_table("test/results", columns=RESULT_COLUMNS, data=rows)
         logger.save()

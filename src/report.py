@@ -3,12 +3,16 @@
 usage: python -m src.report FOLDER [FOLDER ...] [key=value ...]
 
 FOLDER is a sweep folder, a run folder, or a folder of committed results (docs/results/<campaign>); every run
-folder below it with a config and results.json / results_official.json is read. Runs that differ only in their
-seed are one setting: mean +- std over the seeds, with the seed count.
+folder below it with a config (config.yaml, the config the run actually used) and results.json (literature
+protocol) / results_official.json (the paper's protocol) is read. Runs that differ only in their seed are one
+setting: mean +- std over the seeds, with the seed count. Each dropout setting is compared with its baseline
+image by image (needs per_image in the results files) and against the seeds' spread.
 
 options (key=value):
   out=DIR                 output folder (default: <first FOLDER>/report)
-  metric=NAME             psnr | ssim | psnr_rgb | ssim_rgb (default: psnr)
+  metric=NAME             psnr | ssim | psnr_rgb | ssim_rgb (default: psnr; psnr means each protocol's own:
+                          PSNR-Y for the literature protocol, RGB PSNR for the paper's official one)
+  bicubic=DIR             results of the bicubic reference (default: a bicubic/ folder in or beside FOLDER)
   fig4=SET/DEG            the column of the dropout bar chart (default: BSD100/clean)
   fig5=[WITHOUT,WITH,IMG] checkpoints without and with dropout and an HR image: the visual comparison grid
   fig5_degradations=[..]  rows of that grid (default: [clean,noise])
@@ -17,9 +21,11 @@ options (key=value):
 examples:
   python -m src.report runs/positions
   python -m src.report runs/positions runs/probabilities out=docs/positions metric=ssim
+  python -m src.report docs/results/repro_small out=docs/results       # what `make report` runs
   python -m src.report runs/main fig5=[runs/main/a/checkpoints/last.ckpt,runs/main/b/checkpoints/last.ckpt,img.png]
 
-Outputs in DIR: table1 / table_b3_* / table_a2_* as .md, .tex and .csv, fig4_*.png, curves_*.png,
+Outputs in DIR: table1 / table_b3_* / table_a2_* as .md, .tex and .csv (suffix _official for the paper's
+protocol, which also shows the paper's published rows), comparison*.csv, fig4_*.png, gains_*.png, curves_*.png,
 fig5_visual.png, and report.md gathering everything.
 """
 from __future__ import annotations
@@ -29,7 +35,7 @@ from typing import Sequence
 
 from src.reports import build_report
 
-OPTIONS = ("out", "metric", "fig4", "fig5", "fig5_degradations", "backbone")
+OPTIONS = ("out", "metric", "bicubic", "fig4", "fig5", "fig5_degradations", "backbone")
 METRICS = ("psnr", "ssim", "psnr_rgb", "ssim_rgb")
 
 

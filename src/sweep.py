@@ -21,15 +21,13 @@ def write_sweep_report(config: DictConfig, sweep_dir: Path) -> None:
     """The paper-style tables of a finished sweep, in `<sweep>/report/`, and in W&B when the sweep logs there
     (a run of its own in the sweep's group, so the dashboard shows the comparison next to the jobs)."""
     from src.reports import build_report
+    from src.reports.wandb_report import start_report_run
 
     wandb_cfg = (config.get("logger") or {}).get("wandb")
     run = None
     try:
-        if wandb_cfg is not None:
-            import wandb
-
-            run = wandb.init(project=wandb_cfg.project, group=wandb_cfg.group, name=f"{config.name}-report",
-                             job_type="report", dir=str(sweep_dir), mode="offline" if wandb_cfg.offline else None)
+        if wandb_cfg is not None:  # one report run per sweep folder: a rebuilt report replaces it
+            run = start_report_run(wandb_cfg, config.get("name", "sweep"), sweep_dir)
         build_report([sweep_dir])
     except Exception as e:  # a report is a convenience: it must not turn a finished sweep into a failure
         print(f"[sweep] could not build the report for {sweep_dir}: {type(e).__name__}: {e}", file=sys.stderr)

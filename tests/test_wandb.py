@@ -25,7 +25,7 @@ def test_offline_wandb_run_holds_config_curves_panels_and_results(tmp_path, monk
             break
         time.sleep(0.5)
     (run,) = [r.run for r in recs if r.WhichOneof("record_type") == "run"]
-    assert run.run_group == "mysweep" and run.display_name == "dropout.p=0.3"
+    assert run.run_group == "mysweep" and run.display_name == "dropout.p-0.3"  # the run folder's name
     assert {"position=last", "dim=channel", "p=0.3", "backbone=MSRResNet"} <= set(run.tags)
 
     config = {i.key: json.loads(i.value_json) for r in recs if r.WhichOneof("record_type") == "config"
@@ -39,7 +39,11 @@ def test_offline_wandb_run_holds_config_curves_panels_and_results(tmp_path, monk
                 history.setdefault(item.key or "/".join(item.nested_key), []).append(item.value_json)
     assert len(history["train/loss"]) == 4 and len(history["train/lr"]) == 4
     assert len(history["val/psnr"]) == 2
-    assert "test/skimage_holdout/clean/psnr" in history and "test/skimage_holdout/noise/ssim" in history
+    # test metrics are summary values (one number per run), not one-point charts
+    summary = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for r in recs
+               if r.WhichOneof("record_type") == "summary" for i in r.summary.update}
+    assert "test/skimage_holdout/clean/psnr" in summary and "test/skimage_holdout/noise/ssim" in summary
+    assert "test/skimage_holdout/clean/psnr" not in history
 
     panels = sorted((run_dir / "files" / "media" / "images" / "val").glob("panel_*.png"))
     assert len(panels) == 2 * 3  # 3 validation crops at each of the 2 validations
@@ -47,3 +51,41 @@ def test_offline_wandb_run_holds_config_curves_panels_and_results(tmp_path, monk
     table = json.loads(table.read_text())
     assert table["columns"][:3] == ["set", "degradation", "psnr"]
     assert sorted(row[1] for row in table["data"]) == ["clean", "noise"]
+
+
+def _wait_for_exit(run_file):
+    deadline = time.time() + 60
+    while True:
+        recs = list(records(run_file))
+        if any(r.WhichOneof("record_type") == "exit" for r in recs) or time.time() > deadline:
+            return recs
+        time.sleep(0.5)
+
+
+def test_sweep_report_run_has_figures_and_a_rerun_replaces_it(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+    from test_report import _run
+
+    from src.reports.wandb_report import report_run_id
+    from src.sweep import write_sweep_report
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    sweep = tmp_path / "sweep"
+    for name, position, p in (("a", "none", 0.0), ("b", "last", 0.5), ("c", "last", 0.7)):
+        _run(sweep, name, "SRResNet", position, "channel", p)
+    config = OmegaConf.create({"name": "study", "logger": {"wandb": {"project": "reflash-sr", "group": "study",
+                                                                     "offline": True}}})
+    run_id = report_run_id("study", sweep)
+    assert run_id == report_run_id("study", sweep) and run_id != report_run_id("study", tmp_path / "other")
+    for _ in range(2):  # the second build replaces the first report run
+        write_sweep_report(config, sweep)
+    (run_dir,) = (sweep / "wandb").glob("offline-run-*")
+    assert run_dir.name.endswith(run_id)
+    (run_file,) = run_dir.glob("run-*.wandb")
+    recs = _wait_for_exit(run_file)
+    (run,) = [r.run for r in recs if r.WhichOneof("record_type") == "run"]
+    assert run.run_id == run_id and run.display_name == "study-report"
+    images = {p.name.rsplit("_", 2)[0] for p in (run_dir / "files" / "media" / "images" / "report").glob("*.png")}
+    assert {"curves_Real_SRResNet", "gains_Real_SRResNet"} <= images
+    tables = list((run_dir / "files" / "media" / "table" / "report").glob("table1_*.table.json"))
+    assert len(tables) == 1

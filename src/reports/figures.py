@@ -1,4 +1,7 @@
-"""The paper's figures: dropout bars (Fig. 4), training curves (Fig. C.1), visual comparison (Fig. 5)."""
+"""The paper's figures, drawn so that they do not exaggerate: dropout gains (Fig. 4) as differences to the
+baseline on an axis that includes zero, with seed error bars; training curves (Fig. C.1) naming their validation
+set; the gain of each dropout setting per test column (with the paper's where the protocol matches); the visual
+comparison (Fig. 5)."""
 from __future__ import annotations
 
 import io
@@ -7,8 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from src.reports.collect import POSITION_LABEL, POSITION_ORDER, Run, _sort_key, read_curve
+from src.reports.collect import (METRIC_LABEL, POSITION_LABEL, POSITION_ORDER, Setting, curve_key, protocol_metric,
+                                 read_curve, sort_key)
 from src.utils import atomic_write_bytes
+
+# The smallest half-range of a gain axis (dB for PSNR): a 0.004 dB difference must look like nothing.
+MIN_GAIN_RANGE = {"psnr": 0.1, "psnr_rgb": 0.1, "ssim": 0.002, "ssim_rgb": 0.002}
 
 
 def _plt():
@@ -27,60 +34,145 @@ def _save(fig, path: Path) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def fig_dropout_bars(runs: list[Run], group: str, s: str, d: str, metric: str, path: Path) -> Path | None:
-    """Fig. 4: bars per position x probability, one panel per dropout dimension, baseline as a dashed line."""
-    rs = [r for r in runs if r.group == group]
-    drop = [r for r in rs if not r.baseline and not math.isnan(r.value(s, d, metric))]
-    if len({(r.position, r.dim, r.p) for r in drop}) < 2:  # one bar compares nothing; Table 1 has it
+def _plain(ax) -> None:
+    """Tick labels as the values themselves (no `+2.64e1` offset above the axis)."""
+    ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+
+
+def _gain_axis(ax, values, errors, metric: str) -> None:
+    """A y-range that includes zero and at least +-MIN_GAIN_RANGE, so small gains look small."""
+    v = np.asarray(values, dtype=float)
+    e = np.nan_to_num(np.asarray(errors, dtype=float))
+    lo = np.nanmin(np.concatenate([v - e, [0.0]])) if v.size else 0.0
+    hi = np.nanmax(np.concatenate([v + e, [0.0]])) if v.size else 0.0
+    r = MIN_GAIN_RANGE.get(metric, 0.1)
+    pad = 0.1 * max(hi - lo, r)
+    ax.set_ylim(min(lo - pad, -r), max(hi + pad, r))
+    ax.axhline(0, color="k", lw=0.8)
+    _plain(ax)
+
+
+def _errors(stds):
+    """Error bars where seeds measured a spread; none at all (not zero-height caps) with one seed."""
+    return None if all(math.isnan(s) for s in stds) else np.nan_to_num(stds)
+
+
+def _unit(metric: str) -> str:
+    return METRIC_LABEL.get(metric, metric)
+
+
+def fig_dropout_bars(settings: list[Setting], group: str, s: str, d: str, metric: str, path: Path,
+                     protocol: str = "literature") -> Path | None:
+    """Fig. 4: gain over the baseline per position x probability, one panel per dropout dimension; error bars
+    are the std over seeds where there are several."""
+    m = protocol_metric(protocol, metric)
+    rs = [r for r in settings if r.group == group]
+    base = [r for r in rs if r.baseline]
+    drop = [r for r in rs if not r.baseline and not math.isnan(r.value(s, d, m, protocol))]
+    if len({(r.position, r.dim, r.p) for r in drop}) < 2 or not base:  # one bar compares nothing
         return None
+    b = base[0].value(s, d, m, protocol)
     plt = _plt()
     dims = [x for x in ("channel", "element") if any(r.dim == x for r in drop)]
     positions = [p for p in POSITION_ORDER if any(r.position == p for r in drop)]
     probs = sorted({r.p for r in drop})
     panel_w = max(4.5, 1.1 * len(positions) * len(probs) ** 0.5)
     fig, axes = plt.subplots(1, len(dims), figsize=(panel_w * len(dims), 3.6), squeeze=False, sharey=True)
-    vals_all = [r.value(s, d, metric) for r in drop]
-    base = [r.value(s, d, metric) for r in rs if r.baseline]
     width = 0.8 / len(probs)
     colors = plt.cm.viridis(np.linspace(0.15, 0.85, len(probs)))
+    all_v, all_e = [], []
     for ax, dim in zip(axes[0], dims):
         for k, p in enumerate(probs):
-            ys = []
+            ys, es = [], []
             for pos in positions:
-                match = [r.value(s, d, metric) for r in drop if r.dim == dim and r.position == pos and r.p == p]
-                ys.append(match[0] if match else np.nan)
+                match = [r for r in drop if r.dim == dim and r.position == pos and r.p == p]
+                ys.append(match[0].value(s, d, m, protocol) - b if match else np.nan)
+                es.append(match[0].std(s, d, m, protocol) if match else np.nan)
+            all_v += ys
+            all_e += es
             ax.bar(np.arange(len(positions)) + (k - (len(probs) - 1) / 2) * width, ys, width, label=f"p={p:g}",
-                   color=colors[k])
-        if base:
-            ax.axhline(base[0], color="k", ls="--", lw=1, label="no dropout")
+                   color=colors[k], yerr=_errors(es), capsize=2)
         ax.set_xticks(np.arange(len(positions)), [POSITION_LABEL.get(p, p) for p in positions])
         ax.set_title(f"({'ab'[dims.index(dim)]}) {dim}-wise dropout")
         ax.grid(axis="y", alpha=0.3)
-    lo, hi = np.nanmin(vals_all + base), np.nanmax(vals_all + base)
-    pad = max(0.05, 0.15 * (hi - lo))
-    axes[0][0].set_ylim(lo - pad, hi + pad)  # zoom, as the paper's histograms do
-    axes[0][0].set_ylabel(f"{metric.upper()} {'(dB)' if 'psnr' in metric else ''} on {s} ({d})")
+    _gain_axis(axes[0][0], [v for v in all_v if not math.isnan(v)],
+               [e for v, e in zip(all_v, all_e) if not math.isnan(v)], m)
+    axes[0][0].set_ylabel(f"gain over p=0, {_unit(m)}\n{s} ({d}), {protocol} protocol")
     axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-    fig.suptitle(f"{group}: dropout methods and probabilities")
+    seeds = sorted({r.n for r in drop + base})
+    fig.suptitle(f"{group}: dropout methods and probabilities (p=0 at {b:.2f}; "
+                 f"{'error bars: std over ' + '/'.join(map(str, seeds)) + ' seeds' if max(seeds) > 1 else 'one seed'})",
+                 fontsize=10)
     return _save(fig, path)
 
 
+def fig_gains(settings: list[Setting], group: str, cols, metric: str, path: Path, protocol: str = "literature",
+              paper: dict | None = None) -> Path | None:
+    """The Improvement rows of Table 1 as bars per test column, error bars the std of the per-seed differences
+    (seeds paired), the paper's published improvement as markers when given ({(set, deg): value})."""
+    from src.reports.tables import _delta
 
-def fig_curves(runs: list[Run], group: str, path: Path, key: str = "val/psnr") -> Path | None:
-    """Fig. C.1: validation PSNR against training step for every run of a group."""
-    curves = [(r, *read_curve(r.dir, key)) for r in sorted((r for r in runs if r.group == group), key=_sort_key)]
-    curves = [c for c in curves if c[1]]
+    m = protocol_metric(protocol, metric)
+    rs = sorted((r for r in settings if r.group == group), key=sort_key)
+    if not rs or not rs[0].baseline or len(rs) < 2:
+        return None
+    base, variants = rs[0], rs[1:]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6, 0.32 * len(cols) * len(variants) + 2), 3.6))
+    width = 0.8 / len(variants)
+    x = np.arange(len(cols))
+    vals, errs = [], []
+    for k, v in enumerate(variants):
+        row = _delta(v, base, cols, m, protocol)
+        vals += row.values
+        errs += row.std
+        ax.bar(x + (k - (len(variants) - 1) / 2) * width, row.values, width, yerr=_errors(row.std),
+               capsize=2, label=f"{v.label} - p=0")
+    if paper:
+        ys = [paper.get(c, np.nan) for c in cols]
+        ax.plot(x, ys, "k_", ms=12, mew=2, label="paper (full size)")
+        vals += [y for y in ys if not math.isnan(y)]
+    ax.set_xticks(x, [f"{s}\n{d}" for s, d in cols], fontsize=6, rotation=90)
+    ok = [(v, e) for v, e in zip(vals, errs + [0] * (len(vals) - len(errs))) if not math.isnan(v)]
+    _gain_axis(ax, [v for v, _ in ok], [e for _, e in ok], m)
+    ax.set_ylabel(f"gain over p=0, {_unit(m)}")
+    ax.set_title(f"{group}: gain of dropout per test column, {protocol} protocol "
+                 f"({base.n} vs {', '.join(str(v.n) for v in variants)} seeds)", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def fig_curves(settings: list[Setting], group: str, path: Path, val_set: str = "") -> Path | None:
+    """Fig. C.1: validation PSNR against training step for every setting of a group (mean over seeds, the band
+    spans the seeds)."""
+    curves = []
+    for st in sorted((r for r in settings if r.group == group), key=sort_key):
+        key = curve_key(st.runs[0].dir)
+        runs = [read_curve(r.dir, key) for r in st.runs] if key else []
+        runs = [c for c in runs if c[0]]
+        if runs:
+            steps = sorted(set.intersection(*(set(c[0]) for c in runs)))
+            ys = np.array([[dict(zip(*c))[s] for s in steps] for c in runs])
+            curves.append((st, key, steps, ys))
     if not curves:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    for r, steps, vals in curves:
-        ax.plot(steps, vals, lw=1.4, ls="--" if r.baseline else "-", label=r.label)
+    for st, key, steps, ys in curves:
+        line, = ax.plot(steps, ys.mean(0), lw=1.4, ls="--" if st.baseline else "-", label=st.label)
+        if len(ys) > 1:
+            ax.fill_between(steps, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2, lw=0)
+    key = curves[0][1]
+    where = val_set or (key.split("/")[1] if key.count("/") >= 3 else "the validation set")
     ax.set_xlabel("iteration")
-    ax.set_ylabel(f"{key} (dB)")
-    ax.set_title(f"Training curves of {group}")
+    ax.set_ylabel(f"validation PSNR (dB)\n{key}")
+    _plain(ax)
+    ax.ticklabel_format(axis="x", useOffset=False, style="plain")
+    ax.set_title(f"Training curves of {group}: PSNR on {where}", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, title="band: range over the seeds" if any(len(c[3]) > 1 for c in curves) else None,
+              title_fontsize=7)
     return _save(fig, path)
 
 

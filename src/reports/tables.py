@@ -1,11 +1,35 @@
-"""The paper's tables (Table 1, B.3, A.2) as plain data: rows of values with best / second-best marks."""
+"""The paper's tables (Table 1, B.3, A.2) as plain data: rows of values, their seed spread, and best marks.
+
+Best / second-best marks are ranked on the unrounded values, and a mark is given only where the value is ahead of
+the next one by more than the measured seed spread (the largest std over seeds in that column; 0 without seeds):
+two rows that tie, or differ by less than the seeds vary, are not ranked.
+"""
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from src.reports.collect import POSITION_LABEL, Run, _groups, _sort_key
+import numpy as np
+
+from src.reports.collect import (POSITION_LABEL, Reference, Setting, groups, protocol_metric, size_text,
+                                 sort_key)
+from src.reports.paper import paper_rows
+
+
+@dataclass
+class Row:
+    label: str
+    values: list[float]
+    kind: str = "model"             # model | delta | reference | paper | paper_delta
+    std: list[float] = field(default_factory=list)   # seed std per value (NaN: one seed)
+    n: int = 1                      # seeds behind each value
+
+    def __iter__(self):             # (label, values, kind), as rows were tuples before
+        return iter((self.label, self.values, self.kind))
+
+    def std_at(self, j: int) -> float:
+        return self.std[j] if j < len(self.std) else math.nan
 
 
 @dataclass
@@ -14,93 +38,148 @@ class Table:
     caption: str
     col_groups: list[str]           # header over each block of columns (a set), "" for none
     columns: list[str]
-    rows: list[tuple[str, list[float], str]]   # (label, values, kind: "model" | "delta")
+    rows: list[Row]
     per_row: bool = False           # rank best/second within rows (Table A.2) instead of columns
     row_header: str = "Model"
+    notes: list[str] = field(default_factory=list)
 
     def marks(self) -> dict[tuple[int, int], str]:
-        """{(row, col): "best" | "second"} over the model rows, per column."""
+        """{(row, col): "best" | "second"} over the model rows (per column, or per row for `per_row`)."""
         out = {}
-        model_rows = [i for i, (_, _, kind) in enumerate(self.rows) if kind == "model"]
+        if self.per_row:
+            for i, row in enumerate(self.rows):
+                if row.kind == "model":
+                    for j, m in rank(row.values, row.std).items():
+                        out[(i, j)] = m
+            return out
+        model_rows = [i for i, row in enumerate(self.rows) if row.kind == "model"]
         for j in range(len(self.columns)):
-            vals = sorted({round(self.rows[i][1][j], 2) for i in model_rows if not math.isnan(self.rows[i][1][j])},
-                          reverse=True)
-            if len(model_rows) < 3 or not vals:
-                continue
-            for i in model_rows:
-                v = self.rows[i][1][j]
-                if not math.isnan(v) and round(v, 2) == vals[0]:
-                    out[(i, j)] = "best"
-                elif len(vals) > 1 and not math.isnan(v) and round(v, 2) == vals[1]:
-                    out[(i, j)] = "second"
+            vals = [self.rows[i].values[j] for i in model_rows]
+            stds = [self.rows[i].std_at(j) for i in model_rows]
+            for k, m in rank(vals, stds).items():
+                out[(model_rows[k], j)] = m
         return out
 
 
-
-def table_main(runs: list[Run], cols, metric: str) -> Table:
-    """Table 1 layout: per group, the baseline, then each dropout variant and its Improvement over the baseline."""
-    rows = []
-    for group in _groups(runs):
-        rs = sorted((r for r in runs if r.group == group), key=_sort_key)
-        base = rs[0] if rs[0].baseline else None
-        for r in rs:
-            vals = [r.value(s, d, metric) for s, d in cols]
-            rows.append((r.label, vals, "model"))
-            if base is not None and r is not base:
-                rows.append(("Improvement", [v - base.value(s, d, metric) for v, (s, d) in zip(vals, cols)], "delta"))
-    return Table("table1", f"{metric.upper()} of models x4; Improvement = with dropout minus without (p=0).",
-                 [s for s, _ in cols], [d for _, d in cols], rows)
-
-
-def table_positions(runs: list[Run], cols, metric: str) -> list[Table]:
-    """Table B.3: one table per (group, dim, p) that has two or more dropout positions, plus its baseline."""
-    out = []
-    keys = sorted({(r.group, r.dim, r.p) for r in runs if not r.baseline})
-    for group, dim, p in keys:
-        rs = [r for r in runs if r.group == group and not r.baseline and r.dim == dim and r.p == p]
-        if len({r.position for r in rs}) < 2:
-            continue
-        base = [r for r in runs if r.group == group and r.baseline]
-        rows = [(f"{r.group} (p=0)" if r.baseline else f"{POSITION_LABEL.get(r.position, r.position)} (p={r.p:g})",
-                 [r.value(s, d, metric) for s, d in cols], "model") for r in sorted(base + rs, key=_sort_key)]
-        out.append(Table(f"table_b3_{_slug(group)}_{dim}_p{p:g}",
-                         f"{metric.upper()} of {group} with {dim}-wise dropout (p={p:g}) at different positions.",
-                         [s for s, _ in cols], [d for _, d in cols], rows))
+def rank(values: list[float], stds: list[float] = ()) -> dict[int, str]:
+    """{index: "best" | "second"} among `values` (at least 3 present), on unrounded values. The best is marked
+    only when ahead of the second by more than the spread (the largest seed std given; 0 when none), the second
+    only when the best is marked and it is ahead of the third by more than the spread."""
+    items = sorted(((v, i) for i, v in enumerate(values) if not math.isnan(v)), reverse=True)
+    if len(items) < 3:
+        return {}
+    spread = max([s for s in stds if not math.isnan(s)], default=0.0)
+    out = {}
+    (v1, i1), (v2, i2) = items[0], items[1]
+    v3 = items[2][0]
+    if v1 - v2 > spread:
+        out[i1] = "best"
+        if v2 - v3 > spread:
+            out[i2] = "second"
     return out
 
 
-def table_probabilities(runs: list[Run], cols, metric: str) -> list[Table]:
-    """Table A.2: per (group, position, dim) with two or more probabilities; rows = set/degradation, columns = p."""
+def _row(st: Setting, cols, metric: str, protocol: str, label: str | None = None) -> Row:
+    return Row(label or st.label, [st.value(s, d, metric, protocol) for s, d in cols], "model",
+               [st.std(s, d, metric, protocol) for s, d in cols], st.n)
+
+
+def _delta(st: Setting, base: Setting, cols, metric: str, protocol: str) -> Row:
+    """Improvement over the baseline: difference of the means; its spread is the std of the per-seed
+    differences when both settings ran the same seeds (each pair shares initial weights and batches)."""
+    vals = [st.value(s, d, metric, protocol) - base.value(s, d, metric, protocol) for s, d in cols]
+    std = [math.nan] * len(cols)
+    if st.n >= 2 and sorted(map(str, st.seeds)) == sorted(map(str, base.seeds)):
+        order_a = np.argsort([str(x) for x in st.seeds])
+        order_b = np.argsort([str(x) for x in base.seeds])
+        for j, (s, d) in enumerate(cols):
+            diff = st.values(s, d, metric, protocol)[order_a] - base.values(s, d, metric, protocol)[order_b]
+            diff = diff[~np.isnan(diff)]
+            std[j] = float(diff.std(ddof=1)) if diff.size >= 2 else math.nan
+    return Row("Improvement", vals, "delta", std, min(st.n, base.n))
+
+
+def table_main(settings: list[Setting], cols, metric: str, protocol: str = "literature",
+               reference: Reference | None = None) -> Table:
+    """Table 1 layout: the bicubic reference, then per group the baseline, each dropout variant and its
+    Improvement over the baseline, and the paper's published rows where the protocol is the paper's."""
+    m = protocol_metric(protocol, metric)
+    rows = []
+    if reference is not None:
+        vals = [reference.value(s, d, m, protocol) for s, d in cols]
+        if not all(math.isnan(v) for v in vals):
+            rows.append(Row(reference.label, vals, "reference"))
+    notes = []
+    for group in groups(settings):
+        rs = sorted((r for r in settings if r.group == group), key=sort_key)
+        base = rs[0] if rs[0].baseline else None
+        for r in rs:
+            rows.append(_row(r, cols, m, protocol))
+            if base is not None and r is not base:
+                rows.append(_delta(r, base, cols, m, protocol))
+        paper = paper_rows("table1", rs[0].backbone, [(r.position, r.p) for r in rs], protocol, m)
+        for label, values, kind in paper:
+            rows.append(Row(f"paper: {label}" if kind == "paper" else "paper: Improvement",
+                            [values.get(s, {}).get(d, math.nan) for s, d in cols], kind))
+        notes.append(f"{group}: {size_text(rs[0].size)}")
+    caption = (f"{_metric_name(m)} of models x4, {protocol} protocol; Improvement = with dropout minus without "
+               f"(p=0).")
+    return Table("table1" + _suffix(protocol), caption, [s for s, _ in cols], [d for _, d in cols], rows,
+                 notes=notes)
+
+
+def table_positions(settings: list[Setting], cols, metric: str, protocol: str = "literature") -> list[Table]:
+    """Table B.3: one table per (group, dim, p) that has two or more dropout positions, plus its baseline."""
+    m = protocol_metric(protocol, metric)
     out = []
-    for group, pos, dim in sorted({(r.group, r.position, r.dim) for r in runs if not r.baseline}):
-        rs = sorted([r for r in runs if r.group == group and r.position == pos and r.dim == dim], key=lambda r: r.p)
-        base = [r for r in runs if r.group == group and r.baseline][:1]
+    for group, dim, p in sorted({(r.group, r.dim, r.p) for r in settings if not r.baseline}):
+        rs = [r for r in settings if r.group == group and not r.baseline and r.dim == dim and r.p == p]
+        if len({r.position for r in rs}) < 2:
+            continue
+        base = [r for r in settings if r.group == group and r.baseline]
+        rows = [_row(r, cols, m, protocol, f"{r.group} (p=0)" if r.baseline else
+                     f"{POSITION_LABEL.get(r.position, r.position)} (p={r.p:g})" + (
+                         f" [mean of {r.n} seeds]" if r.n > 1 else ""))
+                for r in sorted(base + rs, key=sort_key)]
+        if dim == "channel" and p == 0.7:
+            for label, values, kind in paper_rows("table_b3", rs[0].backbone,
+                                                  [(r.position, r.p) for r in base + rs], protocol, m):
+                rows.append(Row(f"paper: {label}", [values.get(s, {}).get(d, math.nan) for s, d in cols], kind))
+        out.append(Table(f"table_b3_{slug(group)}_{dim}_p{p:g}{_suffix(protocol)}",
+                         f"{_metric_name(m)} of {group} with {dim}-wise dropout (p={p:g}) at different positions, "
+                         f"{protocol} protocol.", [s for s, _ in cols], [d for _, d in cols], rows))
+    return out
+
+
+def table_probabilities(settings: list[Setting], cols, metric: str, protocol: str = "literature") -> list[Table]:
+    """Table A.2: per (group, position, dim) with two or more probabilities; rows = set/degradation, columns = p."""
+    m = protocol_metric(protocol, metric)
+    out = []
+    for group, pos, dim in sorted({(r.group, r.position, r.dim) for r in settings if not r.baseline}):
+        rs = sorted([r for r in settings if r.group == group and r.position == pos and r.dim == dim],
+                    key=lambda r: r.p)
+        base = [r for r in settings if r.group == group and r.baseline][:1]
         if len(rs) < 2:
             continue
         rs = base + rs
-        rows = [(f"{s} {d}", [r.value(s, d, metric) for r in rs], "model") for s, d in cols]
-        out.append(Table(f"table_a2_{_slug(group)}_{pos}_{dim}",
-                         f"{metric.upper()} of {group} with {dim}-wise dropout at {pos} for different probabilities.",
-                         [""] * len(rs), [f"p={r.p:g}" for r in rs], rows, per_row=True,
-                         row_header="Test set"))
+        rows = [Row(f"{s} {d}", [r.value(s, d, m, protocol) for r in rs], "model",
+                    [r.std(s, d, m, protocol) for r in rs], min(r.n for r in rs)) for s, d in cols]
+        out.append(Table(f"table_a2_{slug(group)}_{pos}_{dim}{_suffix(protocol)}",
+                         f"{_metric_name(m)} of {group} with {dim}-wise dropout at {pos} for different "
+                         f"probabilities, {protocol} protocol.",
+                         [""] * len(rs), [f"p={r.p:g}" for r in rs], rows, per_row=True, row_header="Test set"))
     return out
 
 
-def _row_marks(t: Table) -> dict[tuple[int, int], str]:
-    if not t.per_row:
-        return t.marks()
-    out = {}
-    for i, (_, vals, _) in enumerate(t.rows):
-        ranked = sorted({round(v, 2) for v in vals if not math.isnan(v)}, reverse=True)
-        for j, v in enumerate(vals):
-            if len(vals) >= 3 and ranked and not math.isnan(v):
-                if round(v, 2) == ranked[0]:
-                    out[(i, j)] = "best"
-                elif len(ranked) > 1 and round(v, 2) == ranked[1]:
-                    out[(i, j)] = "second"
-    return out
+def _metric_name(metric: str) -> str:
+    from src.reports.collect import METRIC_LABEL
+
+    return METRIC_LABEL.get(metric, metric.upper())
 
 
-def _slug(s: str) -> str:
+def _suffix(protocol: str) -> str:
+    return "" if protocol == "literature" else f"_{protocol}"
+
+
+def slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", s).strip("_")
-

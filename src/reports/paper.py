@@ -1,0 +1,57 @@
+"""The paper's published numbers (paper_results.yaml), for rows beside ours where the protocol is the paper's."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import yaml
+
+DATA = Path(__file__).with_name("paper_results.yaml")
+
+
+@functools.lru_cache(maxsize=1)
+def published() -> dict:
+    """The whole data file: protocol, metric, degradations, setting, tables."""
+    return yaml.safe_load(DATA.read_text())
+
+
+def row_values(row: dict) -> dict[str, dict[str, float]]:
+    """{set: {degradation: value}} of a published row (lists follow the file's `degradations`)."""
+    degs = published()["degradations"]
+    out = {}
+    for s, v in row["values"].items():
+        out[s] = dict(zip(degs, v)) if isinstance(v, list) else dict(v)
+    return out
+
+
+def paper_rows(table: str, backbone: str, settings: list[tuple[str, float]], protocol: str,
+               metric: str) -> list[tuple[str, dict, str]]:
+    """[(label, {set: {deg: value}}, "paper" | "paper_delta")] of `table` for `backbone` whose (position, p)
+    is among `settings`, each followed by its published Improvement; [] unless `protocol` and `metric` are the
+    paper's (its numbers are RGB PSNR on its own test LR: beside anything else they would mislead)."""
+    data = published()
+    if protocol != data["protocol"] or metric != data["metric"]:
+        return []
+    wanted = {(pos, round(float(p), 3)) for pos, p in settings}
+    out, has_base, previous = [], False, None
+    for row in data["tables"][table]["rows"]:
+        key = (row["backbone"], row["position"], round(float(row["p"]), 3))
+        if row["backbone"] != backbone or key[1:] not in wanted:
+            previous = None
+            continue
+        if row.get("improvement"):
+            if has_base and previous == key:  # the published Improvement of the row just shown
+                out.append(("Improvement", row_values(row), "paper_delta"))
+        else:
+            out.append((row["label"], row_values(row), "paper"))
+            has_base |= row["position"] == "none"
+        previous = key
+    return out
+
+
+def paper_setting(backbone: str) -> str:
+    """The paper's training size for `backbone`, e.g. `16 residual blocks, 1.5M parameters; 500,000 iterations;
+    DIV2K (800 images); batch 16 LR patches of 32x32`."""
+    s = published()["setting"]
+    arch = s.get(backbone, "")
+    return "; ".join(x for x in (arch, f"{int(s['iterations']):,} iterations", s["data"], s["batch"]) if x)

@@ -1,0 +1,127 @@
+"""The evidence report rebuilt from committed result files only (`make report`), on the committed fixture
+tests/fixtures/results (synthetic numbers, see its make_fixture.py), and the paper's published rows."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from src.report import main
+from src.reports.paper import published, row_values
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE = REPO / "tests" / "fixtures" / "results"
+PAPER = REPO.parent / "shared" / "paper"
+SETS5 = ["Set5", "Set14", "BSD100", "Manga109", "Urban100"]
+
+
+def _expected_diffs(protocol: str, metric: str) -> dict:
+    """variant minus baseline per (set, degradation, image), each averaged over its seeds: from the files."""
+    name = "results.json" if protocol == "literature" else "results_official.json"
+    sides = {}
+    for job in sorted((FIXTURE / "mini").iterdir()):
+        res = json.loads((job / name).read_text())
+        for s, degs in res.items():
+            for d, cell in degs.items():
+                for img, v in cell["per_image"].items():
+                    sides.setdefault(job.name.split("_")[0], {}).setdefault((s, d, img), []).append(v[metric])
+    return {k: np.mean(sides["p0.7"][k]) - np.mean(v) for k, v in sides["p0"].items()}
+
+
+def _exact_wilcoxon_p(x: np.ndarray) -> float:
+    """Two-sided exact signed-rank p-value by enumerating all 2^n sign assignments (n small, no ties)."""
+    ranks = np.argsort(np.argsort(np.abs(x))) + 1
+    t = ranks[x > 0].sum()
+    centre = len(x) * (len(x) + 1) / 4
+    signs = (np.arange(2 ** len(x))[:, None] >> np.arange(len(x))) & 1
+    totals = signs @ ranks
+    return float(np.mean(np.abs(totals - centre) >= abs(t - centre) - 1e-9))
+
+
+def test_make_report_rebuilds_tables_and_figures_from_committed_files(tmp_path, capsys):
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^report:.*\n\t\$\(PY\) -m src.report \$\(RESULTS\)/\S+ out=\$\(RESULTS\)", makefile, re.M)
+    out = tmp_path / "results"
+    assert main([str(FIXTURE / "mini"), f"out={out}"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("table1.md", "table1_official.md", "comparison.csv", "comparison_official.csv", "report.md",
+                 "gains_Real_SRResNet_official.png", "curves_Real_SRResNet.png"):
+        assert (out / name).is_file() and name in printed, name
+
+    md = (out / "table1_official.md").read_text()
+    assert "| Bicubic (reference) |" in md and "[mean of 3 seeds]" in md and "paper: Real-SRResNet (p=0.7)" in md
+    report = (out / "report.md").read_text()
+    assert "num_block 4; 2,000 iterations; T91+BSD200" in report and "16 residual blocks, 1.5M parameters" in report
+
+    for protocol, metric, suffix, word in (("literature", "psnr", "", "is swallowed by"),
+                                           ("official", "psnr_rgb", "_official", "exceeds")):
+        diffs = _expected_diffs(protocol, metric)
+        (row,) = list(csv.DictReader((out / f"comparison{suffix}.csv").open()))
+        assert int(row["items"]) == len(diffs) == 9 * 8
+        assert int(row["improved"]) == sum(v > 0 for v in diffs.values())
+        assert float(row["mean_diff"]) == pytest.approx(np.mean(list(diffs.values())), abs=1e-5)
+        per_image = {}
+        for (s, d, img), v in diffs.items():
+            per_image.setdefault((s, img), []).append(v)
+        means = np.array([np.mean(v) for v in per_image.values()])
+        assert int(row["images_improved"]) == int((means > 0).sum())
+        assert float(row["wilcoxon_p"]) == pytest.approx(_exact_wilcoxon_p(means), rel=1e-6)
+        section = report.split(f"({protocol} protocol)")[1]
+        assert f"{word} the seeds' spread" in section.split("\n\n")[2]
+
+
+def test_papers_improvement_rows_match_its_model_rows():
+    for name, table in published()["tables"].items():
+        rows = table["rows"]
+        for i, row in enumerate(rows):
+            if row.get("improvement"):
+                base = next(r for r in rows[:i] if r["backbone"] == row["backbone"] and r["position"] == "none")
+                with_ = row_values(rows[i - 1])
+                for s, degs in row_values(row).items():
+                    for d, v in degs.items():
+                        assert v == pytest.approx(with_[s][d] - row_values(base)[s][d], abs=0.0101), (name, s, d)
+
+
+def _numbers(text: str) -> list[float]:
+    """Two-decimal numbers in reading order (parameter counts like 16.7M are not table values)."""
+    return [float(x) for x in re.findall(r"(?<![\w.])[+-]?\d+\.\d\d(?![\dM%])", text)]
+
+
+def _main_layout(rows: list[dict]) -> list[float]:
+    """The order the paper's text lists Table 1 / A.1: per set the clean/blur pairs of every column, then per
+    degradation pair (noise/jpeg, b+n/b+j, n+j/b+n+j), per set, one line of every column per degradation."""
+    vals = [row_values(r) for r in rows]
+    seq = [v[s][d] for s in SETS5 for v in vals for d in ("clean", "blur")]
+    for pair in (("noise", "jpeg"), ("b+n", "b+j"), ("n+j", "b+n+j")):
+        seq += [v[s][d] for s in SETS5 for d in pair for v in vals]
+    return seq
+
+
+@pytest.mark.skipif(not PAPER.is_dir(), reason="../shared/paper is not on this machine")
+def test_papers_published_rows_match_the_paper_text():
+    (path,) = PAPER.glob("*.txt")
+    text = path.read_text()
+    tables = published()["tables"]
+
+    start = text.index("Set5 [3]")
+    assert _numbers(text[start:text.index("Table 1. The PSNR")]) == _main_layout(tables["table1"]["rows"])
+
+    start = text.index("Set5 [3]", text.index("Real-SwinIR (p=0)"))
+    assert _numbers(text[start:text.index("Table A.1. The PSNR")]) == _main_layout(tables["table_a1"]["rows"])
+
+    seg = text[text.index("Prob."):text.index("plex mixed degradations", text.index("Prob."))]
+    a2 = [row_values(r) for r in tables["table_a2"]["rows"]]
+    assert _numbers(seg) == [v[s]["noise"] for v in a2 for s in ("Manga109", "Urban100")]
+    assert [r["p"] for r in tables["table_a2"]["rows"]] == [0.0, 0.1, 0.3, 0.5, 0.7, 0.9]
+
+    b3_caption = text.index("Table B.3. The PSNR")
+    start = text.rindex("all (p=0.7)", 0, b3_caption)
+    b3 = [row_values(r) for r in tables["table_b3"]["rows"]]
+    expected = [v[s][d] for s in SETS5 for pair in (("clean", "blur"), ("noise", "jpeg"), ("b+n", "b+j"),
+                                                    ("n+j", "b+n+j")) for v in b3 for d in pair]
+    assert _numbers(text[start:b3_caption]) == expected
+    assert all(r["label"] in text[start - 2000:start] for r in tables["table_b3"]["rows"])
