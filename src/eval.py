@@ -4,6 +4,7 @@
     python -m src.eval ckpt=runs/positions            # every folder below holding checkpoints/last.ckpt
     python -m src.eval ckpt=RRDB.pth backbone=rrdb out_dir=results/rrdb
     python -m src.eval ckpt=runs/train/default protocol=both   # also the paper's official protocol
+    python -m src.eval ckpt=bicubic protocol=both out_dir=docs/results/bicubic   # the bicubic reference row
 
 `protocol=literature` (default) writes results.json/.csv, `protocol=official` results_official.json/.csv.
 """
@@ -17,8 +18,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from src import runs as run_folders
 from src.data.datasets import default_data_root, resolve_set
 from src.data.testsets import TEST_DEGRADATIONS
-from src.evaluation import (evaluate, format_table, load_results, merge_results, resolve_protocols,
-                            write_results)
+from src.evaluation import (BicubicUpsampler, evaluate, format_table, load_results, merge_results,
+                            resolve_protocols, write_results)
 from src.utils import resolve_device
 
 
@@ -62,7 +63,10 @@ def run_eval(cfg: DictConfig) -> dict[Path, dict]:
 
     if cfg.get("ckpt") in (None, "", "???"):
         raise ValueError("ckpt=... is required: a checkpoint file, a run folder or a sweep folder")
-    runs = checkpoints_to_evaluate(cfg.ckpt, cfg.get("out_dir"))
+    bicubic = str(cfg.ckpt) == "bicubic"
+    if bicubic and not cfg.get("out_dir"):
+        raise ValueError("ckpt=bicubic (the bicubic reference) needs out_dir=... for its results files")
+    runs = [("bicubic", Path(cfg.out_dir))] if bicubic else checkpoints_to_evaluate(cfg.ckpt, cfg.get("out_dir"))
     root = Path(cfg.data.root) if cfg.data.get("root") else default_data_root()
     names = [cfg.sets] if isinstance(cfg.sets, str) else list(cfg.sets)
     # Resolve every set before loading any model: a missing folder should fail in a second, not after a sweep.
@@ -77,12 +81,13 @@ def run_eval(cfg: DictConfig) -> dict[Path, dict]:
     for i, (ckpt, run_dir) in enumerate(runs, 1):
         print(f"[eval] ({i}/{len(runs)}) {ckpt}")
         try:
-            model = load_model(ckpt, backbone=backbone, map_location=device)
+            model = None if bicubic else load_model(ckpt, backbone=backbone, map_location=device)
             for protocol in protocols:
                 existing = {} if cfg.force else load_results(run_dir, protocol)
-                new = evaluate(model, sets, degradations, scale=cfg.scale, seed=cfg.seed, device=device,
-                               tile=cfg.tile, cache_dir=cfg.get("cache_dir"), overlap=cfg.overlap, done=existing,
-                               protocol=protocol)
+                net = BicubicUpsampler(cfg.scale, protocol) if bicubic else model
+                new = evaluate(net, sets, degradations, scale=cfg.scale, seed=cfg.seed, device=device, tile=cfg.tile,
+                               cache_dir=cfg.get("cache_dir"), overlap=cfg.overlap, done=existing,
+                               protocol=protocol, round_y=cfg.get("round_y", True))
                 json_path, csv_path = write_results(run_dir, merge_results(existing, new), protocol)
                 print(format_table(new))
                 print(f"[eval] wrote {json_path} and {csv_path.name}")

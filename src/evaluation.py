@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from src.data.imageio import read_image
-from src.data.testsets import PROTOCOLS, TEST_DEGRADATIONS, check_protocol, load_test_pairs
+from src.data.imageio import decode_image, to_rgb_uint8
+from src.data.testsets import (PROTOCOLS, TEST_DEGRADATIONS, bicubic_upscale, check_protocol,
+                               load_test_pairs)
 from src.metrics import psnr, ssim
 from src.runs import results_file
 from src.tiling import tiled_forward
@@ -76,17 +77,35 @@ def check_image(img: np.ndarray, scale: int, path: str | os.PathLike = "<array>"
                          f"it is {max(wc, 0)}x{max(hc, 0)}, smaller than SSIM's {SSIM_WINDOW}x{SSIM_WINDOW} window")
 
 
-def usable_paths(paths: Sequence[os.PathLike], scale: int) -> tuple[list[Path], list[str]]:
-    """(paths that decode and are large enough, one message per rejected file naming its path)."""
-    good, rejected = [], []
+def usable_paths(paths: Sequence[os.PathLike], scale: int) -> tuple[list[Path], list[str], set[Path]]:
+    """(paths that decode and are large enough, one message per rejected file naming its path, the usable paths
+    whose file is single-channel 8-bit gray)."""
+    good, rejected, gray = [], [], set()
     for p in map(Path, paths):
         try:
-            check_image(read_image(p), scale, p)
+            raw = decode_image(p)
+            check_image(to_rgb_uint8(raw, str(p)), scale, p)
         except ValueError as e:  # ImageReadError is a ValueError
             rejected.append(str(e))
             continue
         good.append(p)
-    return good, rejected
+        if raw.dtype == np.uint8 and (raw.ndim == 2 or raw.shape[2] == 1):
+            gray.add(p)
+    return good, rejected, gray
+
+
+class BicubicUpsampler(nn.Module):
+    """The reference "model" of SR tables: the protocol's own bicubic enlargement of the 8-bit LR image
+    (MATLAB imresize for `literature`, PIL's BICUBIC for `official`). Input and output are [0, 1] tensors."""
+
+    def __init__(self, scale: int = 4, protocol: str = "literature"):
+        super().__init__()
+        self.scale, self.protocol = int(scale), check_protocol(protocol)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lr = x.detach().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        up = np.stack([bicubic_upscale(np.ascontiguousarray(a), self.scale, self.protocol) for a in lr])
+        return torch.from_numpy(up).permute(0, 3, 1, 2).to(x.device, x.dtype) / 255.0
 
 
 def super_resolve(model: nn.Module, lr: np.ndarray, scale: int, device="cpu", tile: int | None = None,
@@ -98,17 +117,23 @@ def super_resolve(model: nn.Module, lr: np.ndarray, scale: int, device="cpu", ti
     return y[0].clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
-def score_image(sr: np.ndarray, hr: np.ndarray, scale: int) -> dict[str, float]:
-    """PSNR/SSIM on Y and on RGB of one uint8 SR image against its HR, `scale` border pixels cropped."""
-    return {"psnr": psnr(sr, hr, scale, y_channel=True), "ssim": ssim(sr, hr, scale, y_channel=True),
+def score_image(sr: np.ndarray, hr: np.ndarray, scale: int, round_y: bool = False,
+                gray: bool = False) -> dict[str, float]:
+    """PSNR/SSIM on Y and on RGB of one uint8 SR image against its HR, `scale` border pixels cropped.
+
+    `round_y` rounds Y to integers (MATLAB's rgb2ycbcr on uint8); `gray` scores the Y columns on grey levels
+    (src.metrics), for an HR image that is a gray file.
+    """
+    y = {"round_y": round_y, "gray": gray}
+    return {"psnr": psnr(sr, hr, scale, y_channel=True, **y), "ssim": ssim(sr, hr, scale, y_channel=True, **y),
             "psnr_rgb": psnr(sr, hr, scale, y_channel=False), "ssim_rgb": ssim(sr, hr, scale, y_channel=False)}
 
 
-def _reusable(entry, scale: int, seed: int, n_paths: int, protocol: str) -> bool:
+def _reusable(entry, scale: int, seed: int, n_paths: int, protocol: str, round_y: bool) -> bool:
     # Entries written before protocols existed are literature ones; without per-image scores they are
     # recomputed, so that every reused entry can enter paired statistics.
     return (isinstance(entry, Mapping) and entry.get("scale") == scale and entry.get("seed") == seed
-            and entry.get("protocol", "literature") == protocol
+            and entry.get("protocol", "literature") == protocol and entry.get("round_y", False) == round_y
             and entry.get("n_images", -1) + entry.get("skipped", 0) == n_paths and all(m in entry for m in METRICS)
             and isinstance(entry.get("per_image"), Mapping) and len(entry["per_image"]) == entry["n_images"])
 
@@ -140,17 +165,21 @@ def _image_keys(paths: Sequence[Path]) -> list[str]:
 def evaluate(model: nn.Module, sets: Mapping[str, Sequence[os.PathLike]],
              degradations: Sequence[str] = TEST_DEGRADATIONS, scale: int = 4, seed: int = 0, device="cpu",
              tile: int | None = None, cache_dir: str | os.PathLike | None = None, overlap: int = 16,
-             done: Mapping | None = None, protocol: str = "literature") -> dict:
-    """`{set: {degradation: {psnr, ssim, psnr_rgb, ssim_rgb, n_images, skipped, scale, seed, protocol,
+             done: Mapping | None = None, protocol: str = "literature", round_y: bool = True) -> dict:
+    """`{set: {degradation: {psnr, ssim, psnr_rgb, ssim_rgb, n_images, skipped, scale, seed, protocol, round_y,
     per_image: {<image file stem>: {psnr, ssim, psnr_rgb, ssim_rgb}}}}}`.
 
     PSNR/SSIM "psnr"/"ssim" are on the Y channel, "*_rgb" on RGB, all with `scale` border pixels cropped from
-    HR images cropped to a multiple of `scale`; the set's figures are means over its images. Unreadable and
+    HR images cropped to a multiple of `scale`; the set's figures are means over its images. Under
+    `literature`, Y is rounded to integers as MATLAB's rgb2ycbcr does (`round_y=False` keeps it in float) and a
+    gray file is scored on its grey levels, as the MATLAB scripts behind published tables do; under `official`,
+    Y is BasicSR's (float, every image as RGB) and RGB PSNR is the headline. Unreadable and
     too-small images are logged by path and counted in "skipped". Entries of `done` (an earlier results dict of
     the same protocol) made with the same scale, seed and image count, with per-image scores, are reused instead
     of recomputed. An unwritable `cache_dir` is left out with one warning.
     """
     check_protocol(protocol)
+    round_y = bool(round_y) and protocol == "literature"
     unknown = [d for d in degradations if d not in TEST_DEGRADATIONS]
     if unknown:
         raise ValueError(f"degradations {unknown} unknown; allowed: {', '.join(TEST_DEGRADATIONS)}")
@@ -164,14 +193,15 @@ def evaluate(model: nn.Module, sets: Mapping[str, Sequence[os.PathLike]],
             paths = list(paths)
             results[set_name] = {}
             todo = [d for d in degradations
-                    if not _reusable(done.get(set_name, {}).get(d), scale, seed, len(paths), protocol)]
+                    if not _reusable(done.get(set_name, {}).get(d), scale, seed, len(paths), protocol, round_y)]
             for d in degradations:
                 if d not in todo:
                     results[set_name][d] = dict(done[set_name][d])
             if not todo:
                 log.info("%s: all %d degradations already evaluated", set_name, len(degradations))
                 continue
-            good, rejected = usable_paths(paths, scale)
+            good, rejected, gray = usable_paths(paths, scale)
+            gray = gray if protocol == "literature" else set()
             for msg in rejected:
                 log.warning("skipping %s", msg)
             keys = dict(zip(good, _image_keys(good)))
@@ -186,11 +216,11 @@ def evaluate(model: nn.Module, sets: Mapping[str, Sequence[os.PathLike]],
                     sr = super_resolve(model, lr, scale, device, tile, overlap)
                     if sr.shape != hr.shape:
                         raise ValueError(f"{path}: SR output is {sr.shape}, HR is {hr.shape}; is the model x{scale}?")
-                    per_image[keys[path]] = score_image(sr, hr, scale)
+                    per_image[keys[path]] = score_image(sr, hr, scale, round_y, path in gray)
                 entry = {m: (float(np.mean([v[m] for v in per_image.values()])) if per_image else math.nan)
                          for m in METRICS}
                 entry.update(n_images=len(per_image), skipped=len(rejected), scale=scale, seed=seed,
-                             protocol=protocol, per_image=per_image)
+                             protocol=protocol, round_y=round_y, per_image=per_image)
                 results[set_name][d] = entry
                 log.info("%s/%s (%s): PSNR-Y %.2f dB, PSNR-RGB %.2f dB, SSIM-Y %.4f over %d images (%d skipped) "
                          "in %.1f s", set_name, d, protocol, entry["psnr"], entry["psnr_rgb"], entry["ssim"],

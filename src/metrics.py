@@ -3,7 +3,10 @@
 Both work on the 0-255 scale in float64: uint8 images are used as they are, [0, 1] tensors are multiplied by
 255 (not rounded; round to 8 bits first if you want what a saved image would score). `crop_border` pixels are
 removed on every side, and with `y_channel=True` the luminance of ITU-R BT.601 is used exactly as MATLAB's
-`rgb2ycbcr` defines it (offset 16, range 16-235), without rounding Y to integers.
+`rgb2ycbcr` defines it (offset 16, range 16-235); `round_y=True` rounds Y to integers as MATLAB's rgb2ycbcr
+does on uint8 images (what the published bicubic tables use), `False` keeps it in float (as BasicSR).
+`gray=True` scores a gray image on its own grey levels instead of on Y (the luma rescaled to 0-255, which is the
+grey level itself for a replicated gray image), as the MATLAB benchmark scripts score single-channel images.
 
 SSIM is the Wang et al. definition with an 11x11 Gaussian window (sigma 1.5), K1=0.01, K2=0.03, averaged over
 the *valid* region only (positions whose window lies inside the image), and over channels for RGB.
@@ -51,6 +54,10 @@ def _y(rgb255: np.ndarray) -> np.ndarray:
     return 16.0 + rgb255 @ (np.asarray(_Y_WEIGHTS) / 255.0)
 
 
+def _gray(rgb255: np.ndarray) -> np.ndarray:
+    return rgb255 @ (np.asarray(_Y_WEIGHTS) / sum(_Y_WEIGHTS))
+
+
 def _as_images(img, name: str) -> list[np.ndarray]:
     """float64 (H, W, C) arrays on the 0-255 scale from a uint8 (H, W[, C]) array or a [0, 1] tensor (B, C, H, W)."""
     if isinstance(img, torch.Tensor):
@@ -71,7 +78,8 @@ def _as_images(img, name: str) -> list[np.ndarray]:
     return [a.astype(np.float64)]
 
 
-def _prepare(sr, hr, crop_border: int, y_channel: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+def _prepare(sr, hr, crop_border: int, y_channel: bool, round_y: bool = False,
+             gray: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
     a, b = _as_images(sr, "sr"), _as_images(hr, "hr")
     if len(a) != len(b) or a[0].shape != b[0].shape:
         raise ValueError(f"sr and hr differ in shape: {len(a)} x {a[0].shape} vs {len(b)} x {b[0].shape}")
@@ -85,15 +93,19 @@ def _prepare(sr, hr, crop_border: int, y_channel: bool) -> list[tuple[np.ndarray
     for x, y in zip(a, b):
         x, y = x[c, c], y[c, c]
         if y_channel and x.shape[2] == 3:
-            x, y = _y(x)[..., None], _y(y)[..., None]
+            luma = _gray if gray else _y
+            x, y = luma(x)[..., None], luma(y)[..., None]
+            if round_y:  # MATLAB rounds half away from zero; Y is positive here
+                x, y = np.floor(x + 0.5), np.floor(y + 0.5)
         out.append((x, y))
     return out
 
 
-def psnr(sr, hr, crop_border: int = 0, y_channel: bool = True) -> float:
+def psnr(sr, hr, crop_border: int = 0, y_channel: bool = True, round_y: bool = False,
+             gray: bool = False) -> float:
     """PSNR in dB (data range 255); the mean over the batch for batched tensors; inf for identical images."""
     values = []
-    for x, y in _prepare(sr, hr, crop_border, y_channel):
+    for x, y in _prepare(sr, hr, crop_border, y_channel, round_y, gray):
         if np.array_equal(x, y):
             values.append(math.inf)
             continue
@@ -114,10 +126,11 @@ def _ssim_channel(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean((2 * mx * my + c1) * (2 * cxy + c2) / ((mx * mx + my * my + c1) * (vx + vy + c2))))
 
 
-def ssim(sr, hr, crop_border: int = 0, y_channel: bool = True) -> float:
+def ssim(sr, hr, crop_border: int = 0, y_channel: bool = True, round_y: bool = False,
+             gray: bool = False) -> float:
     """SSIM (valid region, channel mean); the mean over the batch for batched tensors."""
     values = []
-    for x, y in _prepare(sr, hr, crop_border, y_channel):
+    for x, y in _prepare(sr, hr, crop_border, y_channel, round_y, gray):
         if min(x.shape[:2]) <= 2 * _SSIM_RADIUS:
             raise ValueError(f"ssim needs images larger than {2 * _SSIM_RADIUS + 1} px after cropping "
                              f"{crop_border} border px, got {x.shape[1]}x{x.shape[0]}")

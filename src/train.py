@@ -169,7 +169,8 @@ def fit_and_evaluate(cfg: DictConfig, run_dir: Path, module, datamodule, loggers
     for protocol in reversed(resolve_protocols(cfg.eval.get("protocol", "literature"))):
         results = evaluate(module.net.eval(), datamodule.test_paths, degradations=list(cfg.eval.degradations),
                            scale=cfg.upscale, seed=cfg.eval.seed, device=device, tile=cfg.eval.tile,
-                           cache_dir=Path(cfg.paths.cache) / "testsets", protocol=protocol)
+                           cache_dir=Path(cfg.paths.cache) / "testsets", protocol=protocol,
+                           round_y=cfg.eval.get("round_y", True))
         write_results(run_dir, results, protocol)
         if protocol == "literature":
             log_results(loggers, results, trainer.global_step)

@@ -221,3 +221,54 @@ def test_official_gray_images_stay_gray_and_are_read_as_rgb(tmp_path):
     with pytest.raises(ValueError, match=r"\(H, W, 3\) RGB array for protocol=literature"):
         T.degrade_test_image(gray, "clean", protocol="literature")
     assert T.cache_key("clean", 4, 0, "official") != T.cache_key("clean", 4, 0, "literature")
+
+
+# --- the literature protocol: MATLAB imresize, borders included ---------------------------------------------------
+def test_matlab_downscale_equals_antialiased_bicubic_on_a_symmetrically_padded_image():
+    import torch
+    import torch.nn.functional as F
+
+    hr = T.modcrop(synthetic(70, 93, seed=5), 4)
+    ours = T.bicubic_downscale(hr, 4)
+    # MATLAB mirrors the image at its edges (symmetric padding); with 16 mirrored px the antialiased cubic
+    # (a = -0.5, width 16 px at x1/4) never reaches the end of the padded image, so the centre is MATLAB's result.
+    pad = np.pad(hr, ((16, 16), (16, 16), (0, 0)), mode="symmetric")
+    x = torch.from_numpy(pad).permute(2, 0, 1)[None].double()
+    y = F.interpolate(x, size=(pad.shape[0] // 4, pad.shape[1] // 4), mode="bicubic", align_corners=False,
+                      antialias=True)[0].permute(1, 2, 0).numpy()[4:-4, 4:-4]
+    ref = np.clip(np.floor(y + 0.5), 0, 255).astype(np.uint8)
+    assert ours.shape == (17, 23, 3)
+    assert np.abs(ours.astype(int) - ref).max() <= 1 and (ours != ref).mean() < 1e-3
+    # the old truncated kernel differed at the borders by several grey levels
+    trunc = F.interpolate(torch.from_numpy(hr).permute(2, 0, 1)[None].double(), size=ours.shape[:2], mode="bicubic",
+                          align_corners=False, antialias=True)[0].permute(1, 2, 0).numpy()
+    assert np.abs(np.round(trunc) - ref).max() > 1
+
+
+def test_matlab_upscale_equals_direct_formula():
+    img = synthetic(7, 6, seed=6)
+    ours = T.bicubic_upscale(img, 4)
+
+    def cubic(t):
+        t = abs(t)
+        return 1.5 * t**3 - 2.5 * t**2 + 1 if t <= 1 else (-0.5 * t**3 + 2.5 * t**2 - 4 * t + 2 if t < 2 else 0.0)
+
+    def mirror(i, n):  # 0-based, symmetric: -1 -> 0, n -> n - 1
+        return -i - 1 if i < 0 else (2 * n - 1 - i if i >= n else i)
+
+    def taps(n_in, o):  # output o (0-based) of an x4 enlargement: centre u = (o + 1)/4 + 0.5 (1 - 1/4), 1-based
+        u = (o + 1) / 4 + 0.375
+        js = range(int(np.floor(u - 2)), int(np.floor(u - 2)) + 6)
+        w = np.array([cubic(u - j) for j in js])
+        return [mirror(j - 1, n_in) for j in js], w / w.sum()
+
+    ref = np.zeros((28, 24, 3))
+    for r in range(28):
+        ri, rw = taps(7, r)
+        for c in range(24):
+            ci, cw = taps(6, c)
+            ref[r, c] = np.einsum("i,j,ijk->k", rw, cw, img[np.ix_(ri, ci)].astype(np.float64))
+    assert ours.shape == (28, 24, 3)
+    assert np.array_equal(ours, np.clip(np.floor(ref + 0.5), 0, 255).astype(np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        T.matlab_imresize(img.astype(np.float32), 0.5)
