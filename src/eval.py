@@ -17,7 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from src import runs as run_folders
 from src.data.datasets import default_data_root, resolve_set
-from src.data.testsets import TEST_DEGRADATIONS
+from src.data.testsets import GIVEN, TEST_DEGRADATIONS
 from src.evaluation import (BicubicUpsampler, evaluate, format_table, load_results, merge_results,
                             resolve_protocols, write_results)
 from src.utils import resolve_device
@@ -50,10 +50,24 @@ def resolve_degradations(value) -> list[str]:
     if value is None or value == "all":
         return list(TEST_DEGRADATIONS)
     names = [value] if isinstance(value, str) else list(value)
-    bad = [d for d in names if d not in TEST_DEGRADATIONS]
+    allowed = TEST_DEGRADATIONS + (GIVEN,)
+    bad = [d for d in names if d not in allowed]
     if bad:
-        raise ValueError(f"degradations={names}: unknown {bad}; allowed: all or any of {', '.join(TEST_DEGRADATIONS)}")
+        raise ValueError(f"degradations={names}: unknown {bad}; allowed: all or any of {', '.join(allowed)}")
     return names
+
+
+def given_lr_dirs(cfg: DictConfig, names: list[str], root: Path, degradations: list[str]) -> dict[str, Path]:
+    """The folder of given LR images of each set: `lr_dirs.<set>`, else `<root>/<set>/LR` when it exists. With
+    the degradation `given`, a set without one is a FileNotFoundError naming where it was looked for."""
+    configured = {str(k): Path(v) for k, v in (cfg.get("lr_dirs") or {}).items()}
+    dirs = {n: configured.get(n, root / n / "LR") for n in names}
+    if GIVEN in degradations:
+        missing = [f"{n}: {d}" for n, d in dirs.items() if not d.is_dir()]
+        if missing:
+            raise FileNotFoundError(f"degradations include {GIVEN!r} but these sets have no LR folder ("
+                                    f"{'; '.join(missing)}); put the LR images there or set +lr_dirs.<set>=<folder>")
+    return {n: d for n, d in dirs.items() if d.is_dir()}
 
 
 def run_eval(cfg: DictConfig) -> dict[Path, dict]:
@@ -73,6 +87,7 @@ def run_eval(cfg: DictConfig) -> dict[Path, dict]:
     sets = {name: resolve_set(name, root) for name in names}
     degradations = resolve_degradations(cfg.degradations)
     protocols = resolve_protocols(cfg.get("protocol", "literature"))
+    given_lr = given_lr_dirs(cfg, names, root, degradations)
     device = resolve_device(str(cfg.device))
     backbone = cfg.get("backbone")
     if isinstance(backbone, (DictConfig, ListConfig)):
@@ -87,7 +102,7 @@ def run_eval(cfg: DictConfig) -> dict[Path, dict]:
                 net = BicubicUpsampler(cfg.scale, protocol) if bicubic else model
                 new = evaluate(net, sets, degradations, scale=cfg.scale, seed=cfg.seed, device=device, tile=cfg.tile,
                                cache_dir=cfg.get("cache_dir"), overlap=cfg.overlap, done=existing,
-                               protocol=protocol, round_y=cfg.get("round_y", True))
+                               protocol=protocol, round_y=cfg.get("round_y", True), given_lr=given_lr)
                 json_path, csv_path = write_results(run_dir, merge_results(existing, new), protocol)
                 print(format_table(new))
                 print(f"[eval] wrote {json_path} and {csv_path.name}")

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from src.data.imageio import decode_image, to_rgb_uint8
-from src.data.testsets import (PROTOCOLS, TEST_DEGRADATIONS, bicubic_upscale, check_protocol,
-                               load_test_pairs)
+from src.data.testsets import (GIVEN, PROTOCOLS, TEST_DEGRADATIONS, bicubic_upscale, check_protocol,
+                               load_test_pairs, match_given_lr, read_given_pair)
 from src.metrics import psnr, ssim
 from src.runs import results_file
 from src.tiling import tiled_forward
@@ -165,7 +165,8 @@ def _image_keys(paths: Sequence[Path]) -> list[str]:
 def evaluate(model: nn.Module, sets: Mapping[str, Sequence[os.PathLike]],
              degradations: Sequence[str] = TEST_DEGRADATIONS, scale: int = 4, seed: int = 0, device="cpu",
              tile: int | None = None, cache_dir: str | os.PathLike | None = None, overlap: int = 16,
-             done: Mapping | None = None, protocol: str = "literature", round_y: bool = True) -> dict:
+             done: Mapping | None = None, protocol: str = "literature", round_y: bool = True,
+             given_lr: Mapping[str, str | os.PathLike] | None = None) -> dict:
     """`{set: {degradation: {psnr, ssim, psnr_rgb, ssim_rgb, n_images, skipped, scale, seed, protocol, round_y,
     per_image: {<image file stem>: {psnr, ssim, psnr_rgb, ssim_rgb}}}}}`.
 
@@ -173,16 +174,23 @@ def evaluate(model: nn.Module, sets: Mapping[str, Sequence[os.PathLike]],
     HR images cropped to a multiple of `scale`; the set's figures are means over its images. Under
     `literature`, Y is rounded to integers as MATLAB's rgb2ycbcr does (`round_y=False` keeps it in float) and a
     gray file is scored on its grey levels, as the MATLAB scripts behind published tables do; under `official`,
-    Y is BasicSR's (float, every image as RGB) and RGB PSNR is the headline. Unreadable and
+    Y is BasicSR's (float, every image as RGB) and RGB PSNR is the headline. The degradation `given` scores a
+    set's own LR images, from the folder `given_lr[set]` (files matched to the HR files by name). Unreadable and
     too-small images are logged by path and counted in "skipped". Entries of `done` (an earlier results dict of
     the same protocol) made with the same scale, seed and image count, with per-image scores, are reused instead
     of recomputed. An unwritable `cache_dir` is left out with one warning.
     """
     check_protocol(protocol)
     round_y = bool(round_y) and protocol == "literature"
-    unknown = [d for d in degradations if d not in TEST_DEGRADATIONS]
+    unknown = [d for d in degradations if d not in TEST_DEGRADATIONS + (GIVEN,)]
     if unknown:
-        raise ValueError(f"degradations {unknown} unknown; allowed: {', '.join(TEST_DEGRADATIONS)}")
+        raise ValueError(f"degradations {unknown} unknown; allowed: {', '.join(TEST_DEGRADATIONS + (GIVEN,))}")
+    given_lr = dict(given_lr or {})
+    if GIVEN in degradations:
+        lacking = [s for s in sets if s not in given_lr]
+        if lacking:
+            raise ValueError(f"degradation {GIVEN!r} needs a folder of LR images for every set; none for "
+                             f"{', '.join(lacking)}")
     cache_dir = usable_cache_dir(cache_dir)
     was_training = model.training
     model.eval().to(device)
@@ -205,14 +213,21 @@ def evaluate(model: nn.Module, sets: Mapping[str, Sequence[os.PathLike]],
             for msg in rejected:
                 log.warning("skipping %s", msg)
             keys = dict(zip(good, _image_keys(good)))
+            # matched against every HR file, so that a missing or extra LR file is named even when its HR is bad
+            lr_of = dict(match_given_lr(paths, given_lr[set_name], scale)) if GIVEN in todo else {}
+
+            def pairs_of(chunk: list[Path], d: str) -> list[tuple[Path, np.ndarray, np.ndarray]]:
+                if d == GIVEN:
+                    return [(p, *read_given_pair(p, lr_of[p], scale)) for p in chunk]
+                return load_test_pairs(chunk, d, scale, seed, cache_dir, protocol)
+
             for d in todo:
                 start = time.time()
                 per_image = {}
                 # In chunks: a whole Urban100 of decoded HR images would hold ~300 MB. The noise is seeded by
                 # image content, so chunking does not change any LR image.
                 chunks = (good[i:i + CHUNK] for i in range(0, len(good), CHUNK))
-                for path, hr, lr in (t for c in chunks
-                                     for t in load_test_pairs(c, d, scale, seed, cache_dir, protocol)):
+                for path, hr, lr in (t for c in chunks for t in pairs_of(c, d)):
                     sr = super_resolve(model, lr, scale, device, tile, overlap)
                     if sr.shape != hr.shape:
                         raise ValueError(f"{path}: SR output is {sr.shape}, HR is {hr.shape}; is the model x{scale}?")

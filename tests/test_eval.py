@@ -394,3 +394,19 @@ def test_eval_bicubic_reference(toy_set, tmp_path):
     lr = np.random.default_rng(0).integers(0, 256, (1, 3, 12, 10)).astype(np.float32) / 255
     a, b = (BicubicUpsampler(4, p)(torch.from_numpy(lr)) for p in ("literature", "official"))
     assert a.shape == b.shape == (1, 3, 48, 40) and not torch.equal(a, b)
+
+
+def test_given_lr_set_through_the_cli(toy_set, tmp_path):
+    from src.data.testsets import bicubic_downscale
+    from src.eval import run_eval
+
+    root = toy_set[0].parents[1].parent
+    for p in toy_set:
+        _write(root / "Toy" / "LR" / f"{p.stem}x4.png", bicubic_downscale(cv2.imread(str(p))[..., ::-1].copy(), 4))
+    ckpt = _fake_run(tmp_path / "run")
+    run_eval(_eval_cfg(root, ckpt, degradations="[clean,given]"))
+    r = json.loads((tmp_path / "run" / "results.json").read_text())["Toy"]
+    # the given LR images are the literature's clean ones: the same scores
+    assert r["given"]["per_image"] == r["clean"]["per_image"] and r["given"]["n_images"] == 2
+    with pytest.raises(FileNotFoundError, match=r"no LR folder \(Toy: .*elsewhere"):
+        run_eval(_eval_cfg(root, ckpt, degradations="[given]", **{"+lr_dirs.Toy": tmp_path / "elsewhere"}))

@@ -272,3 +272,52 @@ def test_matlab_upscale_equals_direct_formula():
     assert np.array_equal(ours, np.clip(np.floor(ref + 0.5), 0, 255).astype(np.uint8))
     with pytest.raises(ValueError, match="uint8"):
         T.matlab_imresize(img.astype(np.float32), 0.5)
+
+
+# --- test sets with their own LR images ------------------------------------------------------------------------
+def test_given_lr_matched_by_name_with_clear_errors(tmp_path):
+    hr_dir, lr_dir = tmp_path / "Set" / "HR", tmp_path / "Set" / "LR"
+    hrs = [write_image(hr_dir / f"{n}.png", synthetic(48, 41, seed=i)) for i, n in enumerate(["0801", "baby", "c"])]
+    # NTIRE naming (x4 + track letter), the scale alone, and the plain stem
+    for name, hr in zip(["0801x4m.png", "babyx4.png", "c.png"], hrs):
+        write_image(lr_dir / name, T.bicubic_downscale(read_image(hr), 4))
+    pairs = T.load_given_pairs(hrs, lr_dir, 4)
+    assert [p.name for p, _, _ in pairs] == ["0801.png", "baby.png", "c.png"]
+    for path, hr, lr in pairs:
+        # the HR is cropped at the bottom/right to 4x the LR size (41 -> 40)
+        assert hr.shape == (48, 40, 3) and lr.shape == (12, 10, 3)
+        assert np.array_equal(hr, read_image(path)[:48, :40])
+    # an LR file without an HR file, and an HR file without an LR file: both named in one error
+    write_image(lr_dir / "stray.png", np.zeros((12, 10, 3), np.uint8))
+    (lr_dir / "c.png").unlink()
+    with pytest.raises(ValueError) as e:
+        T.load_given_pairs(hrs, lr_dir, 4)
+    assert "HR files without an LR file" in str(e.value) and "c.png" in str(e.value) and "stray.png" in str(e.value)
+    (lr_dir / "stray.png").unlink()
+    write_image(lr_dir / "c.png", np.zeros((11, 10, 3), np.uint8))  # 44 px tall at x4, the HR is 48
+    with pytest.raises(ValueError, match=r"c\.png is 10x11 px but .*c\.png is 41x48; at x4 the HR image must be 40x44"):
+        T.load_given_pairs(hrs, lr_dir, 4)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        T.match_given_lr(hrs, tmp_path / "nowhere")
+
+
+def test_cli_protocol_and_set_names(tmp_path, capsys):
+    gray = synthetic(48, 40, seed=1)[..., 0]
+    write_image(tmp_path / "root" / "Gray" / "HR" / "g.png", gray)
+    T.main(["Gray", str(tmp_path / "out"), "--protocol", "official", "--root", str(tmp_path / "root"),
+            "--degradations", "clean,noise,jpeg"])
+    assert "images" in capsys.readouterr().out
+    from src.data.imageio import decode_image
+
+    # the files are what the official script saves (gray stays gray until JPEG) and what the evaluation scores
+    noise = decode_image(tmp_path / "out" / "noise" / "g.png")
+    assert noise.ndim == 2 and np.array_equal(noise, T.degrade_test_image(gray, "noise", 4, 0, "official"))
+    assert decode_image(tmp_path / "out" / "jpeg" / "g.png").ndim == 3
+    (_, _, lr), = T.load_test_pairs([tmp_path / "root" / "Gray" / "HR" / "g.png"], "noise", protocol="official")
+    assert np.array_equal(lr[..., 0], noise)
+    with pytest.raises(SystemExit):
+        T.main(["Gray", str(tmp_path / "x"), "--protocol", "matlab"])
+    assert "invalid choice: 'matlab'" in capsys.readouterr().err
+    helptext = subprocess.run([sys.executable, "-m", "src.data.testsets", "--help"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout
+    assert "--protocol {literature,official}" in helptext and "<root>/<set>/HR" in helptext

@@ -19,6 +19,10 @@ in any process, whatever the file is called (the official script leaves it unsee
     python -m src.data.testsets <set> <out_dir> [--protocol literature|official] [--scale 4] [--seed 0]
 
 writes <out_dir>/HR/<stem>.png (modcropped) and <out_dir>/<degradation>/<stem>.png for other tools.
+
+Test sets can also bring their own LR images (NTIRE 2018 mild/difficult/wild, RealSR-style pairs): a folder of
+LR files matched to the HR files by name (`baby.png`, `babyx4.png` or `0801x4m.png` for HR `0801.png`), evaluated
+as the degradation `given` (`load_given_pairs`).
 """
 from __future__ import annotations
 
@@ -35,9 +39,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from src.data.imageio import ImageReadError, decode_image, read_image, to_rgb_uint8, write_image
+from src.data.imageio import (IMAGE_SUFFIXES, ImageReadError, decode_image, read_image, to_rgb_uint8,
+                              write_image)
 
 TEST_DEGRADATIONS = ("clean", "blur", "noise", "jpeg", "b+n", "b+j", "n+j", "b+n+j")
+GIVEN = "given"  # the degradation name of a test set's own LR images
 PROTOCOLS = ("literature", "official")
 TEST_PARAMS = {"blur_kernel_size": 21, "blur_sigma": 2.0, "noise_sigma": 20.0, "jpeg_quality": 50}
 # Bump when the output of degrade_test_image changes, so stale cached LR images are not reused.
@@ -325,26 +331,100 @@ def write_degraded_set(paths: Sequence[str | os.PathLike], out_dir: str | os.Pat
     return counts
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    from src.data.datasets import list_images
+def _lr_key(stem: str, scale: int) -> str:
+    """The HR stem an LR file name refers to: `baby`, `babyx4`, `0801x4m` (NTIRE's x4 + track letter) -> HR stem."""
+    m = re.fullmatch(rf"(.+?)x{scale}[a-z]?", stem)
+    return m.group(1) if m else stem
 
-    ap = argparse.ArgumentParser(prog="python -m src.data.testsets", description=__doc__.split("\n\n")[0])
-    ap.add_argument("set_dir", help="folder of HR images, or a dataset folder holding HR/")
-    ap.add_argument("out_dir", help="where the HR/ and <degradation>/ folders of PNGs go")
-    ap.add_argument("--scale", type=int, default=4)
-    ap.add_argument("--seed", type=int, default=0)
+
+def match_given_lr(hr_paths: Sequence[str | os.PathLike], lr_dir: str | os.PathLike,
+                   scale: int = 4) -> list[tuple[Path, Path]]:
+    """[(HR path, LR path)] pairing every HR file with the LR file of the same name in `lr_dir`.
+
+    An LR name may carry the scale (`babyx4.png`, NTIRE's `0801x4m.png`). HR files without an LR file, LR files
+    without an HR file, or several LR files for one HR file are a ValueError naming them.
+    """
+    lr_dir = Path(lr_dir)
+    if not lr_dir.is_dir():
+        raise FileNotFoundError(f"LR folder {lr_dir} does not exist")
+    lr_files = sorted(p for p in lr_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    by_key: dict[str, list[Path]] = {}
+    for p in lr_files:
+        by_key.setdefault(_lr_key(p.stem, scale), []).append(p)
+    hr_paths = [Path(p) for p in hr_paths]
+    hr_stems = {p.stem for p in hr_paths}
+    problems = []
+    missing = [p.name for p in hr_paths if p.stem not in by_key]
+    if missing:
+        problems.append(f"HR files without an LR file in {lr_dir}: {', '.join(missing)}")
+    extra = [p.name for k, ps in by_key.items() if k not in hr_stems for p in ps]
+    if extra:
+        problems.append(f"LR files in {lr_dir} without an HR file of the same name: {', '.join(extra)}")
+    several = [f"{k}: {', '.join(p.name for p in ps)}" for k, ps in by_key.items() if len(ps) > 1 and k in hr_stems]
+    if several:
+        problems.append(f"several LR files for one HR file: {'; '.join(several)}")
+    if problems:
+        raise ValueError("given LR images do not match the HR images by name (LR may be named <stem>, "
+                         f"<stem>x{scale} or <stem>x{scale}<letter>):\n  " + "\n  ".join(problems))
+    return [(p, by_key[p.stem][0]) for p in hr_paths]
+
+
+def read_given_pair(hr_path: str | os.PathLike, lr_path: str | os.PathLike,
+                    scale: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """(HR uint8 (H, W, 3), LR uint8 (h, w, 3)) of one given pair.
+
+    The HR image is cropped at the bottom/right to scale x the LR size (as BasicSR's paired loader does) when
+    it is at most scale - 1 pixels larger; any other size mismatch is a ValueError naming both files.
+    """
+    hr, lr = read_image(hr_path), read_image(lr_path)
+    h, w = lr.shape[0] * scale, lr.shape[1] * scale
+    if not (h <= hr.shape[0] < h + scale and w <= hr.shape[1] < w + scale):
+        raise ValueError(f"{lr_path} is {lr.shape[1]}x{lr.shape[0]} px but {hr_path} is {hr.shape[1]}x"
+                         f"{hr.shape[0]}; at x{scale} the HR image must be {w}x{h} (up to {scale - 1} px more)")
+    return np.ascontiguousarray(hr[:h, :w]), lr
+
+
+def load_given_pairs(hr_paths: Iterable[str | os.PathLike], lr_dir: str | os.PathLike,
+                     scale: int = 4) -> list[tuple[Path, np.ndarray, np.ndarray]]:
+    """[(HR path, HR uint8 (H, W, 3), LR uint8 (h, w, 3))] of HR images and a folder of their given LR images."""
+    return [(hr, *read_given_pair(hr, lr, scale)) for hr, lr in match_given_lr(list(hr_paths), lr_dir, scale)]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from src.data.datasets import default_data_root, resolve_set
+
+    ap = argparse.ArgumentParser(
+        prog="python -m src.data.testsets", description=__doc__.split("\n\n")[0],
+        epilog="Writes <out>/HR/<stem>.png (modcropped) and <out>/<degradation>/<stem>.png: the LR images the "
+               "evaluation scores under that protocol. Example: python -m src.data.testsets Set5 lr/Set5 "
+               "--protocol official")
+    ap.add_argument("set", help="a set name under --root (Set5, Set14, ...: <root>/<set>/HR), a dataset folder "
+                                "holding HR/, or a folder of HR images")
+    ap.add_argument("out_dir", metavar="out", help="where the HR/ and <degradation>/ folders of PNGs go")
+    ap.add_argument("--protocol", choices=PROTOCOLS, default="literature",
+                    help="literature: MATLAB bicubic, OpenCV JPEG; official: the paper's own script (PIL bicubic "
+                         "and JPEG, gray stays gray) (default: literature)")
+    ap.add_argument("--root", default=None, help="data root for set names (default: SR_DATA_ROOT, else "
+                                                 "../shared/datasets beside the checkout, else ./data)")
+    ap.add_argument("--scale", type=int, default=4, help="SR factor (default: 4)")
+    ap.add_argument("--seed", type=int, default=0, help="noise seed; keep 0 to match the evaluation (default: 0)")
     ap.add_argument("--degradations", default=",".join(TEST_DEGRADATIONS),
-                    help=f"comma-separated subset of {','.join(TEST_DEGRADATIONS)}")
+                    help=f"comma-separated subset of {','.join(TEST_DEGRADATIONS)} (default: all)")
     args = ap.parse_args(argv)
     names = [n for n in args.degradations.split(",") if n]
     bad = [n for n in names if n not in TEST_DEGRADATIONS]
     if bad or not names:
         ap.error(f"--degradations: unknown {bad or names}; allowed: {','.join(TEST_DEGRADATIONS)}")
-    set_dir = Path(args.set_dir)
-    paths = list_images(set_dir / "HR" if (set_dir / "HR").is_dir() else set_dir)
-    counts = write_degraded_set(paths, args.out_dir, args.scale, args.seed, names)
-    for folder, n in counts.items():
-        print(f"{Path(args.out_dir) / folder}: {n} images")
+    folder = Path(args.set)
+    if folder.is_dir():
+        from src.data.datasets import list_images
+
+        paths = list_images(folder / "HR" if (folder / "HR").is_dir() else folder)
+    else:
+        paths = resolve_set(args.set, args.root or default_data_root())
+    counts = write_degraded_set(paths, args.out_dir, args.scale, args.seed, names, args.protocol)
+    for name, n in counts.items():
+        print(f"{Path(args.out_dir) / name}: {n} images")
 
 
 if __name__ == "__main__":
