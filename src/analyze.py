@@ -1,6 +1,8 @@
 """Interpretation tools of the paper's section 6 on trained checkpoints (the library is src/analysis/).
 
     python -m src.analyze <csm|ablation|ddr|all> ckpt=<path> [ckpts=[a,b] labels=[p0,p0.7]] out=<folder>
+    python -m src.analyze all groups={p0:[runA,runB],p0.7:[runC,runD]} out=<folder>     # mean +- std per group
+    python -m src.analyze released released.dir=<folder of the paper's released models> out=<folder>
 
 Composes conf/analyze.yaml and calls `src.analysis.pipeline.run_config`; see that module for what lands in `out`.
 """
@@ -8,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from src.analysis.pipeline import TOOLS, run_config
+from src.analysis.pipeline import CLI_TOOLS, run_config
 
 PATH_KEYS = ("ckpt", "ckpts", "image", "out", "data.root")
 
@@ -27,7 +29,7 @@ def _preprocess_argv(argv: list[str]) -> list[str]:
     quoted, which Hydra's override grammar otherwise rejects.
     """
     args = list(argv[1:])
-    if args and args[0] in TOOLS:
+    if args and args[0] in CLI_TOOLS:
         args[0] = f"tool={args[0]}"
     for i, arg in enumerate(args):
         key, sep, value = arg.partition("=")

@@ -28,6 +28,16 @@ from src.analysis.common import DEFAULT_LAYER, center_crop, to_tensor, write_csv
 from src.utils import atomic_write_text, resolve_device
 
 TOOLS = ("csm", "ablation", "ddr", "all")
+CLI_TOOLS = (*TOOLS, "released")  # released: src/analysis/released.py
+
+
+def tool_set(tool: str | Sequence[str]) -> set[str]:
+    """The tools `tool` names: one of TOOLS (`all` = csm, ablation and ddr) or a list of them."""
+    names = [tool] if isinstance(tool, str) else list(tool)
+    bad = [t for t in names if t not in TOOLS]
+    if bad or not names:
+        raise ValueError(f"tool={tool!r}; allowed: {', '.join(TOOLS)} (or a list of them)")
+    return {"csm", "ablation", "ddr"} if "all" in names else set(names)
 
 
 def model_label(path: str | Path) -> str:
@@ -222,11 +232,10 @@ def analyze(models: dict[str, nn.Module], tool: str, out: str | Path, pairs=None
     src/analysis/ablation.py and saliency.py. Returns (and writes as summary.json) per model the headline
     numbers of each tool; analysis.json holds the options and the definition of each number.
     """
-    if tool not in TOOLS:
-        raise ValueError(f"tool={tool!r}; allowed: {', '.join(TOOLS)}")
-    if tool in ("csm", "ablation", "all") and not pairs:
+    tools = tool_set(tool)
+    if tools & {"csm", "ablation"} and not pairs:
         raise ValueError(f"tool={tool} needs (name, LR, HR) image pairs; got none")
-    if tool in ("ddr", "all") and not ddr_images:
+    if "ddr" in tools and not ddr_images:
         raise ValueError(f"tool={tool} needs HR images for DDR; got none")
     rescale = abl.rescale_mode(rescale)
     if score not in abl.SCORES:
@@ -235,7 +244,8 @@ def analyze(models: dict[str, nn.Module], tool: str, out: str | Path, pairs=None
         raise ValueError(f"csm norm={csm_norm!r}; allowed: {', '.join(sal.NORMS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    options = {"tool": tool, "scale": scale, "layer": layer, "seed": seed, "n_images": len(pairs or []),
+    options = {"tool": tool if isinstance(tool, str) else sorted(tools), "scale": scale, "layer": layer,
+               "seed": seed, "n_images": len(pairs or []),
                "images": [n for n, *_ in pairs or []], "ablation": {"rescale": rescale, "score": score,
                                                                     "order": order},
                "csm": {"norm": csm_norm, "layers": csm_layers if isinstance(csm_layers, (str, type(None)))
@@ -246,7 +256,7 @@ def analyze(models: dict[str, nn.Module], tool: str, out: str | Path, pairs=None
                                                         "definitions": DEFINITIONS}, indent=2) + "\n")
     summary: dict[str, dict] = {label: {} for label in models}
     ablation = None
-    if tool in ("ablation", "all"):  # before csm so the CSM grid can carry each channel's PSNR drop
+    if "ablation" in tools:  # before csm so the CSM grid can carry each channel's PSNR drop
         ablation = run_ablation(models, pairs, out, scale, layer, order, rescale, batch_size, seed, device,
                                 progress, score)
         for label, r in ablation.items():
@@ -258,7 +268,7 @@ def analyze(models: dict[str, nn.Module], tool: str, out: str | Path, pairs=None
                 "score": r.score, "rescale": r.rescale,
                 "scores": {s: {"baseline_psnr": _finite(r.by_score[s][0]), "max_drop": _finite(r.drop_of(s).max()),
                                "mean_drop": _finite(r.drop_of(s).mean())} for s in abl.SCORES}}
-    if tool in ("csm", "all"):
+    if "csm" in tools:
         scores = run_csm(models, pairs, out, layer, max_channels, device, progress, ablation, csm_norm,
                          csm_layers)
         for label, by_point in scores.items():
@@ -267,7 +277,7 @@ def analyze(models: dict[str, nn.Module], tool: str, out: str | Path, pairs=None
             summary[label]["csm"] = {**spread_stats(by_point[main]), "layer": points[main], "norm": csm_norm}
             if len(by_point) > 1:
                 summary[label]["csm"]["points"] = {n: spread_stats(v) for n, v in by_point.items()}
-    if tool in ("ddr", "all"):
+    if "ddr" in tools:
         res = run_ddr(models, ddr_images, out, scale, layer, degradations, input_size, perplexity, batch_size,
                       seed, device, progress)
         for label, r in res.items():
@@ -312,38 +322,36 @@ def _models_from_config(cfg, load) -> tuple[dict[str, nn.Module], dict[str, tupl
 
 
 def run_config(cfg, out: str | Path | None = None) -> dict:
-    """Load the checkpoints and inputs named by an analyze.yaml config and run `analyze` (or, with `groups`,
-    `seeds.analyze_group_models`); `out` overrides cfg.out."""
+    """Load the checkpoints and inputs named by an analyze.yaml config and run `analyze` (with `groups`:
+    `seeds.analyze_group_models`; tool=released: `released.check_released`); `out` overrides cfg.out."""
     from omegaconf import OmegaConf
 
     from src.data.datasets import default_data_root, resolve_set
     from src.models.io import load_model
 
-    if cfg.tool not in TOOLS:
-        raise ValueError(f"tool={cfg.tool!r}; allowed: {', '.join(TOOLS)}")
+    if cfg.tool not in CLI_TOOLS:
+        raise ValueError(f"tool={cfg.tool!r}; allowed: {', '.join(CLI_TOOLS)}")
     device = resolve_device(str(cfg.device))
     backbone = cfg.get("backbone")  # a conf/backbone group choice, composed (and resolved) here
     if backbone is not None:
         backbone = OmegaConf.to_container(backbone, resolve=True)
+    root = Path(cfg.data.root) if cfg.data.root else default_data_root()
+    out = Path(out or cfg.out)
+    if cfg.tool == "released":
+        return _run_released(cfg, out, root, device, backbone, load_model)
     models, group_of = _models_from_config(cfg, lambda p: load_model(p, backbone=backbone, map_location=device))
     scales = {lab: cfg.scale or model_scale(m) for lab, m in models.items()}
     if len(set(scales.values())) != 1:
         raise ValueError(f"the checkpoints have different scales {scales}; compare models of one scale")
     scale = next(iter(scales.values()))
-    root = Path(cfg.data.root) if cfg.data.root else default_data_root()
     pairs = ddr_images = None
     if cfg.tool in ("csm", "ablation", "all"):
-        images = [Path(cfg.image)] if cfg.image else resolve_set(cfg.data.set, root)[:cfg.n_images]
-        pairs = load_pairs(images, cfg.degradation, scale, cfg.crop, cfg.seed)
+        pairs = _image_pairs(cfg, root, scale)
     if cfg.tool in ("ddr", "all"):
         from src.data.imageio import read_image
 
         ddr_images = [(p.stem, read_image(p)) for p in resolve_set(cfg.ddr.set, root)[:cfg.ddr.n_images]]
-    out = Path(out or cfg.out)
-    options = dict(scale=scale, layer=cfg.layer, device=device, batch_size=cfg.batch_size, seed=cfg.seed,
-                   progress=cfg.progress, max_channels=cfg.csm.max_channels, order=cfg.ablation.order,
-                   rescale=cfg.ablation.rescale, score=cfg.ablation.score, csm_norm=cfg.csm.norm,
-                   csm_layers=_layers(cfg.csm.layers), degradations=tuple(cfg.ddr.degradations),
+    options = dict(_tool_options(cfg), scale=scale, device=device, degradations=tuple(cfg.ddr.degradations),
                    input_size=cfg.ddr.input_size, perplexity=cfg.ddr.perplexity)
     if group_of is not None:
         from src.analysis.seeds import analyze_group_models
@@ -355,4 +363,46 @@ def run_config(cfg, out: str | Path | None = None) -> dict:
         result = shown = analyze(models, cfg.tool, out, pairs, ddr_images, **options)
     print(json.dumps(shown, indent=2, sort_keys=True))
     print(f"analysis written to {out.resolve()}")
+    return result
+
+
+def _image_pairs(cfg, root: Path, scale: int):
+    from src.data.datasets import resolve_set
+
+    images = [Path(cfg.image)] if cfg.image else resolve_set(cfg.data.set, root)[:cfg.n_images]
+    return load_pairs(images, cfg.degradation, scale, cfg.crop, cfg.seed)
+
+
+def _tool_options(cfg) -> dict:
+    """The csm/ablation options of an analyze.yaml config, as `analyze` keywords."""
+    return dict(layer=cfg.layer, batch_size=cfg.batch_size, seed=cfg.seed, progress=cfg.progress,
+                max_channels=cfg.csm.max_channels, order=cfg.ablation.order, rescale=cfg.ablation.rescale,
+                score=cfg.ablation.score, csm_norm=cfg.csm.norm, csm_layers=_layers(cfg.csm.layers))
+
+
+def _run_released(cfg, out: Path, root: Path, device, backbone, load_model) -> dict:
+    """tool=released: the paper's released models from `released.dir`, see src/analysis/released.py."""
+    from src.analysis.released import check_released
+    from src.data.datasets import resolve_set
+
+    rc = cfg.released
+    if not rc.dir:
+        raise ValueError("tool=released needs released.dir=<folder holding the downloaded released models>")
+    names = [rc.sets] if isinstance(rc.sets, str) else list(rc.sets)
+    sets = {name: resolve_set(name, root) for name in names} if rc.evaluate else {}
+    degradations = None if rc.degradations == "all" else (
+        [rc.degradations] if isinstance(rc.degradations, str) else list(rc.degradations))
+    families = dict(rc.backbones)
+
+    def load(path: Path, release) -> nn.Module:
+        spec = backbone if backbone is not None else families.get(release.backbone, release.backbone)
+        return load_model(path, backbone=spec, map_location=device)
+
+    interp = _tool_options(cfg)
+    interp["csm_layers"] = interp["csm_layers"] or "official"  # the paper's figures read all 19 points
+    extra = {"paper_file": rc.paper} if rc.get("paper") else {}
+    result = check_released(rc.dir, out, sets, load, degradations, device=device,
+                            interp_pairs=_image_pairs(cfg, root, 4) if rc.interpret else None,
+                            interp_options=interp, evaluate_models=bool(rc.evaluate), **extra)
+    print(f"released models checked; files in {out.resolve()}")
     return result
