@@ -106,3 +106,12 @@ def test_released_command_end_to_end_on_synthetic_models(tmp_path):
     for point in ("first", "b1", "b4", "hr", "last"):
         assert (out / "interp" / f"csm_{point}.png").exists(), point
     assert (out / "interp" / "ablation_curve.png").exists()
+
+
+def test_every_release_has_its_row_in_the_suites_transcription():
+    degradations, rows = paper_rows()  # src/reports/paper_results.yaml
+    assert len(degradations) == 8
+    for rel in RELEASED:
+        assert rel.row in rows, rel.row
+        assert all(len(v) == 8 for v in rows[rel.row].values()), rel.row
+        assert {"Set5", "Set14", "BSD100", "Urban100"} <= set(rows[rel.row]), rel.row

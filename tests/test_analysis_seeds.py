@@ -110,15 +110,15 @@ def test_cli_groups_of_checkpoints(tmp_path):
         write_image(tmp_path / "data" / "Tiny" / "HR" / f"im{i}.png", _image(32, 32, 30 + i))
     groups = (f"groups={{p0:'{tmp_path}/p0-*/model.pth',"
               f"p07:[{tmp_path}/p07-s0/model.pth,{tmp_path}/p07-s1/model.pth]}}")
-    cmd = [sys.executable, "-m", "src.analyze", "ablation", groups, "backbone=tiny", f"data.root={tmp_path / 'data'}",
+    cmd = [sys.executable, "-m", "src.analyze", "csm", groups, "backbone=tiny", f"data.root={tmp_path / 'data'}",
            "data.set=Tiny", "n_images=1", f"out={tmp_path / 'out'}", "device=cpu", "progress=false"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     doc = json.loads((tmp_path / "out" / "groups.json").read_text())
     assert doc["groups"] == {"p0": ["p0/p0-s0", "p0/p0-s1"], "p07": ["p07/p07-s0", "p07/p07-s1"]}
-    s = doc["stats"]["p0"]["ablation.max_drop"]
+    s = doc["stats"]["p0"]["csm.saliency_cv"]
     vals = [v for v in s["values"].values()]
     assert s["n"] == 2 and s["mean"] == pytest.approx(np.mean(vals)) and math.isfinite(s["std"])
-    assert doc["options"]["ablation"] == {"rescale": "l1", "score": "rgb", "order": "index"}  # the config defaults
-    assert (tmp_path / "out" / "groups_ablation_curve.png").exists()
+    assert doc["options"]["csm"] == {"norm": "max", "layers": None}  # the config defaults
+    assert (tmp_path / "out" / "groups_stats.png").exists()

@@ -7,7 +7,7 @@ links them; its test options name them `Real-SRResNet.pth`, `Real-SRResNet_withd
 `Real-RRDB_withdropout.pth`, and its CSM folder ships `RealSRResNetx4_details.pth` and
 `RealSRResNetx4_details_droplast_channel07.pth`). `check_released` finds them in a folder by these names,
 evaluates each under the `official` protocol (src.evaluation), prints every cell beside the paper's published
-row (src/reports/paper_results.yaml) with the difference, and runs the channel ablation and the CSM (official
+row (src/reports/paper_results.yaml via src.reports.paper) with the difference, and runs the channel ablation and the CSM (official
 conventions: L1-mass rescaling, RGB PSNR, max-normalised CSM at the 19 official points) on the SRResNet pair.
 Writes into `out`: results_official.json per model (`<model tag>/`), released_vs_paper.csv/txt, and the
 analysis files of src/analysis/pipeline.py under `interp/`.
@@ -42,7 +42,11 @@ RELEASED = (
     Released("Real-RRDB (p=0.5)", "rrdb", ("Real-RRDB_withdropout",), "Real-RRDB (p=0)"),
 )
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors")
-PAPER_RESULTS = Path(__file__).resolve().parents[1] / "reports" / "paper_results.yaml"
+
+def _paper_data() -> Path:
+    from src.reports.paper import DATA  # the one transcription of the paper's tables
+
+    return DATA
 
 
 def tag(row: str) -> str:
@@ -68,12 +72,13 @@ def find_released(folder: str | os.PathLike) -> dict[Released, Path]:
     return found
 
 
-def paper_rows(path: str | os.PathLike = PAPER_RESULTS, table: str = "table1"
+def paper_rows(path: str | os.PathLike | None = None, table: str = "table1"
                ) -> tuple[list[str], dict[str, dict[str, list[float]]]] | None:
-    """(degradations, {row label: {set: [PSNR per degradation]}}) of the paper's `table`, or None without the file."""
+    """(degradations, {row label: {set: [PSNR per degradation]}}) of the paper's `table` in `path` (default: the
+    suite's transcription, src/reports/paper_results.yaml), or None when the file is absent."""
     import yaml
 
-    path = Path(path)
+    path = Path(path) if path is not None else _paper_data()
     if not path.is_file():
         return None
     doc = yaml.safe_load(path.read_text())
@@ -132,7 +137,7 @@ def format_comparison(rows: Sequence[Sequence], metric: str = "psnr_rgb") -> str
 def check_released(folder: str | os.PathLike, out: str | os.PathLike, sets: Mapping[str, Sequence[os.PathLike]],
                    load: Callable[[Path, Released], nn.Module], degradations: Sequence[str] | None = None,
                    *, device="cpu", tile: int | None = None, cache_dir=None, interp_pairs=None,
-                   interp_options: Mapping | None = None, paper_file: str | os.PathLike = PAPER_RESULTS,
+                   interp_options: Mapping | None = None, paper_file: str | os.PathLike | None = None,
                    evaluate_models: bool = True) -> dict:
     """Evaluate the released models found in `folder` (official protocol) beside the paper's rows, and run the
     ablation + CSM on the SRResNet pair when `interp_pairs` ([(name, LR, HR)]) are given.
@@ -159,7 +164,7 @@ def check_released(folder: str | os.PathLike, out: str | os.PathLike, sets: Mapp
             results[rel.row] = res
     paper = paper_rows(paper_file)
     if paper is None:
-        print(f"[released] {paper_file} not found: the paper's rows are left out of the comparison")
+        print(f"[released] {paper_file or _paper_data()} not found: the paper's rows are left out of the comparison")
     rows = compare(results, paper)
     write_csv(out / "released_vs_paper.csv", ["set", "degradation", "model", "psnr_rgb", "paper_psnr_rgb", "diff"],
               [[s, d, m, "" if a is None else a, "" if b is None else b, "" if c is None else c]
