@@ -12,7 +12,7 @@ import sys
 
 from src.analysis.pipeline import CLI_TOOLS, run_config
 
-PATH_KEYS = ("ckpt", "ckpts", "image", "out", "data.root")
+PATH_KEYS = ("ckpt", "ckpts", "image", "out", "data.root", "released.dir", "released.paper")
 
 
 def _quote(value: str) -> str:
