@@ -5,7 +5,7 @@ labels `<group>/<model>`), then reduces each model's headline numbers (summary.j
 - groups.csv: one row per (group, statistic): mean, std (sample, ddof=1; empty for one model), n, min, max and
   the per-model values;
 - groups.json: the same, plus the per-model numbers, the options and the definition of every statistic;
-- groups_stats.png: the main statistics per group, bars at the mean, error bars +- std, one dot per model;
+- groups_stats.png: the main statistics per group, a marker at the mean with +- std bars, one dot per model;
 - groups_ablation_curve.png: the cumulative ablation curve (Fig. 8), mean +- std band per group.
 """
 from __future__ import annotations
@@ -135,7 +135,7 @@ def write_group_files(out: Path, stats: dict, per_model: dict, labels: dict[str,
 
 
 def plot_group_stats(stats: dict, path, names: Sequence[str] = MAIN_STATS):
-    """One panel per statistic: per group a bar at the mean, +- std error bar, one dot per model."""
+    """One panel per statistic: per group a marker at the mean, +- std error bar, one dot per model."""
     names = [n for n in names if any(n in by for by in stats.values())]
     if not names:
         return None
@@ -148,11 +148,15 @@ def plot_group_stats(stats: dict, path, names: Sequence[str] = MAIN_STATS):
             s = stats[g].get(name)
             if s is None or s["mean"] is None:
                 continue
-            ax.bar(k, s["mean"], yerr=s["std"] or 0.0, color=colours(k % 10), alpha=0.6, capsize=4)
+            # Markers, not bars: a PSNR bar from 0 would hide differences of a tenth of a dB.
+            ax.errorbar(k, s["mean"], yerr=s["std"] or 0.0, fmt="s", color=colours(k % 10), capsize=6,
+                        markersize=7)
             vals = [v for v in s["values"].values() if v is not None]
-            ax.plot(np.full(len(vals), k) + np.linspace(-0.15, 0.15, len(vals)), vals, "k.", markersize=5)
+            ax.plot(np.full(len(vals), k + 0.2), vals, "k.", markersize=5)
         ax.set_xticks(range(len(groups)), groups, rotation=20, ha="right")
+        ax.set_xlim(-0.6, len(groups) - 0.4)
         ax.set_title(name, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
     fig.suptitle("mean +- std over the models of each group (dots: models)", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
