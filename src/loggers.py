@@ -8,7 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger
 
-from src.utils import build
+from src.utils import atomic_write_text, build
 
 
 # ResumableCSVLogger keeps the file this warning says is deleted.
@@ -29,8 +29,8 @@ class ResumableCSVLogger(CSVLogger):
         path = Path(self.log_dir) / "metrics.csv"
         old = path.read_text() if path.is_file() else ""
         experiment = super().experiment
-        if old:
-            path.write_text(old)
+        if old:  # atomically: a kill right here must not lose the curves so far
+            atomic_write_text(path, old)
             experiment.metrics_keys = sorted(next(csv.reader([old.splitlines()[0]])))
         return experiment
 

@@ -53,7 +53,7 @@ def check_added_keys(cfg: DictConfig, overrides: Sequence[str]) -> None:
         if not isinstance(parent, DictConfig) or "_target_" in parent:
             continue
         known = sorted(k for k in parent.keys() if k != leaf and k != "hydra")
-        close = difflib.get_close_matches(leaf, known, n=1)
+        close = difflib.get_close_matches(leaf, known, n=1) or [k for k in known if leaf.startswith(k)][:1]
         hint = f"; did you mean {parent_key + '.' if parent_key else ''}{close[0]}=...?" if close else ""
         raise ValueError(f"{item}: {key!r} is not a setting (nothing reads it); the keys of "
                          f"{parent_key or 'the root config'} are: {', '.join(known)}{hint}")

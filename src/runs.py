@@ -24,10 +24,14 @@ import hashlib
 import json
 import os
 import re
+import socket
+import sys
 import time
+import uuid
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from src.utils import atomic_write_json, atomic_write_text
 
@@ -128,6 +132,21 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     return path
 
 
+def check_writable(folder: str | os.PathLike, key: str = "paths.runs") -> Path:
+    """Create `folder` if needed and prove a file can be written there; else a clear error naming the key."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = temporary_name(folder / "write-test")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(f"{key}={folder} is not a writable folder ({e.strerror or e}); runs are written "
+                              f"there: set {key}=<folder> or the SR_RUNS_DIR environment variable to a folder you "
+                              f"can write") from None
+    return folder
+
+
 # --- state files ---------------------------------------------------------------------------------------------
 def read_state(path: str | os.PathLike) -> Any | None:
     """A JSON state file (results, completion marker, job, manifest), or None when absent.
@@ -157,14 +176,15 @@ def mark_trained(run_dir: str | os.PathLike, global_step: int, fit_seconds: floa
                                                      "fit_seconds": round(float(fit_seconds), 1)})
 
 
-def invalidate(run_dir: str | os.PathLike) -> list[Path]:
-    """Remove the completion marker and results: they describe weights about to be replaced.
+def invalidate(run_dir: str | os.PathLike, checkpoint: bool = False) -> list[Path]:
+    """Remove the completion marker and results (and the checkpoint): they describe weights about to be replaced.
 
     Called before a forced (or non-resuming) retrain touches the checkpoint, so an interrupted retrain can never
-    leave old results next to new weights.
+    leave old results next to new weights, nor old weights under a new identity.
     """
     run_dir, removed = Path(run_dir), []
     names = [DONE] + [n for r in RESULTS.values() for n in (r, r.replace(".json", ".csv"))]
+    names += [str(CKPT)] if checkpoint else []
     for name in names:  # completion marker first: without it the run is incomplete whatever else remains
         path = run_dir / name
         if path.is_file():
@@ -181,6 +201,159 @@ def is_complete(run_dir: str | os.PathLike, max_steps: int, test_sets: Sequence[
         return False
     have = read_state(results_file(run_dir)) or {}
     return all(d in have.get(s, {}) for s in test_sets for d in degradations)
+
+
+# --- identity ----------------------------------------------------------------------------------------------
+# Keys that change neither what a run learns nor how it is scored: where files go, logging, hardware placement,
+# speed options, and evaluation settings that results files keep apart (degradations and protocols are keys in
+# them; tiling overlaps enough to be seamless). data.root is replaced by the content of the image lists.
+BOOKKEEPING = ("name", "paths", "logger", "resume", "force", "ckpt_every_n_steps", "channels_last", "compile",
+               "data.root", "data.num_workers", "data.cache_dir", "trainer.devices", "trainer.accelerator",
+               "trainer.strategy", "trainer.num_nodes", "trainer.enable_progress_bar", "trainer.log_every_n_steps",
+               "trainer.enable_model_summary", "eval.degradations", "eval.tile", "eval.protocol", "hydra")
+_HEAD_BYTES = 1 << 16
+
+
+def images_digest(paths: Sequence[os.PathLike]) -> dict:
+    """{n, sha1} over the images' names, sizes and first 64 KiB: cheap at start even for DIV2K (800 files), and
+    a different photo, a re-encoded one or a changed list all change it."""
+    h = hashlib.sha1()
+    for p in sorted(map(Path, paths), key=lambda q: (q.parent.parent.name, q.name)):
+        h.update(f"{p.parent.parent.name}/{p.name}:{p.stat().st_size}:".encode())
+        with open(p, "rb") as f:
+            h.update(f.read(_HEAD_BYTES))
+    return {"n": len(paths), "sha1": h.hexdigest()}
+
+
+def fingerprint(cfg, data_root: os.PathLike | None = None,
+                data: Mapping[str, Sequence[os.PathLike]] | None = None) -> dict:
+    """What a run is: the resolved config minus BOOKKEEPING, plus the digest of each image list it reads."""
+    from omegaconf import OmegaConf, open_dict
+
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        for key in BOOKKEEPING:  # before resolving: some of them interpolate Hydra's runtime
+            *parents, last = key.split(".")
+            node = OmegaConf.select(cfg, ".".join(parents)) if parents else cfg
+            if node is not None and last in node:
+                del node[last]
+    ident = {"config": OmegaConf.to_container(cfg, resolve=True)}
+    if data is not None:
+        ident["data"] = {split: images_digest(paths) for split, paths in data.items()}
+        ident["data_root"] = str(data_root)  # informative; the digests are what is compared
+    return ident
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def identity_difference(old: Mapping, new: Mapping) -> list[str]:
+    """`key: old -> new` lines for what differs (the informative data_root is shown only beside a data change)."""
+    a, b = _flatten({k: v for k, v in old.items() if k != "data_root"}), \
+        _flatten({k: v for k, v in new.items() if k != "data_root"})
+    lines = [f"{k}: {a.get(k, '(absent)')} -> {b.get(k, '(absent)')}" for k in sorted(set(a) | set(b))
+             if a.get(k) != b.get(k)]
+    if any(line.startswith("data.") for line in lines) and old.get("data_root") != new.get("data_root"):
+        lines.append(f"data root: {old.get('data_root')} -> {new.get('data_root')}")
+    return lines
+
+
+class RunIdentityError(ValueError):
+    pass
+
+
+def claim_identity(run_dir: str | os.PathLike, ident: Mapping, force: bool = False) -> None:
+    """Record the run's identity, refusing a folder that holds a different run unless `force` (which retrains it
+    from scratch: completion, results and checkpoint are removed first)."""
+    run_dir = Path(run_dir)
+    old = read_state(run_dir / IDENTITY)
+    if old is not None and old != json.loads(json.dumps(ident)):
+        diff = identity_difference(old, ident)
+        if diff and not force:
+            raise RunIdentityError(
+                f"{run_dir} holds a different run; what differs (recorded -> now):\n  " + "\n  ".join(diff)
+                + "\nKeep it and use another folder (name=<new name>), or retrain this one from scratch with "
+                  "force=true.")
+        if diff:
+            invalidate(run_dir, checkpoint=True)
+    atomic_write_json(run_dir / IDENTITY, ident)
+
+
+# --- one writer per run folder ------------------------------------------------------------------------------
+class RunFolderBusy(RuntimeError):
+    pass
+
+
+def _command_of(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return None
+
+
+def _alive(holder: Mapping) -> bool:
+    if holder.get("host") != socket.gethostname():
+        return True  # cannot look at another machine's processes: assume it is still working
+    pid = int(holder.get("pid", -1))
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A live PID that runs another command is a recycled PID, not the holder.
+    current = _command_of(pid)
+    return current is None or holder.get("command") in (None, current)
+
+
+@contextmanager
+def lock(run_dir: str | os.PathLike) -> Iterator[Path]:
+    """Hold `<run>/.lock` while writing the folder. A second process gets RunFolderBusy naming the holder's PID
+    and command; a lock left by a killed process (its PID gone, or reused by another command) is taken over."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK
+    me = {"pid": os.getpid(), "host": socket.gethostname(),
+          "command": _command_of(os.getpid()) or " ".join(sys.argv), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text())
+            except (OSError, ValueError):
+                holder = {}  # half-written by a process killed while taking it
+            if holder and _alive(holder):
+                raise RunFolderBusy(
+                    f"{run_dir} is in use by PID {holder.get('pid')} on {holder.get('host')} since "
+                    f"{holder.get('since')}: {holder.get('command')}\nWait for it to finish (or stop it); if that "
+                    f"process is gone, delete {path}.") from None
+            warnings.warn(f"{path}: taking over a stale lock of PID {holder.get('pid')} ({holder.get('command')}), "
+                          f"which is no longer running", RuntimeWarning, stacklevel=3)
+            path.unlink(missing_ok=True)
+    with os.fdopen(fd, "w") as f:
+        json.dump(me, f)
+    try:
+        yield path
+    finally:
+        try:
+            if json.loads(path.read_text()).get("pid") == me["pid"]:
+                path.unlink()
+        except (OSError, ValueError):
+            pass
+
+
+def temporary_name(path: str | os.PathLike) -> Path:
+    """A hidden sibling name no other process or call uses, for writing `path` and renaming it into place."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
 
 
 # --- job status and manifests -------------------------------------------------------------------------------

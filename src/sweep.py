@@ -104,6 +104,16 @@ def preflight(config: DictConfig, jobs: list[list[str]]) -> dict[str, list[str]]
     return planned
 
 
+def _exit_unless_writable(config: DictConfig) -> None:
+    # Before Hydra creates the run folder and its log file there, which fails with a message about logging
+    # handlers. SystemExit, because Hydra turns a callback's exceptions into warnings.
+    try:
+        runs.check_writable(config.paths.runs)
+    except PermissionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
 class ManifestCallback(Callback):
     """Gives each multirun its own sweep folder, checks every job before the first one trains, records the
     sweep's jobs in `manifest.json` at its start and their outcome at its end (from each job's `job.json`), and
@@ -112,7 +122,11 @@ class ManifestCallback(Callback):
     def __init__(self) -> None:
         self.planned: dict[str, list[str]] | None = None
 
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _exit_unless_writable(config)
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _exit_unless_writable(config)
         # Every launcher composes each job again from the master config's hydra overrides, so what must hold for
         # all jobs (their sweep folder, how their folders are named) is added there.
         added = []

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -38,7 +39,7 @@ class AtomicCheckpoint(pl.Callback):
         self.path, self.every_n_steps = Path(dirpath) / "last.ckpt", max(int(every_n_steps), 1)
 
     def _save(self, trainer: pl.Trainer) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp = runs.temporary_name(self.path)  # unique: never shared with another process writing this folder
         trainer.save_checkpoint(tmp, weights_only=False)  # full state for resuming; collective under DDP
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
@@ -109,28 +110,48 @@ def print_folders(run_dir: Path) -> None:
 
 
 def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
-    """Fit, checkpoint, evaluate; returns the results dict. `run_dir` is the job's own folder."""
-    from src.evaluation import format_table
+    """Fit, checkpoint, evaluate; returns the results dict. `run_dir` is the job's own folder.
 
+    The process of rank 0 owns the folder for the whole run (a lock; other DDP ranks only train alongside it): it
+    records the run's identity, refuses a folder holding a different run, and keeps the state files.
+    """
     run_dir = Path(run_dir)
     quiet_known_noise()
     check_values(cfg, task_overrides())
+    owner = is_rank_zero()
+    with runs.lock(run_dir) if owner else contextlib.nullcontext():
+        if owner:
+            runs.write_job_status(run_dir, task_overrides(), "running")
+        return _train(cfg, run_dir, owner)
+
+
+def _train(cfg: DictConfig, run_dir: Path, owner: bool) -> dict:
+    from src.evaluation import format_table
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    apply_shrink(cfg)
+    # Backbone first: a bad dropout position or probability must fail before any data is touched.
+    module_kwargs = OmegaConf.to_container(cfg.module, resolve=True)
+    module = get_class(module_kwargs.pop("_target_"))(**module_kwargs)
+    degradation = build(cfg.degradation)
+    datamodule = build(cfg.data, degradation=degradation)
+    if owner:
+        data = {"train": datamodule.train_paths, "val": datamodule.val_paths,
+                "test": [p for paths in datamodule.test_paths.values() for p in paths]}
+        runs.claim_identity(run_dir, runs.fingerprint(cfg, datamodule.root, data), force=cfg.force)
+        if cfg.force or not cfg.resume:
+            # Before anything touches the checkpoint: an interrupted retrain must not leave the old results (or
+            # the old weights) looking like the outcome of this one.
+            runs.invalidate(run_dir, checkpoint=True)
     if cfg.resume and not cfg.force and is_complete(run_dir, cfg):
         results = runs.read_state(runs.results_file(run_dir))
         print(f"[train] {run_dir} is already complete (train_done.json + results.json); force=true reruns it")
         print(format_table(results))
         print_folders(run_dir)
         return results
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    apply_shrink(cfg)
-    # Hydra's .hydra/config.yaml is written before apply_shrink; config.yaml is what this run actually uses.
-    runs.save_run_config(run_dir, cfg)
-
-    # Backbone first: a bad dropout position or probability must fail before any data is touched.
-    module_kwargs = OmegaConf.to_container(cfg.module, resolve=True)
-    module = get_class(module_kwargs.pop("_target_"))(**module_kwargs)
-    degradation = build(cfg.degradation)
-    datamodule = build(cfg.data, degradation=degradation)
+    if owner:
+        # Hydra's .hydra/config.yaml is written before apply_shrink; config.yaml is what this run actually uses.
+        runs.save_run_config(run_dir, cfg)
     if cfg.channels_last:
         module.net.to(memory_format=torch.channels_last)
     if cfg.compile:
@@ -183,10 +204,13 @@ def fit_and_evaluate(cfg: DictConfig, run_dir: Path, module, datamodule, loggers
 def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     output_dir, overrides = hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task)
-    if is_rank_zero():
-        runs.write_job_status(output_dir, overrides, "running")
     try:
         results = train(cfg, output_dir)
+    except runs.RunFolderBusy as error:  # the folder and its job.json belong to the other process
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            raise
+        log.error("job %s skipped: %s", output_dir, error)
+        return None
     except Exception as error:
         if is_rank_zero():
             runs.write_job_status(output_dir, overrides, "failed", error)
