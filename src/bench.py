@@ -300,7 +300,7 @@ def evaluation_cache(cfg, data_root: Path, set_names: Sequence[str], degradation
 
     from src.data.datasets import resolve_set
     from src.evaluation import evaluate
-    from src.models.io import build_backbone
+    from src.models.loading import build_backbone
 
     sets = {s: resolve_set(s, data_root) for s in set_names if (data_root / s / "HR").is_dir()}
     missing = [s for s in set_names if s not in sets]
@@ -309,7 +309,8 @@ def evaluation_cache(cfg, data_root: Path, set_names: Sequence[str], degradation
     if not sets:
         sets = {"skimage_holdout": resolve_set("skimage_holdout", data_root)}
         notes.append("evaluation: no benchmark set found; used the bundled skimage_holdout photos")
-    model = build_backbone(OmegaConf.to_container(cfg.backbone, resolve=True)).to(device)
+    module = OmegaConf.to_container(cfg.module, resolve=True)
+    model = build_backbone(module["backbone"], scale=module["scale"]).to(device)
     first = next(iter(sets.values()))[:1]
     evaluate(model, {"warmup": first}, ["clean"], cfg.upscale, 0, device)  # first-call costs out of the cold run
     with tempfile.TemporaryDirectory(prefix="bench-testsets-") as cache:

@@ -73,7 +73,7 @@ def given_lr_dirs(cfg: DictConfig, names: list[str], root: Path, degradations: l
 def run_eval(cfg: DictConfig) -> dict[Path, dict]:
     """Evaluate every run `cfg.ckpt` names under `cfg.protocol`; returns {run folder: {protocol: results dict}}
     and writes each run's files."""
-    from src.models.io import load_model
+    from src.models.loading import load
 
     if cfg.get("ckpt") in (None, "", "???"):
         raise ValueError("ckpt=... is required: a checkpoint file, a run folder or a sweep folder")
@@ -96,11 +96,18 @@ def run_eval(cfg: DictConfig) -> dict[Path, dict]:
     for i, (ckpt, run_dir) in enumerate(runs, 1):
         print(f"[eval] ({i}/{len(runs)}) {ckpt}")
         try:
-            model = None if bicubic else load_model(ckpt, backbone=backbone, map_location=device)
+            if bicubic:
+                model, scale = None, int(cfg.scale or 4)
+            else:
+                loaded = load(ckpt, backbone=backbone, device=device)
+                if cfg.get("scale") and int(cfg.scale) != loaded.scale:
+                    raise ValueError(f"scale={cfg.scale} but {ckpt} is a x{loaded.scale} model; drop scale= or set "
+                                     f"scale={loaded.scale}")
+                model, scale = loaded.model, loaded.scale
             for protocol in protocols:
                 existing = {} if cfg.force else load_results(run_dir, protocol)
-                net = BicubicUpsampler(cfg.scale, protocol) if bicubic else model
-                new = evaluate(net, sets, degradations, scale=cfg.scale, seed=cfg.seed, device=device, tile=cfg.tile,
+                net = BicubicUpsampler(scale, protocol) if bicubic else model
+                new = evaluate(net, sets, degradations, scale=scale, seed=cfg.seed, device=device, tile=cfg.tile,
                                cache_dir=cfg.get("cache_dir"), overlap=cfg.overlap, done=existing,
                                protocol=protocol, round_y=cfg.get("round_y", True), given_lr=given_lr)
                 json_path, csv_path = write_results(run_dir, merge_results(existing, new), protocol)

@@ -27,8 +27,9 @@ from src.data.imageio import decode_image, to_rgb_uint8
 from src.data.testsets import (GIVEN, PROTOCOLS, TEST_DEGRADATIONS, bicubic_upscale, check_protocol,
                                load_test_pairs, match_given_lr, read_given_pair)
 from src.metrics import psnr, ssim
+from src.models.loading import pad_multiple
 from src.runs import results_file
-from src.tiling import tiled_forward
+from src.tiling import upscale_image
 from src.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -111,10 +112,7 @@ class BicubicUpsampler(nn.Module):
 def super_resolve(model: nn.Module, lr: np.ndarray, scale: int, device="cpu", tile: int | None = None,
                   overlap: int = 16) -> np.ndarray:
     """uint8 (h, w, 3) LR -> uint8 (h*scale, w*scale, 3) SR, clamped and rounded as an 8-bit image file."""
-    x = torch.from_numpy(np.ascontiguousarray(lr)).permute(2, 0, 1)[None].to(device, torch.float32) / 255.0
-    ws = getattr(model, "window_size", None)  # window-attention models (SwinIR) need multiples of the window
-    y = tiled_forward(model, x, scale, tile=tile, overlap=overlap, pad_multiple=ws if isinstance(ws, int) else None)
-    return y[0].clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return upscale_image(model, np.ascontiguousarray(lr), scale, tile, overlap, pad_multiple(model), device)
 
 
 def score_image(sr: np.ndarray, hr: np.ndarray, scale: int, round_y: bool = False,

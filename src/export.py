@@ -1,7 +1,8 @@
 """Export a trained backbone: `python -m src.export ckpt=<path> format=safetensors|onnx [out=<file>]`.
 
 - safetensors: the backbone state dict (BasicSR key names, no pickle) with the backbone config as JSON in the
-  metadata under "backbone", so `src.models.io.load_model(file)` rebuilds the model without further arguments.
+  metadata under "backbone" and the SR factor under "scale", so `src.models.loading.load(file)` rebuilds the
+  model without further arguments.
 - onnx: the model in eval mode (dropout is an identity there) with input "lr" (B, 3, H, W) in [0, 1] and output
   "sr" (B, 3, sH, sW), unclamped; batch, height and width are dynamic.
 """
@@ -20,19 +21,8 @@ from src.utils import atomic_write_bytes
 FORMATS = {"safetensors": ".safetensors", "onnx": ".onnx"}
 
 
-def load_for_export(ckpt: str | os.PathLike, backbone: str | Mapping | None = None) -> tuple[nn.Module, dict]:
-    """(model in eval mode on CPU, its backbone config dict) from any file `load_model` accepts."""
-    from src.models.io import backbone_config, load_model, load_state_dict_file
-
-    _, stored = load_state_dict_file(ckpt)
-    spec = backbone if backbone is not None else stored
-    cfg = backbone_config(spec) if spec is not None else None
-    model = load_model(ckpt, backbone=backbone, map_location="cpu")
-    return model, cfg
-
-
 def export_safetensors(model: nn.Module, cfg: Mapping[str, Any] | None, out: str | os.PathLike,
-                       extra_metadata: Mapping[str, str] | None = None) -> Path:
+                       extra_metadata: Mapping[str, str] | None = None, scale: int | None = None) -> Path:
     from safetensors.torch import save
 
     # clone: safetensors refuses tensors that share storage, and views may be non-contiguous
@@ -40,25 +30,9 @@ def export_safetensors(model: nn.Module, cfg: Mapping[str, Any] | None, out: str
     metadata = {"format": "pt", **(extra_metadata or {})}
     if cfg is not None:
         metadata["backbone"] = json.dumps(dict(cfg), sort_keys=True)
+    if scale is not None:
+        metadata["scale"] = str(int(scale))
     return atomic_write_bytes(out, save(tensors, metadata=metadata))
-
-
-class PadToWindow(nn.Module):
-    """Reflect-pads the input to a multiple of the model's window, then crops the output back.
-
-    Window-attention models pad inside forward behind a Python `if`, which a tracer freezes to the branch the
-    example input took; padding here, without a branch, keeps the graph valid for every height and width.
-    """
-
-    def __init__(self, model: nn.Module, window: int, scale: int):
-        super().__init__()
-        self.model, self.window, self.scale = model, window, scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2], x.shape[-1]
-        ph, pw = (self.window - h % self.window) % self.window, (self.window - w % self.window) % self.window
-        y = self.model(torch.nn.functional.pad(x, (0, pw, 0, ph), mode="reflect"))
-        return y[..., : h * self.scale, : w * self.scale]
 
 
 def export_onnx(model: nn.Module, out: str | os.PathLike, opset: int = 18, exporter: str = "auto") -> Path:
@@ -80,14 +54,11 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, opset: int = 18, expor
     if exporter not in ("auto", "dynamo", "legacy"):
         raise ValueError(f"exporter={exporter!r}; allowed: auto, dynamo, legacy")
     model = model.cpu().eval()
-    window = getattr(model, "window_size", None)
-    graph = model
-    if isinstance(window, int) and window > 1:
-        from src.infer import model_scale
+    from src.models.loading import pad_multiple
 
-        graph = PadToWindow(model, window, model_scale(model)).eval()
-        if exporter == "auto":
-            exporter = "legacy"
+    graph = model
+    if pad_multiple(model) > 1 and exporter == "auto":
+        exporter = "legacy"
     # Batch 2 and unequal sides: torch.export specialises sizes of 1 and may tie equal sizes together.
     # Both sides are multiples of 8 so window-attention models (SwinIR) accept the example.
     example = torch.rand(2, 3, 32, 40, generator=torch.Generator().manual_seed(0))
@@ -162,10 +133,12 @@ def export(ckpt: str | os.PathLike, fmt: str, out: str | os.PathLike | None = No
     out = Path(out) if out else default_out(ckpt, fmt)
     if out.resolve() == Path(ckpt).resolve():
         raise ValueError(f"out={out} is the checkpoint itself; choose another file")
-    model, cfg = load_for_export(ckpt, backbone)
+    from src.models.loading import load
+
+    loaded = load(ckpt, backbone=backbone, device="cpu")
     if fmt == "safetensors":
-        return export_safetensors(model, cfg, out, {"source": Path(ckpt).name})
-    return export_onnx(model, out, opset, exporter)
+        return export_safetensors(loaded.model, loaded.config, out, {"source": Path(ckpt).name}, loaded.scale)
+    return export_onnx(loaded.model, out, opset, exporter)
 
 
 def main(cfg) -> Path:

@@ -17,7 +17,9 @@ import torch
 from torch import nn
 
 from src.data.imageio import IMAGE_SUFFIXES, decode_image, to_rgb_uint8, write_image
-from src.tiling import tiled_forward
+from src.models.loading import model_scale
+from src.models.loading import pad_multiple as model_pad_multiple
+from src.tiling import plan_tile, tiled_forward, upscale_image
 from src.utils import resolve_device
 
 
@@ -32,27 +34,22 @@ class InferenceSummary:
             f"; {len(self.failed)} failed: {', '.join(map(str, self.failed))}" if self.failed else "")
 
 
-def read_input(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """(float32 (H, W, 3) RGB in [0, 1], bit depth 8 or 16); raises ImageReadError naming the path."""
+def read_pixels(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """(uint8 or uint16 (H, W, 3) RGB as stored, bit depth 8 or 16); raises ImageReadError naming the path."""
     img = decode_image(path)
     if img.dtype == np.uint16:
         if img.ndim == 3 and img.shape[2] == 2:  # gray + alpha
             img = img[:, :, 0]
         if img.ndim == 2:
             img = np.repeat(img[:, :, None], 3, axis=2)
-        return img[:, :, :3].astype(np.float32) / 65535.0, 16  # alpha dropped
-    return to_rgb_uint8(img, str(path)).astype(np.float32) / 255.0, 8
+        return np.ascontiguousarray(img[:, :, :3]), 16  # alpha dropped
+    return to_rgb_uint8(img, str(path)), 8
 
 
-def model_scale(model: nn.Module, device: torch.device | str = "cpu") -> int:
-    """The upscaling factor, from the backbone's `upscale`/`scale` attribute or else a probe forward pass."""
-    for name in ("upscale", "scale"):
-        value = getattr(model, name, None)
-        if isinstance(value, int) and value >= 1:
-            return value
-    with torch.no_grad():
-        out = model(torch.zeros(1, 3, 16, 16, device=device))
-    return out.shape[-1] // 16
+def read_input(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """(float32 (H, W, 3) RGB in [0, 1], bit depth 8 or 16); raises ImageReadError naming the path."""
+    img, depth = read_pixels(path)
+    return img.astype(np.float32) / (65535.0 if depth == 16 else 255.0), depth
 
 
 def upscale(model: nn.Module, img: np.ndarray, scale: int, device: torch.device | str = "cpu",
@@ -91,36 +88,44 @@ def output_paths(inputs: list[Path], out_dir: Path) -> dict[Path, Path]:
 def run_inference(model: nn.Module, inputs: list[Path], out_dir: str | os.PathLike, device="cpu",
                   tile: int | None = None, overlap: int = 8, pad_multiple: int | None = None,
                   progress: bool = True) -> InferenceSummary:
-    """Upscale every input into `out_dir`; failures are collected (path -> message), never raised."""
+    """Upscale every input into `out_dir`; failures are collected (path -> message), never raised.
+
+    Memory stays bounded: tiles are rounded straight into an 8/16-bit output, and an image too large for one
+    pass (on this device's free memory) is tiled automatically, with a note.
+    """
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
     targets = output_paths(inputs, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.to(device).eval()
-    scale = model_scale(model, device)
+    scale = model_scale(model)
     if pad_multiple is None:  # window-attention models (SwinIR) need inputs a multiple of their window
-        ws = getattr(model, "window_size", None)
-        pad_multiple = ws if isinstance(ws, int) else None
+        pad_multiple = model_pad_multiple(model)
     summary = InferenceSummary()
-    bar = tqdm(inputs, desc="upscaling", unit="img", disable=not progress, file=sys.stderr)
+    show = progress and sys.stderr.isatty()
+    bar = tqdm(inputs, desc="upscaling", unit="img", disable=not show, file=sys.stderr)
     for path in bar:
         bar.set_postfix_str(path.name)
         try:
-            img, depth = read_input(path)
-            sr = upscale(model, img, scale, device, tile, overlap, pad_multiple)
-            maxval = 65535.0 if depth == 16 else 255.0
-            out = np.round(sr * maxval).astype(np.uint16 if depth == 16 else np.uint8)
-            write_image(targets[path], out)
+            img, _ = read_pixels(path)
+            use, note = plan_tile(model, img.shape[0], img.shape[1], tile, overlap, device, pad_multiple)
+            if note:
+                bar.write(f"{path.name}: {note}", file=sys.stderr)
+            out = upscale_image(model, img, scale, use, overlap, pad_multiple, device, progress=show, bgr=True,
+                                desc=path.name)
+            del img
+            write_image(targets[path], out, bgr=True)
             summary.written.append(targets[path])
-        except (ValueError, OSError) as e:  # ImageReadError is a ValueError and names the path
-            summary.failed[path] = str(e)
-            bar.write(f"error: {e}", file=sys.stderr)
         except torch.OutOfMemoryError:
             summary.failed[path] = f"{path}: out of memory; pass tile=256 (or smaller) to upscale it in tiles"
             bar.write(f"error: {summary.failed[path]}", file=sys.stderr)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+        except Exception as e:  # noqa: BLE001 - one bad image (unreadable, too big, a model error) must not stop a folder
+            # ImageReadError and our ValueErrors name the path; anything else gets it prepended
+            summary.failed[path] = str(e) if str(path) in str(e) else f"{path}: {type(e).__name__}: {e}"
+            bar.write(f"error: {summary.failed[path]}", file=sys.stderr)
     return summary
 
 
@@ -128,7 +133,7 @@ def main(cfg) -> int:
     from hydra.utils import to_absolute_path
     from omegaconf import OmegaConf
 
-    from src.models.io import load_model
+    from src.models.loading import load
     from src.runs import resolve_checkpoint
 
     for key in ("ckpt", "input", "output"):
@@ -139,9 +144,9 @@ def main(cfg) -> int:
     backbone = cfg.get("backbone")  # a conf/backbone group choice, composed (and resolved) here
     if backbone is not None:
         backbone = OmegaConf.to_container(backbone, resolve=True)
-    model = load_model(resolve_checkpoint(to_absolute_path(cfg.ckpt)), backbone=backbone, map_location=device)
+    loaded = load(resolve_checkpoint(to_absolute_path(cfg.ckpt)), backbone=backbone, device=device)
     out_dir = Path(to_absolute_path(cfg.output))
-    summary = run_inference(model, gather_inputs(to_absolute_path(cfg.input)), out_dir, device, cfg.tile,
+    summary = run_inference(loaded.model, gather_inputs(to_absolute_path(cfg.input)), out_dir, device, cfg.tile,
                             cfg.overlap, cfg.pad_multiple, progress=cfg.progress)
     print(summary.line(out_dir))
     return 1 if summary.failed else 0

@@ -64,11 +64,11 @@ def build_model_cheaply(cfg: DictConfig) -> None:
     size, ...) but no weights are allocated, so checking a 48-job sweep of large models takes seconds."""
     import torch
 
-    from src.models.io import build_backbone
+    from src.models.loading import build_backbone
 
-    backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
+    module = OmegaConf.to_container(cfg.module, resolve=True)  # what SRModule passes: the backbone, scale, dropout
     with torch.device("meta"):
-        build_backbone(backbone)
+        build_backbone(module["backbone"], scale=module.get("scale"), dropout=module.get("dropout"))
 
 
 def check_job(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:

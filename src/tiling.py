@@ -6,6 +6,10 @@ core region is kept (no blending). For a convolutional network whose receptive r
 """
 from __future__ import annotations
 
+import os
+import sys
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,15 +33,17 @@ def _windows(size: int, tile: int, overlap: int, multiple: int = 1) -> list[tupl
     return out
 
 
-def _pad_to_multiple(x: torch.Tensor, multiple: int | None) -> torch.Tensor:
-    """Pad right/bottom so H and W are multiples of ``multiple`` (e.g. a SwinIR window)."""
+def pad_to_multiple(x: torch.Tensor, multiple: int | None) -> torch.Tensor:
+    """Pad right/bottom so H and W are multiples of ``multiple`` (e.g. a SwinIR window), by reflection.
+
+    The one padding rule of the suite (tiling, evaluation, inference, SwinIR's forward, the ONNX graph). It
+    pads by zero px rather than branching when the sides already fit, so a traced graph stays valid for every
+    input size; inputs too small to reflect fall back to replicate.
+    """
     if not multiple or multiple <= 1:
         return x
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph == 0 and pw == 0:
-        return x
-    # reflect needs pad < size; tiny inputs fall back to replicate rather than failing.
+    h, w = x.shape[-2], x.shape[-1]
+    ph, pw = (multiple - h % multiple) % multiple, (multiple - w % multiple) % multiple
     mode = "reflect" if ph < h and pw < w else "replicate"
     return F.pad(x, (0, pw, 0, ph), mode=mode)
 
@@ -84,7 +90,7 @@ def tiled_forward(model: nn.Module, lr: torch.Tensor, scale: int, tile: int | No
     squeeze = lr.dim() == 3
     x = lr.unsqueeze(0) if squeeze else lr
     h0, w0 = x.shape[-2:]
-    x = _pad_to_multiple(x, pad_multiple)
+    x = pad_to_multiple(x, pad_multiple)
     h, w = x.shape[-2:]
     m = pad_multiple or 1
 
@@ -103,3 +109,121 @@ def tiled_forward(model: nn.Module, lr: torch.Tensor, scale: int, tile: int | No
                         y[..., oy:oy + (c1y - c0y) * scale, ox:ox + (c1x - c0x) * scale]
     out = out[..., : h0 * scale, : w0 * scale]
     return out.squeeze(0) if squeeze else out
+
+
+# ------------------------------------------------------------------------------------------------ bounded images
+
+
+def available_bytes(device: torch.device | str = "cpu") -> int:
+    """Memory free for a forward pass on `device`: CUDA's free memory, else the host's MemAvailable."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def bytes_per_pixel(model: nn.Module, device: torch.device | str = "cpu", multiple: int = 1, probe: int = 32) -> float:
+    """Working memory of a forward pass per LR input pixel, from a probe: 3x the largest activation.
+
+    Three, because a layer's input and output are alive together and some layers (pixel shuffle, attention)
+    need one temporary of that size; convolutional SR networks' activations grow linearly with the pixel count.
+    """
+    probe = -(-probe // multiple) * multiple
+    sizes = []
+
+    def hook(_module, _inputs, output):
+        if isinstance(output, torch.Tensor):
+            sizes.append(output.numel() * output.element_size())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, probe, probe, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+    return 3 * max(sizes, default=4 * 3) / (probe * probe)
+
+
+TILE_CHOICES = (2048, 1024, 512, 256, 128, 64, 32)
+
+
+def plan_tile(model: nn.Module, h: int, w: int, tile: int | None, overlap: int, device="cpu",
+              multiple: int = 1, budget: float = 0.5) -> tuple[int | None, str | None]:
+    """(tile to use, note or None): `tile` itself, or the largest of TILE_CHOICES that fits in `budget` x the
+    free memory when an untiled pass would not. Raises a ValueError (with the numbers) if even the smallest is too big.
+    """
+    if tile is not None:
+        return tile, None
+    per_px = bytes_per_pixel(model, device, multiple)
+    free = available_bytes(device) * budget
+    if per_px * h * w <= free:
+        return None, None
+    for t in TILE_CHOICES:
+        if t < max(h, w) and per_px * (t + 2 * overlap + multiple) ** 2 <= free:
+            return t, (f"a {w}x{h} px image needs ~{per_px * h * w / 2**30:.1f} GiB untiled, more than half the "
+                       f"{free / budget / 2**30:.1f} GiB free on {torch.device(device).type}: upscaling in tiles of "
+                       f"{t} px (set tile= to choose)")
+    t = TILE_CHOICES[-1]
+    raise ValueError(f"a {w}x{h} px image needs ~{per_px * (t + 2 * overlap) ** 2 / 2**20:.0f} MiB per {t} px "
+                     f"tile and only {free / budget / 2**20:.0f} MiB are free on {torch.device(device).type}: "
+                     f"free memory or use a smaller overlap=")
+
+
+def upscale_image(model: nn.Module, img: np.ndarray, scale: int, tile: int | None = None, overlap: int = 8,
+                  pad_multiple: int | None = None, device: torch.device | str = "cpu", progress: bool = False,
+                  bgr: bool = False, desc: str = "tiles") -> np.ndarray:
+    """uint8 or uint16 (H, W, 3) RGB -> the same dtype (sH, sW, 3), clamped and rounded, tile by tile.
+
+    Each tile's result is rounded into the integer output array as soon as it is computed, so the peak memory
+    is the input and output images (integers) plus one tile's float activations; no float copy of the whole
+    output exists. The tiles, overlap and padding are those of `tiled_forward`, so the result equals the
+    untiled pass's (clamped, rounded) wherever `tiled_forward` does. `bgr` stores the channels reversed (what
+    OpenCV writes). A progress bar over tiles shows when `progress` and stderr is a terminal.
+    """
+    from tqdm import tqdm
+
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"img must be a uint8/uint16 (H, W, 3) array, got {img.dtype} {img.shape}")
+    if tile is not None and (not isinstance(tile, int) or tile < 1):
+        raise ValueError(f"tile must be None or a positive int, got {tile!r}")
+    maxval = 255.0 if img.dtype == np.uint8 else 65535.0
+    h0, w0 = img.shape[:2]
+    m = pad_multiple or 1
+    ph, pw = (m - h0 % m) % m, (m - w0 % m) % m
+    if ph or pw:  # as pad_to_multiple does, on the integer image: reflect, or replicate when too small
+        img = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="reflect" if ph < h0 and pw < w0 else "edge")
+    h, w = img.shape[:2]
+    if tile is None or (tile >= h and tile >= w):
+        rows, cols = [(0, h, 0, h)], [(0, w, 0, w)]
+    else:
+        rows, cols = _windows(h, tile, overlap, m), _windows(w, tile, overlap, m)
+    out = np.empty((h0 * scale, w0 * scale, 3), dtype=img.dtype)
+    order = [2, 1, 0] if bgr else [0, 1, 2]
+    show = progress and len(rows) * len(cols) > 1 and sys.stderr.isatty()
+    bar = tqdm(total=len(rows) * len(cols), desc=desc, unit="tile", leave=False, disable=not show, file=sys.stderr)
+    with torch.no_grad():
+        for c0y, c1y, w0y, w1y in rows:
+            for c0x, c1x, w0x, w1x in cols:
+                # cores past the original image (padding) are not kept
+                e1y, e1x = min(c1y, h0), min(c1x, w0)
+                if c0y >= e1y or c0x >= e1x:
+                    bar.update()
+                    continue
+                x = torch.from_numpy(np.ascontiguousarray(img[w0y:w1y, w0x:w1x]))
+                x = x.to(device).permute(2, 0, 1)[None].float().div_(maxval)
+                y = _run(model, x, scale)[0]
+                oy, ox = (c0y - w0y) * scale, (c0x - w0x) * scale
+                y = y[order, oy:oy + (e1y - c0y) * scale, ox:ox + (e1x - c0x) * scale]
+                y = y.clamp_(0, 1).mul_(maxval).round_().to(torch.int32 if maxval > 255 else torch.uint8)
+                out[c0y * scale:e1y * scale, c0x * scale:e1x * scale] = y.permute(1, 2, 0).cpu().numpy()
+                bar.update()
+    bar.close()
+    return out

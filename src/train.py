@@ -133,6 +133,7 @@ def _train(cfg: DictConfig, run_dir: Path, owner: bool) -> dict:
     # Backbone first: a bad dropout position or probability must fail before any data is touched.
     module_kwargs = OmegaConf.to_container(cfg.module, resolve=True)
     module = get_class(module_kwargs.pop("_target_"))(**module_kwargs)
+    init_from_weights(cfg, run_dir, module.net)
     degradation = build(cfg.degradation)
     datamodule = build(cfg.data, degradation=degradation)
     if owner:
@@ -162,6 +163,25 @@ def _train(cfg: DictConfig, run_dir: Path, owner: bool) -> dict:
         return fit_and_evaluate(cfg, run_dir, module, datamodule, loggers)
     finally:
         finish_wandb(loggers)
+
+
+def init_from_weights(cfg: DictConfig, run_dir: Path, net: torch.nn.Module) -> None:
+    """Fine-tuning: start from the weights of `init_from` (not a resume: optimizer and schedule start fresh).
+
+    A run that resumes from its own checkpoint already holds the fine-tuned weights, so they are not replaced.
+    """
+    if not cfg.get("init_from"):
+        return
+    from hydra.utils import to_absolute_path
+
+    from src.models.loading import init_weights
+
+    if cfg.resume and not cfg.force and (run_dir / "checkpoints" / "last.ckpt").is_file():
+        print(f"[train] resuming this run's own checkpoint; init_from={cfg.init_from} was applied at its start")
+        return
+    path = Path(to_absolute_path(str(cfg.init_from)))
+    layout = init_weights(net, path)
+    print(f"[train] backbone initialised from {path} ({layout} key layout); optimizer and schedule start fresh")
 
 
 def fit_and_evaluate(cfg: DictConfig, run_dir: Path, module, datamodule, loggers: list) -> dict:

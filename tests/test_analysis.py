@@ -41,7 +41,7 @@ class TwoChannel(nn.Module):
             self.conv_last.weight[:, 0] = 0.3
             self.conv_last.weight[:, 2] = 0.05
             self.conv_last.bias.zero_()
-        self.upscale = 4
+        self.scale = 4
 
     def forward(self, x):
         feat = F.relu(self.conv_first(F.interpolate(x, scale_factor=4, mode="nearest")))

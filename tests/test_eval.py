@@ -136,7 +136,7 @@ def test_tiled_evaluation_equals_untiled_for_srresnet(toy_set):
     from src.models.srresnet import MSRResNet
 
     torch.manual_seed(0)
-    net = MSRResNet(num_feat=16, num_block=2, upscale=4)
+    net = MSRResNet(num_feat=16, num_block=2, scale=4)
     whole = evaluate(net, {"Toy": toy_set}, ["clean"], scale=4)["Toy"]["clean"]
     tiled = evaluate(net, {"Toy": toy_set}, ["clean"], scale=4, tile=6, overlap=12)["Toy"]["clean"]
     assert tiled["psnr"] == pytest.approx(whole["psnr"], abs=1e-4)
@@ -153,11 +153,11 @@ def test_bicubic_on_real_set5_matches_the_literature(data_root):
 
 
 # --- src.eval ----------------------------------------------------------------------------------------------
-BACKBONE = {"_target_": "src.models.srresnet.MSRResNet", "num_feat": 8, "num_block": 1, "upscale": 4}
+BACKBONE = {"_target_": "src.models.srresnet.MSRResNet", "num_feat": 8, "num_block": 1, "scale": 4}
 
 
 def _fake_run(run_dir: Path, seed=0):
-    from src.models.io import build_backbone
+    from src.models.loading import build_backbone
 
     torch.manual_seed(seed)
     net = build_backbone(BACKBONE)

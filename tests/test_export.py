@@ -8,15 +8,15 @@ import torch
 from src.data.datasets import list_images
 from src.data.imageio import read_image
 from src.export import export, export_onnx
-from src.models.io import load_model
+from src.models.loading import load_model
 
-BACKBONE = {"_target_": "src.models.srresnet.MSRResNet", "num_feat": 16, "num_block": 2, "upscale": 4,
+BACKBONE = {"_target_": "src.models.srresnet.MSRResNet", "num_feat": 16, "num_block": 2, "scale": 4,
             "dropout_position": "last", "dropout_dim": "channel", "dropout_p": 0.5}
 
 
 def fake_suite_ckpt(path, seed=0):
     """A checkpoint in this suite's Lightning format holding a tiny random MSRResNet (with dropout configured)."""
-    from src.models.io import build_backbone
+    from src.models.loading import build_backbone
 
     torch.manual_seed(seed)
     net = build_backbone(BACKBONE)
@@ -54,14 +54,24 @@ def test_default_out_and_bad_format(ckpt):
     assert path == ckpt.with_suffix(".safetensors") and path.is_file()
 
 
-def test_basicsr_pth_needs_backbone(ckpt, tmp_path):
+def test_basicsr_pth_architecture_from_backbone_or_keys(ckpt, tmp_path):
     sd = load_model(ckpt).state_dict()
     pth = tmp_path / "net_g.pth"
     torch.save({"params": {k: v * 0 for k, v in sd.items()}, "params_ema": sd}, pth)
+    unknown = tmp_path / "other.pth"  # keys of no backbone of the suite: the architecture must be given
+    torch.save({"params": {f"enc.{k}": v for k, v in sd.items()}}, unknown)
     with pytest.raises(ValueError, match="backbone"):
-        export(pth, "safetensors", tmp_path / "a.safetensors")
+        export(unknown, "safetensors", tmp_path / "u.safetensors")
     out = export(pth, "safetensors", tmp_path / "a.safetensors", backbone=BACKBONE)
     assert all(torch.equal(load_model(out).state_dict()[k], v) for k, v in sd.items())  # params_ema chosen
+    # Without backbone=, the architecture is read off the keys and shapes: the same model.
+    inferred = export(pth, "safetensors", tmp_path / "b.safetensors")
+    from src.models.loading import load
+
+    loaded = load(inferred)
+    assert loaded.config == {"_target_": BACKBONE["_target_"], "num_in_ch": 3, "num_out_ch": 3, "num_feat": 16,
+                             "num_block": 2} and loaded.scale == 4
+    assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in sd.items())
 
 
 def _ort_session(path):
@@ -89,7 +99,7 @@ def test_onnx_matches_pytorch_on_real_image(ckpt, tmp_path, data_root):
 
 @pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
 def test_onnx_dynamic_batch_and_size_without_dropout(ckpt, tmp_path, exporter):
-    from src.models.io import build_backbone
+    from src.models.loading import build_backbone
 
     model = build_backbone(BACKBONE)  # dropout p=0.5 before conv_last, left in training mode
     model.load_state_dict(load_model(ckpt).state_dict())
@@ -123,10 +133,10 @@ def test_cli_main(ckpt, tmp_path):
 
 
 def test_onnx_swinir_any_size(tmp_path):
-    from src.models.io import build_backbone
+    from src.models.loading import build_backbone
 
     cfg = {"_target_": "src.models.swinir.SwinIR", "img_size": 16, "embed_dim": 12, "depths": [2], "num_heads": [2],
-           "window_size": 4, "mlp_ratio": 2.0, "upscale": 4, "img_range": 1.0}
+           "window_size": 4, "mlp_ratio": 2.0, "scale": 4, "img_range": 1.0}
     model = build_backbone(cfg).eval()
     sess = _ort_session(export_onnx(model, tmp_path / "swin.onnx"))
     for shape in [(1, 3, 21, 30), (2, 3, 8, 5)]:  # not multiples of the window: padding must stay in the graph

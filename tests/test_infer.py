@@ -118,6 +118,7 @@ def test_no_grad_and_bad_arguments():
 
 
 # ---- the inference CLI -------------------------------------------------------------------------------------
+import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -128,12 +129,12 @@ import numpy as np  # noqa: E402
 from src.infer import output_paths, read_input, run_inference  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-BACKBONE = {"_target_": "src.models.srresnet.MSRResNet", "num_feat": 16, "num_block": 2, "upscale": 4}
+BACKBONE = {"_target_": "src.models.srresnet.MSRResNet", "num_feat": 16, "num_block": 2, "scale": 4}
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    from src.models.io import build_backbone
+    from src.models.loading import build_backbone
 
     torch.manual_seed(0)
     net = build_backbone(BACKBONE)
@@ -178,7 +179,7 @@ def test_read_input_depths_and_channels(mixed_folder):
 
 def test_run_inference_mixed_folder_reports_failures(ckpt, mixed_folder, tmp_path, capsys):
     from src.infer import gather_inputs
-    from src.models.io import load_model
+    from src.models.loading import load_model
 
     inputs = gather_inputs(mixed_folder)
     assert [p.name for p in inputs] == sorted(["corrupt.png", "deep.png", "deepgray.png", "gray.png", "photo.jpg",
@@ -197,7 +198,7 @@ def test_run_inference_mixed_folder_reports_failures(ckpt, mixed_folder, tmp_pat
 def test_tiled_inference_matches_untiled_on_real_image(ckpt, data_root):
     from src.data.datasets import list_images
     from src.infer import upscale
-    from src.models.io import load_model
+    from src.models.loading import load_model
 
     model = load_model(ckpt)
     hr, _ = read_input(list_images(data_root / "Set5" / "HR")[0])
@@ -235,14 +236,122 @@ def test_basicsr_pth_with_backbone_group(ckpt, mixed_folder, tmp_path):
     from hydra import compose, initialize_config_dir
 
     from src.infer import main
-    from src.models.io import load_model
+    from src.models.loading import load_model
 
     pth = tmp_path / "net_g.pth"
     torch.save({"params_ema": load_model(ckpt).state_dict()}, pth)
     base = [f"ckpt={pth}", f"input={mixed_folder / 'rgb.png'}", f"output={tmp_path / 'o'}", "progress=false"]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         good = compose("infer", overrides=base + ["backbone=srresnet", "backbone.num_feat=16", "backbone.num_block=2"])
-        missing = compose("infer", overrides=base)
+        inferred = compose("infer", overrides=base[:-2] + [f"output={tmp_path / 'i'}", "progress=false"])
+        missing = compose("infer", overrides=[f"ckpt={tmp_path / 'other.pth'}", *base[1:]])
     assert main(good) == 0 and (tmp_path / "o" / "rgb.png").is_file()
+    # Without backbone=, the architecture is read off the weights: the same output.
+    assert main(inferred) == 0
+    assert np.array_equal(cv2.imread(str(tmp_path / "i" / "rgb.png")), cv2.imread(str(tmp_path / "o" / "rgb.png")))
+    torch.save({"params": {f"enc.{k}": v for k, v in load_model(ckpt).state_dict().items()}}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="backbone"):
         main(missing)
+
+
+# --- bounded inference: integer output tile by tile, automatic tiling, failures collected -----------------------
+
+MEMORY_PROBE = """
+import resource, sys
+import numpy as np, torch
+from src.models.srresnet import MSRResNet
+from src.tiling import upscale_image
+torch.set_num_threads(1)
+torch.manual_seed(0)
+model = MSRResNet(num_feat=4, num_block=1).eval()
+h, w, tile = map(int, sys.argv[1:4])
+img = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+upscale_image(model, img[:96, :96], 4, tile=tile, overlap=8)  # warm-up: allocator arenas, kernels
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+out = upscale_image(model, img, 4, tile=tile, overlap=8)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(after - before, out.nbytes, out.dtype, out.shape)
+"""
+
+
+def test_tiled_inference_peak_memory_is_the_output_plus_a_tile():
+    """Peak RSS growth stays under the uint8 output + a few tile-sized float tensors + 24 MiB; a float copy of
+    the output alone (4x the uint8 one) would break the bound."""
+    h, w, tile, overlap, feat = 800, 600, 64, 8, 4
+    res = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(h), str(w), str(tile)], cwd=REPO,
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    grown, out_bytes, dtype, shape = res.stdout.split(maxsplit=3)
+    assert dtype == "uint8" and shape.strip() == f"({h * 4}, {w * 4}, 3)"
+    grown, out_bytes = int(grown), int(out_bytes)
+    assert out_bytes == h * 4 * w * 4 * 3
+    # widest activation of a x4 MSRResNet: num_feat*4 channels at 2x = num_feat*16 floats per LR px of a window
+    window = tile + 2 * overlap
+    tile_bytes = 4 * max(feat * 16, 3 * 16) * window * window
+    bound = out_bytes + 6 * tile_bytes + 24 * 2**20
+    assert grown < bound, f"peak RSS grew {grown / 2**20:.1f} MiB > bound {bound / 2**20:.1f} MiB"
+    assert 4 * out_bytes > bound  # so the float output the old path kept could not pass
+
+
+def test_upscale_image_equals_the_float_path(ckpt):
+    from src.models.loading import load_model
+    from src.tiling import upscale_image
+
+    model = load_model(ckpt)
+    rng = np.random.default_rng(1)
+    for dtype, maxval in ((np.uint8, 255), (np.uint16, 65535)):
+        img = rng.integers(0, maxval + 1, (37, 29, 3), dtype=dtype)
+        x = torch.from_numpy(img.astype(np.float32) / maxval).permute(2, 0, 1)[None]
+        ref = tiled_forward(model, x, 4, tile=16, overlap=8)[0].clamp(0, 1).permute(1, 2, 0).numpy()
+        ref = np.round(ref * np.float32(maxval)).astype(dtype)
+        for tile in (None, 16):
+            out = upscale_image(model, img, 4, tile=tile, overlap=8)
+            assert out.dtype == dtype and out.shape == (148, 116, 3)
+            assert np.abs(out.astype(np.int64) - ref).max() <= 1, (dtype, tile)  # float rounding at most
+        rgb = upscale_image(model, img, 4, tile=16, overlap=8)
+        assert np.array_equal(upscale_image(model, img, 4, tile=16, overlap=8, bgr=True), rgb[:, :, ::-1])
+
+
+def test_an_image_too_large_for_memory_is_tiled_automatically(ckpt, tmp_path, monkeypatch, capsys):
+    import src.tiling as tiling
+    from src.models.loading import load_model
+
+    model = load_model(ckpt)
+    img = np.random.default_rng(2).integers(0, 256, (60, 70, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "big.png"), img)
+    whole = run_inference(model, [tmp_path / "big.png"], tmp_path / "a", progress=False)
+    per_px = tiling.bytes_per_pixel(model)
+    # free memory for a 32 px tile but not for the 60x70 image: the plan picks a tile below the image size
+    monkeypatch.setattr(tiling, "available_bytes", lambda device="cpu": int(2 * per_px * 50 * 50))
+    tile, note = tiling.plan_tile(model, 60, 70, None, 8)
+    assert tile is not None and tile < 70 and "upscaling in tiles of" in note
+    assert tiling.plan_tile(model, 60, 70, 50, 8) == (50, None)  # an explicit tile is kept
+    summary = run_inference(model, [tmp_path / "big.png"], tmp_path / "b", overlap=16, progress=False)
+    assert not summary.failed and "upscaling in tiles of" in capsys.readouterr().err
+    a, b = (cv2.imread(str(tmp_path / d / "big.png")) for d in ("a", "b"))
+    assert a.shape == (240, 280, 3) and np.abs(a.astype(int) - b).max() <= 1
+    # not even the smallest tile fits: refused with the numbers, recorded as that image's failure
+    monkeypatch.setattr(tiling, "available_bytes", lambda device="cpu": 1024)
+    with pytest.raises(ValueError, match=r"per 32 px tile and only 0 MiB are free on cpu"):
+        tiling.plan_tile(model, 600, 700, None, 8)
+    summary = run_inference(model, [tmp_path / "big.png"], tmp_path / "c", progress=False)
+    assert list(summary.failed) == [tmp_path / "big.png"] and "MiB are free" in summary.failed[tmp_path / "big.png"]
+
+
+def test_one_failing_image_never_stops_the_folder(ckpt, mixed_folder, tmp_path, monkeypatch):
+    import src.infer as infer
+    from src.models.loading import load_model
+
+    real = infer.upscale_image
+
+    def flaky(model, img, *a, **k):
+        if img.shape[:2] == (13, 17) and img.dtype == np.uint16:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+        return real(model, img, *a, **k)
+
+    monkeypatch.setattr(infer, "upscale_image", flaky)
+    inputs = infer.gather_inputs(mixed_folder)
+    summary = run_inference(load_model(ckpt), inputs, tmp_path / "out", progress=False)
+    assert sorted(p.name for p in summary.failed) == ["corrupt.png", "deep.png", "deepgray.png", "truncated.jpg"]
+    assert "deep.png: RuntimeError: DefaultCPUAllocator" in summary.failed[mixed_folder / "deep.png"]
+    assert len(summary.written) == 4

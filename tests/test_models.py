@@ -18,13 +18,13 @@ CONF = Path(__file__).resolve().parents[1] / "conf" / "backbone"
 
 # Small variants; srresnet/rrdb/swinir_deep have 16 trunk blocks so every bN position fits.
 VARIANTS = {
-    "srresnet": lambda scale, **kw: MSRResNet(num_feat=8, num_block=16, upscale=scale, **kw),
-    "tiny": lambda scale, **kw: MSRResNet(num_feat=32, num_block=4, upscale=scale, **kw),
+    "srresnet": lambda scale, **kw: MSRResNet(num_feat=8, num_block=16, scale=scale, **kw),
+    "tiny": lambda scale, **kw: MSRResNet(num_feat=32, num_block=4, scale=scale, **kw),
     "rrdb": lambda scale, **kw: RRDBNet(scale=scale, num_feat=8, num_block=16, num_grow_ch=4, **kw),
     "swinir": lambda scale, **kw: SwinIR(img_size=8, embed_dim=12, depths=[2] * 4, num_heads=[2] * 4,
-                                         window_size=4, upscale=scale, **kw),
+                                         window_size=4, scale=scale, **kw),
     "swinir_deep": lambda scale, **kw: SwinIR(img_size=8, embed_dim=8, depths=[1] * 16, num_heads=[2] * 16,
-                                              window_size=4, upscale=scale, **kw),
+                                              window_size=4, scale=scale, **kw),
 }
 TRUNK = {"srresnet": 16, "tiny": 4, "rrdb": 16, "swinir": 4, "swinir_deep": 16}
 SCALES = {"srresnet": (2, 3, 4), "tiny": (2, 3, 4), "rrdb": (1, 2, 4), "swinir": (2, 3, 4), "swinir_deep": (4,)}
@@ -58,12 +58,12 @@ def test_output_shape(variant, scale):
 
 
 @pytest.mark.parametrize("cls,kwargs,expected", [
-    (MSRResNet, {"upscale": 4}, 1_517_571),
-    (MSRResNet, {"upscale": 3}, 1_554_499),
-    (MSRResNet, {"upscale": 2}, 1_369_859),
+    (MSRResNet, {"scale": 4}, 1_517_571),
+    (MSRResNet, {"scale": 3}, 1_554_499),
+    (MSRResNet, {"scale": 2}, 1_369_859),
     (RRDBNet, {"scale": 4}, 16_697_987),
     (RRDBNet, {"scale": 2}, 16_703_171),
-    (SwinIR, {"upscale": 4}, 11_900_199),  # SwinIR-M classical x4 ("11.9M" in the SwinIR paper)
+    (SwinIR, {"scale": 4}, 11_900_199),  # SwinIR-M classical x4 ("11.9M" in the SwinIR paper)
 ], ids=["srresnet-x4", "srresnet-x3", "srresnet-x2", "rrdb-x4", "rrdb-x2", "swinir-x4"])
 def test_full_size_parameter_counts(cls, kwargs, expected):
     with torch.device("meta"):  # counting needs shapes only
@@ -254,9 +254,9 @@ def test_full_size_swinir_rejects_b8():
 
 
 @pytest.mark.parametrize("make,pattern", [
-    (lambda: MSRResNet(upscale=8), r"upscale=8 .*MSRResNet; allowed: 2, 3, 4"),
+    (lambda: MSRResNet(scale=8), r"scale=8 .*MSRResNet; allowed: 2, 3, 4"),
     (lambda: RRDBNet(scale=3), r"scale=3 .*RRDBNet; allowed: 1, 2, 4"),
-    (lambda: SwinIR(upscale=5), r"upscale=5 .*SwinIR; allowed: 2, 3, 4, 8"),
+    (lambda: SwinIR(scale=5), r"scale=5 .*SwinIR; allowed: 2, 3, 4, 8"),
 ])
 def test_unsupported_scale_raises(make, pattern):
     with pytest.raises(ValueError, match=pattern):
@@ -272,14 +272,12 @@ def test_validate_dropout_accepts_the_whole_grid():
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in CONF.glob("*.yaml")))
 def test_backbone_configs_instantiate(name):
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
+    from src.models.loading import backbone_config, build_backbone
 
-    root = OmegaConf.create({"upscale": 4, "dropout": {"position": "last", "dim": "element", "p": 0.3},
-                             "backbone": OmegaConf.load(CONF / f"{name}.yaml")})
-    cfg = OmegaConf.to_container(root, resolve=True)["backbone"]
+    cfg = backbone_config(name)  # the YAML alone: architecture arguments, no root interpolation
+    assert "scale" not in cfg and not any(k.startswith("dropout") for k in cfg)
     with torch.device("meta"):
-        model = instantiate(cfg, _convert_="all")
+        model = build_backbone(cfg, scale=4, dropout={"position": "last", "dim": "element", "p": 0.3})
     assert model.dropout_last.p == 0.3 and model.dropout_last.dim == "element"
     expected = {"srresnet": 1_517_571, "rrdb": 16_697_987, "swinir": 11_900_199}
     if name in expected:
@@ -288,12 +286,9 @@ def test_backbone_configs_instantiate(name):
 
 @pytest.mark.parametrize("name", ["tiny", "swinir_small"])
 def test_small_configs_forward(name):
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
+    from src.models.loading import backbone_config, build_backbone
 
-    root = OmegaConf.create({"upscale": 2, "dropout": {"position": "b4", "dim": "channel", "p": 0.5},
-                             "backbone": OmegaConf.load(CONF / f"{name}.yaml")})
-    model = instantiate(OmegaConf.to_container(root, resolve=True)["backbone"], _convert_="all")
+    model = build_backbone(backbone_config(name), scale=2, dropout={"position": "b4", "dim": "channel", "p": 0.5})
     out = model.train()(lr(size=16))
     out.mean().backward()
     assert out.shape == (2, 3, 32, 32)

@@ -135,7 +135,7 @@ def test_wandb_tables_logged_when_a_run_is_active(sweep, tmp_path, monkeypatch):
 
 
 def test_fig5_visual_grid_and_cli(sweep, tmp_path, capsys):
-    from src.models.io import build_backbone
+    from src.models.loading import build_backbone
 
     cfg = {"_target_": "src.models.srresnet.MSRResNet", "num_feat": 8, "num_block": 1, "upscale": 4}
     ckpts = []

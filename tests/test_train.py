@@ -31,7 +31,7 @@ def test_fast_dev_run_writes_checkpoint_and_results(tmp_path):
 
 
 def test_checkpoint_loads_weights_only_and_rebuilds_backbone(tmp_path):
-    from src.models.io import load_model
+    from src.models.loading import load_model
 
     _run_train(tmp_path, ["debug=fast"])
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
@@ -84,7 +84,7 @@ def test_multirun_sweep_runs_four_jobs_in_own_folders(tmp_path):
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
-    from src.models.io import load_model
+    from src.models.loading import load_model
 
     bad = tmp_path / "broken.ckpt"
     bad.write_bytes(b"PK\x03\x04 not really a checkpoint")
@@ -117,3 +117,39 @@ def test_every_backbone_trains_with_dropout_positions(tmp_path, backbone, positi
     assert math.isfinite(results["skimage_holdout"]["clean"]["psnr"])
     built = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert built["hyper_parameters"]["backbone"]["dropout_position"] == position
+
+
+def test_init_from_weights_fine_tunes_with_a_fresh_optimizer(tmp_path):
+    """init_from loads a BasicSR .pth (here in the paper's details layout) strictly; lr=0 keeps it unchanged."""
+    from src.models.srresnet import MSRResNet
+
+    torch.manual_seed(3)
+    source = MSRResNet(num_feat=32, num_block=4)  # conf/backbone/tiny.yaml's architecture
+    theirs = {(f"body{int(k.split('.')[1]) + 1}.0.{k.split('.', 2)[2]}" if k.startswith("body.") else k): v
+              for k, v in source.state_dict().items()}
+    pth = tmp_path / "published.pth"
+    torch.save({"params_ema": theirs}, pth)
+    run = tmp_path / "run"
+    _run_train(run, ["debug=fast", f"init_from={pth}", "module.optimizer.lr=0", "module.scheduler.eta_min=0"])
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    net = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    assert all(torch.equal(net[k], v) for k, v in source.state_dict().items())
+    # a fresh optimizer: Adam's step count is this run's (the file has none to carry over)
+    steps = {int(s["step"]) for s in ckpt["optimizer_states"][0]["state"].values()}
+    assert steps == {ckpt["global_step"]}
+
+
+def test_init_from_a_mismatched_file_fails_before_training(tmp_path):
+    from src.models.srresnet import MSRResNet
+    from src.train import train
+
+    pth = tmp_path / "wide.pth"
+    torch.save({"params": MSRResNet(num_feat=16, num_block=4).state_dict()}, pth)
+    cfg = compose_train(TINY + [f"init_from={pth}"], tmp_path)
+    with pytest.raises(ValueError, match=r"wide\.pth: weights do not fit.*conv_first\.weight \(16, 3, 3, 3\) vs "
+                                         r"\(32, 3, 3, 3\)"):
+        train(cfg, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+    torch.save({"params": MSRResNet(num_feat=32, num_block=5).state_dict()}, pth)
+    with pytest.raises(ValueError, match=r"wide\.pth: its \d+ weights fit no known key layout.*body\.4\.conv1"):
+        train(compose_train(TINY + [f"init_from={pth}"], tmp_path), tmp_path)

@@ -51,14 +51,6 @@ def model_label(path: str | Path) -> str:
     return run.name if run is not None else path.stem
 
 
-def model_scale(model: nn.Module) -> int:
-    for name in ("upscale", "scale"):
-        value = getattr(model, name, None)
-        if isinstance(value, int) and value >= 1:
-            return value
-    raise ValueError(f"{type(model).__name__} has no integer `upscale`/`scale` attribute: pass scale=<factor>")
-
-
 def load_pairs(paths: Sequence[Path], degradation: str, scale: int, crop: int | None, seed: int = 0
                ) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(name, LR uint8, HR uint8) with HR centre-cropped to a multiple of the scale (and to `crop` px)."""
@@ -327,7 +319,7 @@ def run_config(cfg, out: str | Path | None = None) -> dict:
     from omegaconf import OmegaConf
 
     from src.data.datasets import default_data_root, resolve_set
-    from src.models.io import load_model
+    from src.models.loading import load, model_scale
 
     if cfg.tool not in CLI_TOOLS:
         raise ValueError(f"tool={cfg.tool!r}; allowed: {', '.join(CLI_TOOLS)}")
@@ -337,9 +329,13 @@ def run_config(cfg, out: str | Path | None = None) -> dict:
         backbone = OmegaConf.to_container(backbone, resolve=True)
     root = Path(cfg.data.root) if cfg.data.root else default_data_root()
     out = Path(out or cfg.out)
+
+    def load_model(path, backbone=backbone, map_location=device):
+        return load(path, backbone=backbone, device=map_location).model
+
     if cfg.tool == "released":
         return _run_released(cfg, out, root, device, backbone, load_model)
-    models, group_of = _models_from_config(cfg, lambda p: load_model(p, backbone=backbone, map_location=device))
+    models, group_of = _models_from_config(cfg, lambda p: load_model(p))
     scales = {lab: cfg.scale or model_scale(m) for lab, m in models.items()}
     if len(set(scales.values())) != 1:
         raise ValueError(f"the checkpoints have different scales {scales}; compare models of one scale")

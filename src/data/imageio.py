@@ -56,10 +56,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return to_rgb_uint8(decode_image(path), str(path))
 
 
-def write_image(path: str | os.PathLike, img: np.ndarray) -> Path:
-    """Write a (H, W, 3) RGB or (H, W) gray uint8/uint16 array; the format follows the suffix. Atomic."""
+def write_image(path: str | os.PathLike, img: np.ndarray, bgr: bool = False) -> Path:
+    """Write a (H, W, 3) RGB or (H, W) gray uint8/uint16 array; the format follows the suffix. Atomic.
+
+    `bgr=True`: the array is already in OpenCV's channel order, which saves a copy of a large image.
+    """
     path = Path(path)
-    if img.ndim == 3:
+    if img.ndim == 3 and not bgr:
         img = img[:, :, ::-1]
     ok, buf = cv2.imencode(path.suffix or ".png", np.ascontiguousarray(img))
     if not ok:

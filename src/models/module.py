@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from torchmetrics import MeanMetric
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
-from src.models.io import build_backbone
+from src.models.loading import build_backbone
 
 
 def mix_seed(*parts: int) -> int:
@@ -45,19 +45,20 @@ class SRModule(pl.LightningModule):
     """Trains one backbone. All arguments are plain dicts so checkpoints load with `weights_only=True`.
 
     Args:
-        backbone: backbone config with `_target_` (see conf/backbone).
+        backbone: backbone config with `_target_`: architecture arguments only (see conf/backbone).
         optimizer: optimizer config with `_target_` and `_partial_: true`.
         scheduler: LR scheduler config with `_target_` and `_partial_: true`, stepped every iteration; or None.
-        scale: upscaling factor, used for the border cropped from validation PSNR.
+        scale: SR factor, passed to the backbone and used for the border cropped from validation PSNR.
         seed: seeds the per-step global RNG (dropout masks) so a resumed run draws the same masks.
+        dropout: the dropout node `{position, dim, p}` passed to the backbone; None = no dropout.
     """
 
     def __init__(self, backbone: Mapping[str, Any], optimizer: Mapping[str, Any],
                  scheduler: Mapping[str, Any] | None = None, scale: int = 4, seed: int = 0,
-                 panel_images: int = 3, panel_crop: int = 96):
+                 panel_images: int = 3, panel_crop: int = 96, dropout: Mapping[str, Any] | None = None):
         super().__init__()
         self.save_hyperparameters()
-        self.net = build_backbone(backbone)
+        self.net = build_backbone(backbone, scale=scale, dropout=dropout)
         self.val_psnr = MeanMetric()
         self._panel: list[torch.Tensor] = []
 

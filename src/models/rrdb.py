@@ -8,6 +8,7 @@ from torch.nn import functional as F
 
 from src.models.dropout import make_dropout, placement, validate_dropout
 from src.models.srresnet import scaled_kaiming_
+from src.tiling import pad_to_multiple
 
 
 class ResidualDenseBlock(nn.Module):
@@ -79,6 +80,7 @@ class RRDBNet(nn.Module):
 
         unshuffle = {4: 1, 2: 2, 1: 4}[scale]
         self.unshuffle = unshuffle
+        self.pad_multiple = unshuffle  # x2/x1 unshuffle the input: its sides must divide by 2/4
         self.conv_first = nn.Conv2d(num_in_ch * unshuffle**2, num_feat, 3, 1, 1)
         self.body = nn.Sequential(*(RRDB(num_feat, num_grow_ch, block_dropout(i)) for i in range(num_block)))
         self.conv_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
@@ -91,6 +93,8 @@ class RRDBNet(nn.Module):
         self.dropout_last = make_dropout(dropout_dim, dropout_p) if self.placement.last else None
 
     def forward(self, x):
+        h, w = x.shape[-2:]
+        x = pad_to_multiple(x, self.unshuffle)  # odd sides at x2 are reflect-padded, then cropped from the output
         feat = F.pixel_unshuffle(x, self.unshuffle) if self.unshuffle > 1 else x
         feat = self.conv_first(feat)
         trunk = feat
@@ -104,4 +108,4 @@ class RRDBNet(nn.Module):
         feat = self.lrelu(self.conv_hr(feat))
         if self.dropout_last is not None:
             feat = self.dropout_last(feat)
-        return self.conv_last(feat)
+        return self.conv_last(feat)[..., : h * self.scale, : w * self.scale]

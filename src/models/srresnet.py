@@ -51,7 +51,7 @@ class MSRResNet(nn.Module):
         num_out_ch (int): Output channels. Default: 3.
         num_feat (int): Feature channels. Default: 64.
         num_block (int): Residual blocks in the trunk (``body``). Default: 16.
-        upscale (int): 2, 3 or 4. Default: 4.
+        scale (int): SR factor, 2, 3 or 4. Default: 4.
         dropout_position (str): See ``src.models.dropout``. ``last``: on the input of ``conv_last``, i.e.
             after ``lrelu(conv_hr(.))``; ``bN``: after ``body[N-1]``; ``quarter``/``half``/``all``: inside the
             residual branch (after ``conv2``) of the last ceil(n/4) / ceil(n/2) / all blocks. Default: none.
@@ -61,13 +61,13 @@ class MSRResNet(nn.Module):
     At x4 with the defaults the network has 1,517,571 parameters.
     """
 
-    def __init__(self, num_in_ch=3, num_out_ch=3, num_feat=64, num_block=16, upscale=4,
+    def __init__(self, num_in_ch=3, num_out_ch=3, num_feat=64, num_block=16, scale=4,
                  dropout_position="none", dropout_dim="channel", dropout_p=0.0):
         super().__init__()
-        if upscale not in (2, 3, 4):
-            raise ValueError(f"upscale={upscale!r} is not supported by MSRResNet; allowed: 2, 3, 4")
+        if scale not in (2, 3, 4):
+            raise ValueError(f"scale={scale!r} is not supported by MSRResNet; allowed: 2, 3, 4")
         validate_dropout(dropout_position, dropout_dim, dropout_p)
-        self.upscale = upscale
+        self.scale = scale
         self.dropout_position = dropout_position
         self.placement = placement(dropout_position, num_block, f"MSRResNet (num_block={num_block})")
 
@@ -77,13 +77,13 @@ class MSRResNet(nn.Module):
         self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
         # body stays a Sequential of blocks with BasicSR's indices so checkpoints load with strict=True.
         self.body = nn.Sequential(*(ResidualBlockNoBN(num_feat, block_dropout(i)) for i in range(num_block)))
-        if upscale == 4:
+        if scale == 4:
             self.upconv1 = nn.Conv2d(num_feat, num_feat * 4, 3, 1, 1)
             self.upconv2 = nn.Conv2d(num_feat, num_feat * 4, 3, 1, 1)
             self.pixel_shuffle = nn.PixelShuffle(2)
         else:
-            self.upconv1 = nn.Conv2d(num_feat, num_feat * upscale * upscale, 3, 1, 1)
-            self.pixel_shuffle = nn.PixelShuffle(upscale)
+            self.upconv1 = nn.Conv2d(num_feat, num_feat * scale * scale, 3, 1, 1)
+            self.pixel_shuffle = nn.PixelShuffle(scale)
         self.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
         self.lrelu = nn.LeakyReLU(negative_slope=0.1, inplace=True)
@@ -92,7 +92,7 @@ class MSRResNet(nn.Module):
         self.dropout_last = make_dropout(dropout_dim, dropout_p) if self.placement.last else None
 
         scaled_kaiming_([self.conv_first, self.upconv1, self.conv_hr, self.conv_last], 0.1)
-        if upscale == 4:
+        if scale == 4:
             scaled_kaiming_([self.upconv2], 0.1)
 
     def forward(self, x):
@@ -102,10 +102,10 @@ class MSRResNet(nn.Module):
             if i == self.placement.after_block:
                 feat = self.dropout_after(feat)
         out = self.lrelu(self.pixel_shuffle(self.upconv1(feat)))
-        if self.upscale == 4:
+        if self.scale == 4:
             out = self.lrelu(self.pixel_shuffle(self.upconv2(out)))
         out = self.lrelu(self.conv_hr(out))
         if self.dropout_last is not None:
             out = self.dropout_last(out)
         out = self.conv_last(out)
-        return out + F.interpolate(x, scale_factor=self.upscale, mode="bilinear", align_corners=False)
+        return out + F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)

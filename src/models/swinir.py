@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from src.models.dropout import make_dropout, placement, validate_dropout
+from src.tiling import pad_to_multiple
 
 
 def _pair(v) -> tuple[int, int]:
@@ -199,7 +200,7 @@ class SwinIR(nn.Module):
         num_heads (list[int]): Attention heads per RSTB. Default: [6] * 6.
         window_size (int): Attention window. Default: 8.
         mlp_ratio (float): MLP hidden size / embed_dim. Default: 2.
-        upscale (int): 2, 3, 4 or 8. Default: 4.
+        scale (int): SR factor, 2, 3, 4 or 8. Default: 4.
         img_range (float): Pixel range the network works in. Default: 1.
         drop_path_rate (float): Stochastic depth, linearly increasing over blocks. The official default is 0.1;
             here 0 so that ``dropout_p=0`` is the only stochastic setting in training. Default: 0.
@@ -215,18 +216,19 @@ class SwinIR(nn.Module):
     """
 
     def __init__(self, img_size=64, in_chans=3, embed_dim=180, depths=(6, 6, 6, 6, 6, 6),
-                 num_heads=(6, 6, 6, 6, 6, 6), window_size=8, mlp_ratio=2.0, upscale=4, img_range=1.0,
+                 num_heads=(6, 6, 6, 6, 6, 6), window_size=8, mlp_ratio=2.0, scale=4, img_range=1.0,
                  drop_path_rate=0.0, dropout_position="none", dropout_dim="channel", dropout_p=0.0):
         super().__init__()
         depths, num_heads = [int(d) for d in depths], [int(h) for h in num_heads]  # Hydra passes ListConfig
-        if upscale not in (2, 3, 4, 8):
-            raise ValueError(f"upscale={upscale!r} is not supported by SwinIR; allowed: 2, 3, 4, 8")
+        if scale not in (2, 3, 4, 8):
+            raise ValueError(f"scale={scale!r} is not supported by SwinIR; allowed: 2, 3, 4, 8")
         if len(depths) != len(num_heads):
             raise ValueError(f"depths={list(depths)} and num_heads={list(num_heads)} must have equal lengths")
         if any(embed_dim % h for h in num_heads):
             raise ValueError(f"embed_dim={embed_dim} must be divisible by every num_heads={list(num_heads)}")
         validate_dropout(dropout_position, dropout_dim, dropout_p)
-        self.upscale, self.img_range, self.window_size = upscale, img_range, window_size
+        self.scale, self.img_range, self.window_size = scale, img_range, window_size
+        self.pad_multiple = window_size  # attention windows must tile the input
         self.dropout_position = dropout_position
         self.placement = placement(dropout_position, len(depths), f"SwinIR ({len(depths)} RSTB groups)")
         mean = (0.4488, 0.4371, 0.4040) if in_chans == 3 else (0.0,) * in_chans
@@ -249,7 +251,7 @@ class SwinIR(nn.Module):
         self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1)
         self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
         ups = []
-        for factor in [3] if upscale == 3 else [2] * (upscale.bit_length() - 1):
+        for factor in [3] if scale == 3 else [2] * (scale.bit_length() - 1):
             ups += [nn.Conv2d(num_feat, factor * factor * num_feat, 3, 1, 1), nn.PixelShuffle(factor)]
         self.upsample = nn.Sequential(*ups)
         self.conv_last = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
@@ -279,11 +281,7 @@ class SwinIR(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        ph, pw = (-h) % self.window_size, (-w) % self.window_size
-        if ph or pw:
-            # Windows must tile the input; reflect as the official test code, replicate if too small to reflect.
-            mode = "reflect" if ph < h and pw < w else "replicate"
-            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        x = pad_to_multiple(x, self.window_size)  # windows must tile the input; reflect as the official test code
         x = (x - self.mean) * self.img_range
         x = self.conv_first(x)
         x = self.conv_after_body(self.forward_features(x)) + x
@@ -291,4 +289,4 @@ class SwinIR(nn.Module):
         if self.dropout_last is not None:
             x = self.dropout_last(x)
         x = self.conv_last(x) / self.img_range + self.mean
-        return x[..., : h * self.upscale, : w * self.upscale]
+        return x[..., : h * self.scale, : w * self.scale]
