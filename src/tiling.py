@@ -172,9 +172,9 @@ def plan_tile(model: nn.Module, h: int, w: int, tile: int | None, overlap: int, 
                        f"{free / budget / 2**30:.1f} GiB free on {torch.device(device).type}: upscaling in tiles of "
                        f"{t} px (set tile= to choose)")
     t = TILE_CHOICES[-1]
-    raise ValueError(f"a {w}x{h} px image needs ~{per_px * (t + 2 * overlap) ** 2 / 2**20:.0f} MiB per {t} px "
-                     f"tile and only {free / budget / 2**20:.0f} MiB are free on {torch.device(device).type}: "
-                     f"free memory or use a smaller overlap=")
+    raise ValueError(f"a {w}x{h} px image needs ~{per_px * (t + 2 * overlap + multiple) ** 2 / 2**20:.0f} MiB per "
+                     f"{t} px tile, more than half of the {free / budget / 2**20:.0f} MiB free on "
+                     f"{torch.device(device).type}: free memory or use a smaller overlap=")
 
 
 def upscale_image(model: nn.Module, img: np.ndarray, scale: int, tile: int | None = None, overlap: int = 8,

@@ -252,11 +252,19 @@ def test_eval_cli_basicsr_pth_needs_and_takes_a_backbone(toy_set, tmp_path):
     base = [sys.executable, "-m", "src.eval", f"ckpt={pth}", f"data.root={root}", "sets=[Toy]", "degradations=clean",
             "device=cpu", f"cache_dir={tmp_path / 'cache'}", f"out_dir={tmp_path / 'out'}"]
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
-    missing = subprocess.run(base, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    other = tmp_path / "other.pth"  # keys of no backbone of the suite: the architecture must be named
+    torch.save({"params": {f"enc.{k}": v for k, v in MSRResNet(num_feat=32, num_block=4).state_dict().items()}}, other)
+    missing = subprocess.run([*base[:3], f"ckpt={other}", *base[4:]], cwd=REPO, capture_output=True, text=True,
+                             timeout=120, env=env)
     assert missing.returncode != 0 and "backbone=" in missing.stderr + missing.stdout
     proc = subprocess.run(base + ["backbone=tiny"], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads((tmp_path / "out" / "results.json").read_text())["Toy"]["clean"]["n_images"] >= 1
+    named = json.loads((tmp_path / "out" / "results.json").read_text())["Toy"]["clean"]
+    assert named["n_images"] >= 1
+    # a BasicSR .pth of a known backbone needs no backbone=: the same architecture is read off its keys
+    proc = subprocess.run(base + ["force=true"], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["Toy"]["clean"]["psnr"] == named["psnr"]
 
 
 # --- protocols, per-image scores, older files, cache -------------------------------------------------------------
