@@ -526,8 +526,10 @@ def load(path: str | os.PathLike, backbone: str | Mapping | None = None, device:
     arch = {k: v for k, v in cfg.items() if k not in DROPOUT_ARGS and k != "scale"}
     # The shapes decide the factor of a file without one; a config's value is checked by the strict load.
     scale = scale or cfg.get("scale") or stored_scale or infer_scale(cls, match_layout_quiet(state, cls)) or 4
+    if not isinstance(scale, int) or isinstance(scale, bool):
+        raise ValueError(f"{source}: scale={scale!r} is not an integer SR factor")
     # Dropout has no weights, and a loaded model is for inference: build it without dropout.
-    model = build_backbone(arch, scale=int(scale), dropout=NO_DROPOUT, source=source)
+    model = build_backbone(arch, scale=scale, dropout=NO_DROPOUT, source=source)
     layout = _load_strict(model, state, source)
     if layout != "basicsr" and layout != "official":
         notes.append(f"key layout: {layout}")
