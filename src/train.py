@@ -22,6 +22,7 @@ from hydra.types import RunMode
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from src.cluster import PREEMPTED_EXIT_CODE, PreemptionCheckpoint, global_rank_from_env, parse_signal, slurm_plugins
 from src.loggers import build_loggers, finish_wandb, log_results
 from src import runs
 from src.preflight import apply_shrink, check_values
@@ -37,6 +38,13 @@ class AtomicCheckpoint(pl.Callback):
 
     def __init__(self, dirpath: Path, every_n_steps: int):
         self.path, self.every_n_steps = Path(dirpath) / "last.ckpt", max(int(every_n_steps), 1)
+        self.saved_step = -1
+
+    def save(self, trainer: pl.Trainer) -> None:
+        """Write the checkpoint of the current step (once per step, whoever asks: schedule, end, preemption)."""
+        if trainer.global_step != self.saved_step:
+            self._save(trainer)
+            self.saved_step = trainer.global_step
 
     def _save(self, trainer: pl.Trainer) -> None:
         tmp = runs.temporary_name(self.path)  # unique: never shared with another process writing this folder
@@ -47,11 +55,10 @@ class AtomicCheckpoint(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step % self.every_n_steps == 0:
-            self._save(trainer)
+            self.save(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if trainer.global_step % self.every_n_steps != 0:
-            self._save(trainer)
+        self.save(trainer)
 
 
 class LineProgress(pl.Callback):
@@ -75,8 +82,9 @@ class LineProgress(pl.Callback):
 
 
 def is_rank_zero() -> bool:
-    # Under DDP every rank runs this script; only one may write the job's status files.
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0
+    # Under DDP (and under SLURM, one task per process) every rank runs this script; only one may write the
+    # job's status files.
+    return global_rank_from_env() == 0
 
 
 def is_complete(run_dir: Path, cfg: DictConfig) -> bool:
@@ -189,14 +197,25 @@ def fit_and_evaluate(cfg: DictConfig, run_dir: Path, module, datamodule, loggers
     # Without a terminal (a log file, a cluster job) a progress bar is a flood of carriage returns: print a line
     # at each validation instead.
     interactive = sys.stdout.isatty()
-    callbacks = [AtomicCheckpoint(ckpt.parent, cfg.ckpt_every_n_steps)] + ([] if interactive else [LineProgress()])
+    checkpoint = AtomicCheckpoint(ckpt.parent, cfg.ckpt_every_n_steps)
+    preemption = PreemptionCheckpoint(checkpoint.save, parse_signal(cfg.preemption.signal), cfg.preemption.requeue)
+    callbacks = [checkpoint, preemption] + ([] if interactive else [LineProgress()])
+    # Under SLURM: SLURM's ranks and nodes, our own requeue handling (src/cluster.py); elsewhere nothing.
+    plugins = slurm_plugins()
     trainer = build(cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir),
-                    enable_progress_bar=bool(cfg.trainer.get("enable_progress_bar", True)) and interactive)
+                    enable_progress_bar=bool(cfg.trainer.get("enable_progress_bar", True)) and interactive,
+                    **({"plugins": plugins} if plugins else {}))
     resume_from = str(ckpt) if cfg.resume and ckpt.is_file() and not cfg.force else None
     if resume_from:
         print(f"[train] resuming from {resume_from}")
     start = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    if preemption.preempted:
+        # Not a failure and not a result: the requeued job (or the same command) resumes from the checkpoint.
+        print(f"[train] stopped at step {trainer.global_step} on {preemption.signum.name}: {ckpt} written"
+              + ("; SLURM requeue requested" if preemption.requeued else "; rerun the same command to resume"),
+              flush=True)
+        sys.exit(PREEMPTED_EXIT_CODE)
     if trainer.interrupted:
         raise RuntimeError("training was interrupted; rerun the same command to resume")
     if not trainer.is_global_zero:
