@@ -121,8 +121,8 @@ class _Stage:
             out[pi] = D.add_poisson_noise(x[pi], pscale[pi], gray[pi], g)
         return out
 
-    def jpeg(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        return D.jpeg(x, D.uniform(g, x.shape[0], *self.jpeg_range))
+    def jpeg(self, x: torch.Tensor, g: torch.Generator, codec: str) -> torch.Tensor:
+        return D.jpeg(x, D.uniform(g, x.shape[0], *self.jpeg_range), codec)
 
 
 class RealESRGANPipeline:
@@ -182,6 +182,7 @@ class RealESRGANPipeline:
         final_sinc_prob: float = 0.8,
         final_order_prob: float = 0.5,
         queue_size: int = 0,
+        jpeg: str = "real",
     ):
         if int(scale) < 1:
             raise ValueError(f"scale must be a positive integer, got {scale}")
@@ -210,6 +211,10 @@ class RealESRGANPipeline:
         if int(queue_size) < 0:
             raise ValueError(f"queue_size must be >= 0 (0 = off), got {queue_size}")
         self.queue_size = int(queue_size)
+        if jpeg not in D.JPEG_CODECS:
+            raise ValueError(f"degradation.jpeg={jpeg!r}; allowed: {', '.join(D.JPEG_CODECS)} (real: libjpeg's "
+                             "hard rounding; differentiable: kornia's soft rounding, milder)")
+        self.jpeg = jpeg
         self._queue_lr = self._queue_gt = None
         self._queue_ptr = 0
 
@@ -237,7 +242,7 @@ class RealESRGANPipeline:
         out = D.filter2d(gt, k1)
         out = D.resize_per_sample(out, self._modes(b, g), scale_factor=self.stage1.resize_factor(g))
         out = self.stage1.noise(out, g)
-        out = self.stage1.jpeg(out, g)
+        out = self.stage1.jpeg(out, g, self.jpeg)
         # second order: blur (per-sample probability), resize relative to the LR size, noise
         out = D.filter2d(out, k2)
         f = self.stage2.resize_factor(g)
@@ -254,10 +259,10 @@ class RealESRGANPipeline:
                 continue
             y = out.index_select(0, idx)
             if not first:
-                y = D.jpeg(y, quality[idx])
+                y = D.jpeg(y, quality[idx], self.jpeg)
             y = D.filter2d(D.resize_per_sample(y, modes[idx], size=(h // s, w // s)), sinc[idx])
             if first:
-                y = D.jpeg(y, quality[idx])
+                y = D.jpeg(y, quality[idx], self.jpeg)
             lr[idx] = y
         lr, gt = D.quantize_8bit(lr), D.quantize_8bit(gt)
         if self.queue_size:
