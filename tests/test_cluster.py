@@ -112,8 +112,8 @@ def test_bad_preemption_signal_is_a_clear_error():
 
 
 def test_submitit_sweep_matches_basic_launcher_and_records_the_failing_job(tmp_path):
-    # b16 does not exist on the 4-block tiny model: that job fails, the other must still run.
-    args = ("trainer.max_steps=3", "name=sub", "dropout.position=last,b16", *SHORT)
+    # A training set that does not exist fails only when that job reads its data (the preflight reads none).
+    args = ("trainer.max_steps=3", "name=sub", "data.train_sets=[skimage],[nowhere]", *SHORT)
     basic = run(train_cmd(tmp_path / "basic", *args, multirun=True))
     sub = run(train_cmd(tmp_path / "submitit", *args, "hydra/launcher=submitit_local", multirun=True))
     assert basic.returncode != 0 and sub.returncode != 0  # a failed job fails the sweep, under both launchers
@@ -127,8 +127,8 @@ def test_submitit_sweep_matches_basic_launcher_and_records_the_failing_job(tmp_p
 
     assert relative(tmp_path / "basic") == relative(tmp_path / "submitit") and len(relative(tmp_path / "basic")) == 2
     mb, ms = manifest(tmp_path / "basic"), manifest(tmp_path / "submitit")
-    assert ms["failed"] == mb["failed"] and len(ms["failed"]) == 1 and "b16" in ms["failed"][0]
-    assert "dropout.position='b16'" in ms["jobs"][ms["failed"][0]]["error"]
+    assert ms["failed"] == mb["failed"] and len(ms["failed"]) == 1 and "nowhere" in ms["failed"][0]
+    assert "nowhere" in ms["jobs"][ms["failed"][0]]["error"]
     for name, job in mb["jobs"].items():
         other = ms["jobs"][name]
         assert {k: other[k] for k in ("status", "dir", "error") if k in other} == \
