@@ -30,8 +30,8 @@ def run(cmd, env=ENV, timeout=600):
 
 
 def job_dirs(runs):
-    """Every job folder under a runs root, keyed by the job's overrides that differ between jobs' names."""
-    return {p.parent: p for p in Path(runs).rglob("config.yaml") if (p.parent / ".hydra").is_dir()}
+    """Every job folder under a runs root (each job writes job.json, whether it trains or fails)."""
+    return {p.parent: p for p in Path(runs).rglob("job.json") if (p.parent / ".hydra").is_dir()}
 
 
 def the_run(runs):
