@@ -73,7 +73,8 @@ def test_official_ablation_matches_independent_formula():
 def test_csm_norms():
     g = torch.tensor([[[[0.5, 1.0], [0.25, 0.5]], [[2.0, 0.0], [1.0, 4.0]]]])  # (1, 2, 2, 2)
     assert torch.equal(normalise(g, "max"), g / 4)
-    assert torch.equal(normalise(g, "channel")[0, 0], g[0, 0]) and torch.equal(normalise(g, "channel")[0, 1], g[0, 1] / 4)
+    per_channel = normalise(g, "channel")
+    assert torch.equal(per_channel[0, 0], g[0, 0]) and torch.equal(per_channel[0, 1], g[0, 1] / 4)
     assert torch.equal(normalise(g + 1, "minmax"), g / 4)
     with pytest.raises(ValueError, match="norm='per'.*minmax, max, channel"):
         normalise(g, "per")

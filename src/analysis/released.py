@@ -7,8 +7,9 @@ links them; its test options name them `Real-SRResNet.pth`, `Real-SRResNet_withd
 `Real-RRDB_withdropout.pth`, and its CSM folder ships `RealSRResNetx4_details.pth` and
 `RealSRResNetx4_details_droplast_channel07.pth`). `check_released` finds them in a folder by these names,
 evaluates each under the `official` protocol (src.evaluation), prints every cell beside the paper's published
-row (src/reports/paper_results.yaml via src.reports.paper) with the difference, and runs the channel ablation and the CSM (official
-conventions: L1-mass rescaling, RGB PSNR, max-normalised CSM at the 19 official points) on the SRResNet pair.
+row (src/reports/paper_results.yaml, via src.reports.paper) with the difference, and runs the channel ablation
+and the CSM (official conventions: L1-mass rescaling, RGB PSNR, max-normalised CSM at the 19 official points)
+on the SRResNet pair.
 Writes into `out`: results_official.json per model (`<model tag>/`), released_vs_paper.csv/txt, and the
 analysis files of src/analysis/pipeline.py under `interp/`.
 """
