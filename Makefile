@@ -24,7 +24,7 @@ test: $(STAMP)         ## the fast suite (CPU, no network)
 test-full: $(STAMP)    ## everything, slow tests included
 	$(PY) -m pytest -q $(ARGS)
 
-sweep: $(STAMP)        ## a study of the paper: make sweep SWEEP=positions ARGS="scale=cpu"
+sweep: $(STAMP)        ## a study of the paper: make sweep SWEEP=positions ARGS="size=cpu"
 	$(PY) -m src.train --config-dir sweeps --config-name $(SWEEP) -m $(ARGS)
 
 bench: $(STAMP)        ## speed figures as ratios, written to bench.json
@@ -36,7 +36,7 @@ report: $(STAMP)       ## rebuild every table and figure of docs/results from th
 
 REPRO := runs/repro_small/sweep
 REPRO_CKPTS := [$(REPRO)/dropout.p-0.0,$(REPRO)/dropout.p-0.7]
-repro: $(STAMP)        ## issue 9: p=0 vs p=0.7 at reduced scale on T91+BSD200 (CPU, ~75 min), tables and figures in docs/results
+repro: $(STAMP)        ## p=0 vs p=0.7 at reduced scale on T91+BSD200 (CPU, ~75 min), tables and figures in docs/results
 	OMP_NUM_THREADS=1 $(PY) -m src.train --config-dir sweeps --config-name repro_small -m $(ARGS)
 	$(PY) -m src.report $(REPRO) out=docs/results
 	$(PY) -m src.analyze ablation ckpts=$(REPRO_CKPTS) labels=[p0,p0.7] data.set=Set5 out=docs/results/ablation

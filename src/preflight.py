@@ -9,20 +9,12 @@ from __future__ import annotations
 import difflib
 from typing import Sequence
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 # (key, smallest allowed value, what it means): integers that must be positive.
 _POSITIVE = (("trainer.max_steps", "training steps; the run trains this many optimizer steps"),
              ("data.batch_size", "LR patches per step and device"),
              ("data.lr_patch_size", "side of an LR training patch in px (HR = lr_patch_size * scale)"))
-
-
-def apply_shrink(cfg: DictConfig) -> None:
-    """Apply `shrink.<BackboneClass>` argument overrides (scale=cpu) to the backbone config, in place."""
-    changes = (cfg.get("shrink") or {}).get(cfg.backbone._target_.rsplit(".", 1)[-1])
-    if changes:
-        with open_dict(cfg):
-            cfg.backbone = OmegaConf.merge(cfg.backbone, changes)
 
 
 def check_values(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
@@ -75,5 +67,4 @@ def check_job(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     """Everything a job can get wrong before it reads data: values, added keys, the model with its dropout."""
     cfg = cfg.copy()
     check_values(cfg, overrides)
-    apply_shrink(cfg)
     build_model_cheaply(cfg)

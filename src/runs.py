@@ -2,7 +2,7 @@
 
 A run folder (one training job) holds:
 
-    config.yaml              the config this run actually used (resolved; after the run-size shrink)
+    config.yaml              the config this run actually used (resolved, size=cpu narrowing included)
     .hydra/config.yaml       Hydra's composition, saved before the run started (not what ran when shrunk)
     checkpoints/last.ckpt    the latest full training state (resuming starts here)
     train_done.json          training reached trainer.max_steps (global_step, fit seconds)

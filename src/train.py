@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.cluster import PREEMPTED_EXIT_CODE, PreemptionCheckpoint, global_rank_from_env, parse_signal, slurm_plugins
 from src.loggers import build_loggers, finish_wandb, log_results
 from src import runs
-from src.preflight import apply_shrink, check_values
+from src.preflight import check_values
 from src.sweep import register_resolvers
 from src.utils import build, resolve_device
 
@@ -137,7 +137,6 @@ def _train(cfg: DictConfig, run_dir: Path, owner: bool) -> dict:
     from src.evaluation import format_table
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    apply_shrink(cfg)
     # Backbone first: a bad dropout position or probability must fail before any data is touched.
     module_kwargs = OmegaConf.to_container(cfg.module, resolve=True)
     module = get_class(module_kwargs.pop("_target_"))(**module_kwargs)
@@ -159,7 +158,7 @@ def _train(cfg: DictConfig, run_dir: Path, owner: bool) -> dict:
         print_folders(run_dir)
         return results
     if owner:
-        # Hydra's .hydra/config.yaml is written before apply_shrink; config.yaml is what this run actually uses.
+        # The composed config, resolved: the values this run used (.hydra/config.yaml keeps the interpolations).
         runs.save_run_config(run_dir, cfg)
     if cfg.channels_last:
         module.net.to(memory_format=torch.channels_last)
@@ -228,7 +227,7 @@ def fit_and_evaluate(cfg: DictConfig, run_dir: Path, module, datamodule, loggers
     # The official protocol first, so that results.json (the completion marker) is written last.
     for protocol in reversed(resolve_protocols(cfg.eval.get("protocol", "literature"))):
         results = evaluate(module.net.eval(), datamodule.test_paths, degradations=list(cfg.eval.degradations),
-                           scale=cfg.upscale, seed=cfg.eval.seed, device=device, tile=cfg.eval.tile,
+                           scale=cfg.scale, seed=cfg.eval.seed, device=device, tile=cfg.eval.tile,
                            cache_dir=Path(cfg.paths.cache) / "testsets", protocol=protocol,
                            round_y=cfg.eval.get("round_y", True))
         write_results(run_dir, results, protocol)

@@ -6,18 +6,18 @@ from omegaconf import OmegaConf
 
 from conftest import CONF, compose_train
 
-GROUPS = ["backbone", "dropout", "degradation", "data", "trainer", "logger", "experiment", "debug"]
+GROUPS = ["backbone", "degradation", "data", "trainer", "logger", "size", "experiment", "debug"]
 
 
 def _options(group):
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
 def test_every_group_option_composes_and_resolves(tmp_path, group, option):
     overrides = [f"{group}={option}"]
-    if group == "dropout" or group == "backbone":
-        overrides.append("dropout=none")  # not every backbone honours every position; test_models covers that
+    if group == "backbone":
+        overrides.append("dropout.position=none")  # not every backbone honours every position; test_models covers that
     cfg = compose_train(overrides, tmp_path)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert resolved["module"]["backbone"] == resolved["backbone"]
@@ -55,3 +55,56 @@ def test_run_folder_is_named_by_overrides():
 def test_launcher_configs_compose(tmp_path, launcher, key):
     cfg = compose_train([f"hydra/launcher={launcher}"], tmp_path)
     assert key in cfg.hydra.launcher
+
+
+def test_dropout_is_one_node_chosen_by_value(tmp_path):
+    assert not (CONF / "dropout").exists()
+    cfg = compose_train(["backbone=srresnet", "dropout.position=b8", "dropout.p=0.5"], tmp_path)
+    assert dict(cfg.dropout) == {"position": "b8", "dim": "channel", "p": 0.5}
+    module = OmegaConf.to_container(cfg.module, resolve=True)
+    assert (module["dropout"]["position"], module["dropout"]["p"]) == ("b8", 0.5)
+
+
+def test_scale_is_the_sr_factor_everywhere(tmp_path):
+    cfg = OmegaConf.to_container(compose_train(["scale=2"], tmp_path), resolve=True)
+    assert {cfg["data"]["scale"], cfg["degradation"]["scale"], cfg["module"]["scale"]} == {2}
+    assert "scale" not in cfg["backbone"] and "upscale" not in cfg["backbone"]  # passed in, not repeated
+    with pytest.raises(Exception, match="upscale"):
+        compose_train(["upscale=2"], tmp_path)
+
+
+@pytest.mark.parametrize("backbone,narrowed", [
+    ("srresnet", {"num_feat": 16, "num_block": 16}),
+    ("rrdb", {"num_feat": 16, "num_grow_ch": 8, "num_block": 23}),
+    ("swinir", {"embed_dim": 24, "window_size": 4, "depths": [2] * 6}),
+])
+def test_size_cpu_narrows_the_backbone_by_composition(tmp_path, backbone, narrowed):
+    full = compose_train([f"backbone={backbone}"], tmp_path).backbone
+    cpu = compose_train([f"backbone={backbone}", "size=cpu"], tmp_path).backbone
+    assert {k: OmegaConf.to_container(cpu)[k] for k in narrowed} == narrowed
+    assert any(full[k] != cpu[k] for k in narrowed)  # the full model differs: it really was narrowed
+    assert set(full) == set(cpu)  # only values change, no key is added
+    # a command-line value still wins over the narrowed one
+    assert compose_train([f"backbone={backbone}", "size=cpu", f"backbone.{next(iter(narrowed))}=40"],
+                         tmp_path).backbone[next(iter(narrowed))] == 40
+
+
+def test_size_cpu_is_a_cpu_trial_of_the_paper_setting(tmp_path):
+    paper = compose_train(["experiment=paper"], tmp_path)
+    assert paper.trainer.max_steps == 500000 and paper.data.train_sets == ["DIV2K_train"]
+    assert paper.backbone.num_feat == 64 and paper.trainer.accelerator == "gpu"
+    trial = compose_train(["experiment=paper", "size=cpu"], tmp_path)
+    assert trial.trainer.max_steps == 100 and trial.data.train_sets == ["skimage"]
+    assert trial.backbone.num_feat == 16 and trial.backbone.num_block == 16 and trial.trainer.accelerator == "cpu"
+    assert not (CONF / "size" / "paper.yaml").exists()
+
+
+def test_data_options_share_one_base(tmp_path):
+    base = OmegaConf.load(CONF / "data" / "_base.yaml")
+    for option in _options("data"):
+        own = OmegaConf.load(CONF / "data" / f"{option}.yaml")
+        assert own.defaults[0] == "_base"
+        repeated = {k for k in own if k != "defaults" and k in base and own[k] == base[k]}
+        assert not repeated, f"conf/data/{option}.yaml repeats {repeated} from _base.yaml"
+        cfg = compose_train([f"data={option}"], tmp_path).data
+        assert set(cfg) == set(base) and cfg.val_crop == base.val_crop

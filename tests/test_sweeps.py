@@ -14,7 +14,7 @@ ENV = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
 # The design's own grid of the paper's positions and probabilities.
 DESIGN = ["dropout.position=last,b4,b8", "dropout.p=0.1,0.5,0.7"]
 # The same command shortened: SRResNet's 16 blocks (narrowed), one step, tiny crops, one test degradation.
-SHORT = ["backbone=srresnet", "scale=cpu", "trainer.max_steps=1", "data.val_crop=32", "eval.degradations=[clean]"]
+SHORT = ["backbone=srresnet", "size=cpu", "trainer.max_steps=1", "data.val_crop=32", "eval.degradations=[clean]"]
 
 
 def train(runs, *args, multirun=True):

@@ -111,8 +111,8 @@ def test_training_images_smaller_than_a_patch_are_skipped_with_a_warning(tmp_pat
 @pytest.mark.parametrize("backbone", ["srresnet", "rrdb", "swinir"])
 @pytest.mark.parametrize("position", ["last", "b4", "half"])
 def test_every_backbone_trains_with_dropout_positions(tmp_path, backbone, position):
-    # scale=cpu narrows each backbone but keeps its depth, so every position of the full model still exists.
-    results, cfg = _run_train(tmp_path, ["scale=cpu", "debug=fast", f"backbone={backbone}", f"dropout.position={position}",
+    # size=cpu narrows each backbone but keeps its depth, so every position of the full model still exists.
+    results, cfg = _run_train(tmp_path, ["size=cpu", "debug=fast", f"backbone={backbone}", f"dropout.position={position}",
                                          "dropout.dim=element", "dropout.p=0.3", "eval.degradations=[clean]"])
     assert math.isfinite(results["skimage_holdout"]["clean"]["psnr"])
     built = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)

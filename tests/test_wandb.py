@@ -1,4 +1,4 @@
-"""Issue 10: what an offline W&B run holds, read from the run's own files (no server, no network)."""
+"""What an offline W&B run holds, read from the run's own files (no server, no network)."""
 import json
 import time
 

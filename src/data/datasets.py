@@ -109,7 +109,7 @@ class HRPatches(Dataset):
             self.paths = [p for p in self.paths if p not in small]
             if not self.paths:
                 raise ValueError(f"every training image is smaller than the HR patch size {patch_size} "
-                                 f"(data.lr_patch_size x upscale): {', '.join(map(str, small[:5]))}")
+                                 f"(data.lr_patch_size x scale): {', '.join(map(str, small[:5]))}")
             warnings.warn(f"skipping {len(small)} training image(s) smaller than the {patch_size}px HR patch: "
                           f"{', '.join(p.name for p in small)}")
 
