@@ -3,7 +3,7 @@
 A run folder (one training job) holds:
 
     config.yaml              the config this run actually used (resolved, size=cpu narrowing included)
-    .hydra/config.yaml       Hydra's composition, saved before the run started (not what ran when shrunk)
+    .hydra/config.yaml       Hydra's composition, saved before the run started (the same values, interpolations kept)
     checkpoints/last.ckpt    the latest full training state (resuming starts here)
     train_done.json          training reached trainer.max_steps (global_step, fit seconds)
     results.json / .csv      scores under the literature protocol; results_official.json / .csv: the paper's own
