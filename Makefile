@@ -5,17 +5,20 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 SWEEP  ?= positions
 ARGS   ?=
+# The torch a fresh .venv gets (pyproject accepts any torch>=2.4, so a venv that already has one keeps it).
+TORCH  ?= torch==2.13.0
 
 .PHONY: install quickstart test test-full sweep bench report repro clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install --quiet --disable-pip-version-check '$(TORCH)'
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
-quickstart: $(STAMP)   ## train a tiny dropout SRResNet on the bundled photos (CPU, < 10 min), print the 8-degradation table
+quickstart: $(STAMP)   ## train a narrow 16-block dropout SRResNet on the bundled photos (CPU, < 10 min), print the 8-degradation table
 	$(PY) -m src.train $(ARGS)
 
 test: $(STAMP)         ## the fast suite (CPU, no network)

@@ -21,6 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor, ProgressBar
 
 from src.cluster import PREEMPTED_EXIT_CODE, PreemptionCheckpoint, global_rank_from_env, parse_signal, slurm_plugins
 from src.loggers import build_loggers, finish_wandb, log_results
@@ -79,6 +80,21 @@ class LineProgress(pl.Callback):
         parts = [f"step {trainer.global_step}/{trainer.max_steps}"]
         parts += [f"{k} {float(m[k]):.4g}" for k in ("train/loss", "val/psnr") if k in m]
         print(f"[train] {', '.join(parts)}, {rate:.2f} it/s", flush=True)
+
+
+def build_callbacks(cfg: DictConfig, loggers: list, interactive: bool) -> list[pl.Callback]:
+    """The `callbacks` node's Lightning callbacks (conf/callbacks), instantiated."""
+    callbacks = []
+    for name, callback_cfg in (cfg.get("callbacks") or {}).items():
+        callback = build(callback_cfg)
+        if isinstance(callback, LearningRateMonitor) and not loggers:
+            raise ValueError(f"callbacks.{name} (LearningRateMonitor) writes to a logger, but logger="
+                             f"{OmegaConf.select(cfg, 'hydra.runtime.choices.logger', default='none')} has none; "
+                             "use logger=csv, logger=wandb or logger=tensorboard, or drop the callback")
+        if isinstance(callback, ProgressBar) and not interactive:
+            continue  # a bar without a terminal floods the log; LineProgress prints one line per validation instead
+        callbacks.append(callback)
+    return callbacks
 
 
 def is_rank_zero() -> bool:
@@ -199,6 +215,7 @@ def fit_and_evaluate(cfg: DictConfig, run_dir: Path, module, datamodule, loggers
     checkpoint = AtomicCheckpoint(ckpt.parent, cfg.ckpt_every_n_steps)
     preemption = PreemptionCheckpoint(checkpoint.save, parse_signal(cfg.preemption.signal), cfg.preemption.requeue)
     callbacks = [checkpoint, preemption] + ([] if interactive else [LineProgress()])
+    callbacks += build_callbacks(cfg, loggers, interactive)
     # Under SLURM: SLURM's ranks and nodes, our own requeue handling (src/cluster.py); elsewhere nothing.
     plugins = slurm_plugins()
     trainer = build(cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir),

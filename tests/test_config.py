@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 
 from conftest import CONF, compose_train
 
-GROUPS = ["backbone", "degradation", "data", "trainer", "logger", "size", "experiment", "debug"]
+GROUPS = ["backbone", "degradation", "data", "trainer", "logger", "callbacks", "size", "experiment", "debug"]
 
 
 def _options(group):
@@ -37,6 +37,23 @@ def test_quickstart_defaults_match_the_issue(tmp_path):
     assert cfg.trainer.accelerator == "cpu" and cfg.trainer.precision == "32-true"
     assert cfg.module.optimizer.lr == 2e-4 and list(cfg.module.optimizer.betas) == [0.9, 0.999]
     assert cfg.logger.wandb.offline is True
+
+
+PAPER_POSITIONS = ["none", "last", "b4", "b8", "b12", "b16", "quarter", "half", "all"]
+
+
+@pytest.mark.parametrize("position", PAPER_POSITIONS)
+def test_every_paper_position_builds_on_the_default_model(tmp_path, position):
+    import torch
+
+    from src.models.io import build_backbone
+
+    cfg = compose_train([f"dropout.position={position}"], tmp_path)
+    assert cfg.backbone.num_block == 16 and cfg.backbone._target_.endswith("MSRResNet")  # SRResNet's own depth
+    with torch.device("meta"):
+        net = build_backbone(OmegaConf.to_container(cfg.module, resolve=True)["backbone"])
+    dropped = [m for m in net.modules() if type(m).__name__.endswith("Dropout") and getattr(m, "p", 0) > 0]
+    assert (len(dropped) > 0) == (position != "none")
 
 
 def test_run_folder_is_named_by_overrides():

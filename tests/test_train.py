@@ -54,7 +54,7 @@ def test_missing_data_root_names_path_and_how_to_get_it(tmp_path):
 def test_bad_dropout_position_fails_before_training(tmp_path):
     from src.train import train
 
-    cfg = compose_train(TINY + ["dropout.position=b16"], tmp_path)  # tiny has 4 blocks
+    cfg = compose_train(TINY + ["backbone=tiny", "dropout.position=b16"], tmp_path)  # tiny has 4 blocks
     with pytest.raises(ValueError, match="dropout.position"):
         train(cfg, tmp_path)
     assert not (tmp_path / "checkpoints").exists()
@@ -130,7 +130,8 @@ def test_init_from_weights_fine_tunes_with_a_fresh_optimizer(tmp_path):
     pth = tmp_path / "published.pth"
     torch.save({"params_ema": theirs}, pth)
     run = tmp_path / "run"
-    _run_train(run, ["debug=fast", f"init_from={pth}", "module.optimizer.lr=0", "module.scheduler.eta_min=0"])
+    _run_train(run, ["debug=fast", "backbone=tiny", f"init_from={pth}", "module.optimizer.lr=0",
+                     "module.scheduler.eta_min=0"])
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     net = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     assert all(torch.equal(net[k], v) for k, v in source.state_dict().items())
@@ -145,11 +146,57 @@ def test_init_from_a_mismatched_file_fails_before_training(tmp_path):
 
     pth = tmp_path / "wide.pth"
     torch.save({"params": MSRResNet(num_feat=16, num_block=4).state_dict()}, pth)
-    cfg = compose_train(TINY + [f"init_from={pth}"], tmp_path)
+    cfg = compose_train(TINY + ["backbone=tiny", f"init_from={pth}"], tmp_path)
     with pytest.raises(ValueError, match=r"wide\.pth: weights do not fit.*conv_first\.weight \(16, 3, 3, 3\) vs "
                                          r"\(32, 3, 3, 3\)"):
         train(cfg, tmp_path)
     assert not (tmp_path / "checkpoints").exists()
     torch.save({"params": MSRResNet(num_feat=32, num_block=5).state_dict()}, pth)
     with pytest.raises(ValueError, match=r"wide\.pth: its \d+ weights fit no known key layout.*body\.4\.conv1"):
-        train(compose_train(TINY + [f"init_from={pth}"], tmp_path), tmp_path)
+        train(compose_train(TINY + ["backbone=tiny", f"init_from={pth}"], tmp_path), tmp_path)
+
+
+@pytest.mark.parametrize("option,expected", [("default", []), ("lr_monitor", ["LearningRateMonitor"]),
+                                             ("rich", ["RichProgressBar"]),
+                                             ("[lr_monitor,rich]", ["LearningRateMonitor", "RichProgressBar"])])
+def test_callbacks_compose_and_instantiate(tmp_path, option, expected):
+    from src.train import build_callbacks
+
+    cfg = compose_train([f"callbacks={option}"], tmp_path)
+    built = build_callbacks(cfg, loggers=["a logger"], interactive=True)
+    assert sorted(type(c).__name__ for c in built) == expected
+    # without a terminal a progress bar would flood the log: only the other callbacks stay
+    quiet = build_callbacks(cfg, loggers=["a logger"], interactive=False)
+    assert sorted(type(c).__name__ for c in quiet) == [n for n in expected if n != "RichProgressBar"]
+
+
+def test_lr_monitor_without_a_logger_is_a_clear_error(tmp_path):
+    from src.train import build_callbacks
+
+    cfg = compose_train(["callbacks=lr_monitor", "logger=none"], tmp_path)
+    with pytest.raises(ValueError, match=r"callbacks.lr_monitor .*logger=none.*logger=csv"):
+        build_callbacks(cfg, loggers=[], interactive=True)
+
+
+@pytest.mark.parametrize("option,expected", [("none", []), ("csv", ["ResumableCSVLogger"]),
+                                             ("tensorboard", ["ResumableCSVLogger", "TensorBoardLogger"]),
+                                             ("wandb", ["ResumableCSVLogger", "WandbLogger"])])
+def test_loggers_compose_and_instantiate(tmp_path, option, expected):
+    from src.loggers import build_loggers, finish_wandb
+
+    loggers = build_loggers(compose_train([f"logger={option}"], tmp_path))
+    try:
+        assert sorted(type(lg).__name__ for lg in loggers) == expected
+    finally:
+        finish_wandb(loggers)
+
+
+def test_tensorboard_logger_and_lr_monitor_record_a_run(tmp_path):
+    _run_train(tmp_path, ["logger=tensorboard", "callbacks=lr_monitor", "trainer.max_steps=3",
+                          "trainer.val_check_interval=3", "trainer.log_every_n_steps=1", "backbone=tiny",
+                          "eval.degradations=[clean]"])
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
+    lr_columns = [c for c in header if c.startswith("lr-")]  # LearningRateMonitor's column, beside the module's own
+    assert lr_columns and "train/lr" in header
