@@ -46,12 +46,13 @@ PAPER_POSITIONS = ["none", "last", "b4", "b8", "b12", "b16", "quarter", "half", 
 def test_every_paper_position_builds_on_the_default_model(tmp_path, position):
     import torch
 
-    from src.models.io import build_backbone
+    from src.models.loading import build_backbone
 
     cfg = compose_train([f"dropout.position={position}"], tmp_path)
     assert cfg.backbone.num_block == 16 and cfg.backbone._target_.endswith("MSRResNet")  # SRResNet's own depth
+    module = OmegaConf.to_container(cfg.module, resolve=True)
     with torch.device("meta"):
-        net = build_backbone(OmegaConf.to_container(cfg.module, resolve=True)["backbone"])
+        net = build_backbone(module["backbone"], scale=module["scale"], dropout=module["dropout"])
     dropped = [m for m in net.modules() if type(m).__name__.endswith("Dropout") and getattr(m, "p", 0) > 0]
     assert (len(dropped) > 0) == (position != "none")
 
