@@ -100,6 +100,8 @@ def run_eval(cfg: DictConfig) -> dict[Path, dict]:
                 model, scale = None, int(cfg.scale or 4)
             else:
                 loaded = load(ckpt, backbone=backbone, device=device)
+                for note in loaded.notes:  # e.g. the paper's key layout, or an architecture read off the keys
+                    print(f"[load] {loaded.path.name}: {note}")
                 if cfg.get("scale") and int(cfg.scale) != loaded.scale:
                     raise ValueError(f"scale={cfg.scale} but {ckpt} is a x{loaded.scale} model; drop scale= or set "
                                      f"scale={loaded.scale}")

@@ -136,6 +136,8 @@ def export(ckpt: str | os.PathLike, fmt: str, out: str | os.PathLike | None = No
     from src.models.loading import load
 
     loaded = load(ckpt, backbone=backbone, device="cpu")
+    for note in loaded.notes:  # e.g. the paper's key layout, or an architecture read off the keys
+        print(f"[load] {loaded.path.name}: {note}")
     if fmt == "safetensors":
         return export_safetensors(loaded.model, loaded.config, out, {"source": Path(ckpt).name}, loaded.scale)
     return export_onnx(loaded.model, out, opset, exporter)

@@ -122,7 +122,7 @@ def run_inference(model: nn.Module, inputs: list[Path], out_dir: str | os.PathLi
             bar.write(f"error: {summary.failed[path]}", file=sys.stderr)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        except Exception as e:  # noqa: BLE001 - one bad image (unreadable, too big, a model error) must not stop a folder
+        except Exception as e:  # noqa: BLE001 - one bad image (unreadable, too big, a model error) never stops a folder
             # ImageReadError and our ValueErrors name the path; anything else gets it prepended
             summary.failed[path] = str(e) if str(path) in str(e) else f"{path}: {type(e).__name__}: {e}"
             bar.write(f"error: {summary.failed[path]}", file=sys.stderr)
@@ -145,6 +145,8 @@ def main(cfg) -> int:
     if backbone is not None:
         backbone = OmegaConf.to_container(backbone, resolve=True)
     loaded = load(resolve_checkpoint(to_absolute_path(cfg.ckpt)), backbone=backbone, device=device)
+    for note in loaded.notes:  # e.g. the paper's key layout, or an architecture read off the keys
+        print(f"[load] {loaded.path.name}: {note}")
     out_dir = Path(to_absolute_path(cfg.output))
     summary = run_inference(loaded.model, gather_inputs(to_absolute_path(cfg.input)), out_dir, device, cfg.tile,
                             cfg.overlap, cfg.pad_multiple, progress=cfg.progress)

@@ -393,7 +393,8 @@ def match_layout(state: Mapping[str, Any], expected: set[str], backbone: str, so
     names = ", ".join(dict.fromkeys(lay.name for lay in candidates))
     try:
         other, _ = infer_config(state, source)
-        hint = f" The keys look like {other['_target_'].rsplit('.', 1)[-1]} {({k: v for k, v in other.items() if k != '_target_'})}."
+        args = {k: v for k, v in other.items() if k != "_target_"}
+        hint = f" The keys look like {other['_target_'].rsplit('.', 1)[-1]} {args}."
     except ValueError:
         hint = ""
 
@@ -458,10 +459,11 @@ def infer_config(state: Mapping[str, Any], source: str) -> tuple[dict, str]:
     for layout in LAYOUTS:
         st = layout.to_ours(state)
         try:
-            if layout.backbone == "MSRResNet" and {"body.0.conv1.weight", "upconv1.weight", "conv_hr.weight"} <= set(st):
+            keys = st.keys()
+            if layout.backbone == "MSRResNet" and {"body.0.conv1.weight", "upconv1.weight", "conv_hr.weight"} <= keys:
                 cfg = {"num_in_ch": st["conv_first.weight"].shape[1], "num_out_ch": st["conv_last.weight"].shape[0],
                        "num_feat": st["conv_first.weight"].shape[0], "num_block": _n_blocks(st)}
-            elif layout.backbone == "RRDBNet" and {"body.0.rdb1.conv1.weight", "conv_body.weight"} <= set(st):
+            elif layout.backbone == "RRDBNet" and {"body.0.rdb1.conv1.weight", "conv_body.weight"} <= keys:
                 out_ch = st["conv_last.weight"].shape[0]
                 cfg = {"num_in_ch": out_ch, "num_out_ch": out_ch, "num_feat": st["conv_first.weight"].shape[0],
                        "num_block": _n_blocks(st), "num_grow_ch": st["body.0.rdb1.conv1.weight"].shape[0]}
