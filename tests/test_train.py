@@ -116,7 +116,9 @@ def test_every_backbone_trains_with_dropout_positions(tmp_path, backbone, positi
                                          "dropout.dim=element", "dropout.p=0.3", "eval.degradations=[clean]"])
     assert math.isfinite(results["skimage_holdout"]["clean"]["psnr"])
     built = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert built["hyper_parameters"]["backbone"]["dropout_position"] == position
+    # the dropout node is passed to the backbone beside its architecture, and saved with the checkpoint
+    assert built["hyper_parameters"]["dropout"]["position"] == position
+    assert not any(k.startswith("dropout") for k in built["hyper_parameters"]["backbone"])
 
 
 def test_init_from_weights_fine_tunes_with_a_fresh_optimizer(tmp_path):
