@@ -150,10 +150,10 @@ class BareStep:
 
 def degrade(degradation, batch: torch.Tensor, device: torch.device, seed: int, step: int):
     """What SRDataModule.on_after_batch_transfer does for micro-batch 0 of `step` on rank 0."""
-    from src.models.module import mix_seed
+    from src import seeding
 
     hr = batch.to(device, non_blocking=True).float().div_(255.0)
-    generator = torch.Generator(device=device).manual_seed(mix_seed(seed, step, 0, 0))
+    generator = seeding.generator(seed, "degradation", step, 0, 0, device=device)
     with torch.no_grad():
         lr, gt = degradation(hr, generator)
     return lr.contiguous(), gt.contiguous()

@@ -54,7 +54,13 @@ class AtomicCheckpoint(pl.Callback):
             os.replace(tmp, self.path)
         trainer.strategy.barrier("atomic-checkpoint")
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.saved_step = trainer.global_step
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # Only right after an optimizer step: with gradient accumulation the batches in between hold gradients
+        # that a checkpoint does not carry; save() writes each step once, and on_train_start marks the step resumed
+        # from as saved.
         if trainer.global_step % self.every_n_steps == 0:
             self.save(trainer)
 

@@ -1,7 +1,6 @@
-"""Small helpers shared by the entry points: atomic writes and seeding."""
+"""Small helpers shared by the entry points: atomic writes, building from config, devices."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile
@@ -44,12 +43,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return _atomic_write(path, buffer.getvalue())
 
 
 def build(cfg: Any, **kwargs: Any) -> Any:

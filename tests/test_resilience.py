@@ -43,9 +43,10 @@ def test_ddp_cpu_two_processes(tmp_path):
     assert json.loads((job / "results.json").read_text())["skimage_holdout"]["clean"]["n_images"] == 3
 
 
-def test_kill9_then_resume_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("extra", [(), ("trainer.accumulate_grad_batches=2",)], ids=["plain", "accumulate2"])
+def test_kill9_then_resume_matches_uninterrupted_run(tmp_path, extra):
     args = ("trainer.max_steps=48", "ckpt_every_n_steps=3", "trainer.val_check_interval=24", "name=kr",
-            "eval.degradations=[clean]", "dropout.p=0.5")
+            "eval.degradations=[clean]", "dropout.p=0.5", *extra)
     ref = subprocess.run(train_cmd(tmp_path / "ref", *args), cwd=REPO, env=ENV, capture_output=True, text=True,
                          timeout=600)
     assert ref.returncode == 0, ref.stderr[-3000:]

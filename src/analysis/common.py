@@ -88,11 +88,6 @@ def capture_features(model: nn.Module, lr: torch.Tensor, layer: str = DEFAULT_LA
     return out, store["f"]
 
 
-def model_device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 def to_tensor(img: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 (H, W, 3) -> float (1, 3, H, W) in [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float().div(255).to(device)

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from src.data.datasets import HRPatches, PairedImages, StepSampler, decoded, default_data_root, resolve_set
-from src.models.module import mix_seed
+from src import seeding
 
 
 class SRDataModule(pl.LightningDataModule):
@@ -43,7 +43,6 @@ class SRDataModule(pl.LightningDataModule):
         self.total_steps, self.num_workers, self.seed = total_steps, num_workers, seed
         self.val_degradation, self.val_crop = val_degradation, val_crop
         self.cache_dir = cache_dir
-        self._micro = (-1, 0)
         # Resolve every set now: a missing folder must fail before any training starts.
         self.train_paths = [p for s in self.train_sets for p in resolve_set(s, self.root)]
         self.val_paths = [p for s in self.val_sets for p in resolve_set(s, self.root)]
@@ -52,7 +51,7 @@ class SRDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", None) and not hasattr(self, "train_data"):
             self.train_data = HRPatches(self.train_paths, self.lr_patch_size * self.scale,
-                                        length=self.total_steps * self.batch_size * self._world_size(),
+                                        length=self._total_batches() * self.batch_size * self._world_size(),
                                         seed=self.seed, cache_dir=self.cache_dir)
         if stage in ("fit", "validate", None) and not hasattr(self, "val_data"):
             from src.data.testsets import degrade_test_image, modcrop
@@ -60,7 +59,8 @@ class SRDataModule(pl.LightningDataModule):
             pairs = []
             for i, path in enumerate(self.val_paths):
                 hr = modcrop(self._centre_crop(np.asarray(decoded(path, self.cache_dir))), self.scale)
-                lr = degrade_test_image(hr, self.val_degradation, self.scale, seed=mix_seed(self.seed, i) % 2**31)
+                seed = seeding.stream_seed(self.seed, "validation", index=i) % 2**31
+                lr = degrade_test_image(hr, self.val_degradation, self.scale, seed=seed)
                 pairs.append((lr, hr))
             self.val_data = PairedImages(pairs)
 
@@ -74,10 +74,18 @@ class SRDataModule(pl.LightningDataModule):
     def _world_size(self) -> int:
         return self.trainer.world_size if self.trainer is not None else 1
 
+    def _accumulate(self) -> int:
+        return self.trainer.accumulate_grad_batches if self.trainer is not None else 1
+
+    def _total_batches(self) -> int:
+        # With gradient accumulation one optimizer step consumes several batches.
+        return self.total_steps * self._accumulate()
+
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         # Starting the sampler at the restored global step is what makes a resumed run see the same batches.
-        sampler = StepSampler(self.total_steps, self.batch_size, start_step=trainer.global_step if trainer else 0,
+        sampler = StepSampler(self._total_batches(), self.batch_size,
+                              start_step=trainer.global_step * self._accumulate() if trainer else 0,
                               rank=trainer.global_rank if trainer else 0, world_size=self._world_size())
         return DataLoader(self.train_data, batch_size=self.batch_size, sampler=sampler, drop_last=True,
                           num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
@@ -89,10 +97,11 @@ class SRDataModule(pl.LightningDataModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if self.trainer is not None and self.trainer.training:
             hr = batch.float().div_(255.0)
-            step, rank = self.trainer.global_step, self.trainer.global_rank
-            # Several batches per optimizer step (gradient accumulation) each need their own draw.
-            self._micro = (step, self._micro[1] + 1) if self._micro[0] == step else (step, 0)
-            generator = torch.Generator(device=hr.device).manual_seed(mix_seed(self.seed, step, rank, self._micro[1]))
+            # Called before Lightning counts this batch as ready: `ready` is the number of batches before it.
+            before = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
+            micro = seeding.micro_batch(before, self._accumulate())
+            generator = seeding.generator(self.seed, "degradation", self.trainer.global_step, self.trainer.global_rank,
+                                          micro, device=hr.device)
             with torch.no_grad():
                 lr, gt = self.degradation(hr, generator)
             return lr.contiguous(), gt.contiguous()

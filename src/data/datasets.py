@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from src import seeding
 from src.data.imageio import IMAGE_SUFFIXES, read_image
 
 # scikit-image ships these RGB photos inside its wheel, so a first run needs no download. The held-out ones
@@ -89,7 +90,7 @@ def decoded(path: Path, cache_dir: Path | None) -> np.ndarray:
 
 
 class HRPatches(Dataset):
-    """Random HR crops with flips/rotations; item i is a pure function of (seed, i).
+    """Random HR crops with flips/rotations; item i is a pure function of (seed, i) (the `crops` stream).
 
     Making every item a function of its index (instead of a stateful RNG) is what lets a resumed run and a DDP
     rank see exactly the batches an uninterrupted run would: the sampler only has to say where to start.
@@ -122,7 +123,7 @@ class HRPatches(Dataset):
         return self._images[k]
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        rng = np.random.default_rng([self.seed, i])
+        rng = seeding.numpy_rng(self.seed, "crops", index=i)
         img = self._image(int(rng.integers(len(self.paths))))
         h, w = img.shape[:2]
         top, left = int(rng.integers(h - self.patch_size + 1)), int(rng.integers(w - self.patch_size + 1))
@@ -136,7 +137,10 @@ class HRPatches(Dataset):
 
 
 class StepSampler(Sampler[int]):
-    """Indices for steps start_step.. of a run, sharded by rank: step s on rank r uses items of batch s*world+r."""
+    """Indices for batches start_step.. of a run, sharded by rank: batch s on rank r uses items of s*world+r.
+
+    A "step" here is one batch of the data loader; with gradient accumulation an optimizer step is several.
+    """
 
     def __init__(self, total_steps: int, batch_size: int, start_step: int = 0, rank: int = 0, world_size: int = 1):
         self.total_steps, self.batch_size = total_steps, batch_size

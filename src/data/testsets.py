@@ -39,6 +39,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from src import seeding
 from src.data.imageio import (IMAGE_SUFFIXES, ImageReadError, decode_image, read_image, to_rgb_uint8,
                               write_image)
 
@@ -211,7 +212,7 @@ def noise_rng(hr: np.ndarray, name: str, seed: int) -> np.random.Generator:
     if int(seed) < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
     words = np.frombuffer(hashlib.sha256(_content_digest(hr) + name.encode()).digest()[:16], dtype="<u4")
-    return np.random.default_rng([int(seed), *map(int, words)])
+    return seeding.numpy_rng(int(seed), "test_noise", key=[int(w) for w in words])
 
 
 def _check_hr(hr: np.ndarray, protocol: str) -> None:

@@ -116,8 +116,3 @@ class FeatureDropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}, dim={self.dim}, channel_axis={self.channel_axis}"
-
-
-def make_dropout(dim: str, p: float, channel_axis: int = 1) -> FeatureDropout:
-    """Build the dropout module for one site (kept even at p=0 so hooks and analysis find it)."""
-    return FeatureDropout(p, dim, channel_axis)

@@ -1,7 +1,6 @@
 """The LightningModule: L1 loss, Adam + cosine schedule, validation PSNR-Y, per-step seeding for exact resume."""
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Mapping
 
 import pytorch_lightning as pl
@@ -11,13 +10,8 @@ from hydra.utils import instantiate
 from torchmetrics import MeanMetric
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
+from src import seeding
 from src.models.loading import build_backbone
-
-
-def mix_seed(*parts: int) -> int:
-    """A 63-bit seed from several integers; hashing avoids the collisions of seed + step style sums."""
-    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
 def y_channel(x: torch.Tensor) -> torch.Tensor:
@@ -66,9 +60,11 @@ class SRModule(pl.LightningModule):
         return self.net(lr)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        # Dropout masks come from the global RNG; reseeding it from (seed, step, rank) makes them a function of
-        # the step, so an interrupted-and-resumed run matches an uninterrupted one bit for bit.
-        torch.manual_seed(mix_seed(self.hparams.seed, self.global_step, self.global_rank, 1))
+        # Dropout masks come from the global RNG; reseeding it from (seed, step, rank, micro-batch) makes them a
+        # function of where the batch sits, so a resumed run matches an uninterrupted one bit for bit, and the
+        # micro-batches of one accumulated step draw different masks.
+        micro = seeding.micro_batch(batch_idx, self.trainer.accumulate_grad_batches)
+        seeding.seed_global(self.hparams.seed, "dropout", self.global_step, self.global_rank, micro)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         lr, hr = batch

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from src.models.dropout import make_dropout, placement, validate_dropout
+from src.models.dropout import FeatureDropout, placement, validate_dropout
 from src.models.srresnet import scaled_kaiming_
 from src.tiling import pad_to_multiple
 
@@ -72,11 +72,10 @@ class RRDBNet(nn.Module):
             raise ValueError(f"scale={scale!r} is not supported by RRDBNet; allowed: 1, 2, 4")
         validate_dropout(dropout_position, dropout_dim, dropout_p)
         self.scale = scale
-        self.dropout_position = dropout_position
         self.placement = placement(dropout_position, num_block, f"RRDBNet (num_block={num_block})")
 
         def block_dropout(i):
-            return make_dropout(dropout_dim, dropout_p) if i in self.placement.in_blocks else None
+            return FeatureDropout(dropout_p, dropout_dim) if i in self.placement.in_blocks else None
 
         unshuffle = {4: 1, 2: 2, 1: 4}[scale]
         self.unshuffle = unshuffle
@@ -89,8 +88,8 @@ class RRDBNet(nn.Module):
         self.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
         self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
-        self.dropout_after = make_dropout(dropout_dim, dropout_p) if self.placement.after_block is not None else None
-        self.dropout_last = make_dropout(dropout_dim, dropout_p) if self.placement.last else None
+        self.dropout_after = FeatureDropout(dropout_p, dropout_dim) if self.placement.after_block is not None else None
+        self.dropout_last = FeatureDropout(dropout_p, dropout_dim) if self.placement.last else None
 
     def forward(self, x):
         h, w = x.shape[-2:]

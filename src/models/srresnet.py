@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from src.models.dropout import make_dropout, placement, validate_dropout
+from src.models.dropout import FeatureDropout, placement, validate_dropout
 
 
 @torch.no_grad()
@@ -68,11 +68,10 @@ class MSRResNet(nn.Module):
             raise ValueError(f"scale={scale!r} is not supported by MSRResNet; allowed: 2, 3, 4")
         validate_dropout(dropout_position, dropout_dim, dropout_p)
         self.scale = scale
-        self.dropout_position = dropout_position
         self.placement = placement(dropout_position, num_block, f"MSRResNet (num_block={num_block})")
 
         def block_dropout(i):
-            return make_dropout(dropout_dim, dropout_p) if i in self.placement.in_blocks else None
+            return FeatureDropout(dropout_p, dropout_dim) if i in self.placement.in_blocks else None
 
         self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
         # body stays a Sequential of blocks with BasicSR's indices so checkpoints load with strict=True.
@@ -88,8 +87,8 @@ class MSRResNet(nn.Module):
         self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
         self.lrelu = nn.LeakyReLU(negative_slope=0.1, inplace=True)
         # Parameter-free, so neither adds state-dict keys.
-        self.dropout_after = make_dropout(dropout_dim, dropout_p) if self.placement.after_block is not None else None
-        self.dropout_last = make_dropout(dropout_dim, dropout_p) if self.placement.last else None
+        self.dropout_after = FeatureDropout(dropout_p, dropout_dim) if self.placement.after_block is not None else None
+        self.dropout_last = FeatureDropout(dropout_p, dropout_dim) if self.placement.last else None
 
         scaled_kaiming_([self.conv_first, self.upconv1, self.conv_hr, self.conv_last], 0.1)
         if scale == 4:

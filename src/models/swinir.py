@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from src.models.dropout import make_dropout, placement, validate_dropout
+from src.models.dropout import FeatureDropout, placement, validate_dropout
 from src.tiling import pad_to_multiple
 
 
@@ -229,7 +229,6 @@ class SwinIR(nn.Module):
         validate_dropout(dropout_position, dropout_dim, dropout_p)
         self.scale, self.img_range, self.window_size = scale, img_range, window_size
         self.pad_multiple = window_size  # attention windows must tile the input
-        self.dropout_position = dropout_position
         self.placement = placement(dropout_position, len(depths), f"SwinIR ({len(depths)} RSTB groups)")
         mean = (0.4488, 0.4371, 0.4040) if in_chans == 3 else (0.0,) * in_chans
         # Not persistent: the official model keeps the mean out of its state dict.
@@ -243,7 +242,7 @@ class SwinIR(nn.Module):
         self.patch_embed = PatchEmbed(embed_dim)
         self.layers = nn.ModuleList()
         for i, (depth, heads) in enumerate(zip(depths, num_heads)):
-            drop = make_dropout(dropout_dim, dropout_p) if i in self.placement.in_blocks else None
+            drop = FeatureDropout(dropout_p, dropout_dim) if i in self.placement.in_blocks else None
             start = sum(depths[:i])
             self.layers.append(RSTB(embed_dim, resolution, depth, heads, window_size, mlp_ratio,
                                     rates[start:start + depth], drop))
@@ -255,9 +254,9 @@ class SwinIR(nn.Module):
             ups += [nn.Conv2d(num_feat, factor * factor * num_feat, 3, 1, 1), nn.PixelShuffle(factor)]
         self.upsample = nn.Sequential(*ups)
         self.conv_last = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
-        self.dropout_after = (make_dropout(dropout_dim, dropout_p, channel_axis=-1)
+        self.dropout_after = (FeatureDropout(dropout_p, dropout_dim, channel_axis=-1)
                               if self.placement.after_block is not None else None)
-        self.dropout_last = make_dropout(dropout_dim, dropout_p) if self.placement.last else None
+        self.dropout_last = FeatureDropout(dropout_p, dropout_dim) if self.placement.last else None
         self.apply(self._init_weights)
 
     @staticmethod
