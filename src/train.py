@@ -184,6 +184,8 @@ def _train(cfg: DictConfig, run_dir: Path, owner: bool) -> dict:
         runs.save_run_config(run_dir, cfg)
     if cfg.channels_last:
         module.net.to(memory_format=torch.channels_last)
+        if module.net_ema is not None:
+            module.net_ema.to(memory_format=torch.channels_last)
     if cfg.compile:
         module.net.compile()  # in place: state-dict keys stay BasicSR-compatible
 
@@ -249,7 +251,7 @@ def fit_and_evaluate(cfg: DictConfig, run_dir: Path, module, datamodule, loggers
     device = resolve_device("auto" if cfg.trainer.accelerator in ("gpu", "cuda", "auto") else "cpu")
     # The official protocol first, so that results.json (the completion marker) is written last.
     for protocol in reversed(resolve_protocols(cfg.eval.get("protocol", "literature"))):
-        results = evaluate(module.net.eval(), datamodule.test_paths, degradations=list(cfg.eval.degradations),
+        results = evaluate(module.eval_net.eval(), datamodule.test_paths, degradations=list(cfg.eval.degradations),
                            scale=cfg.scale, seed=cfg.eval.seed, device=device, tile=cfg.eval.tile,
                            cache_dir=Path(cfg.paths.cache) / "testsets", protocol=protocol,
                            round_y=cfg.eval.get("round_y", True))

@@ -43,7 +43,8 @@ def test_ddp_cpu_two_processes(tmp_path):
     assert json.loads((job / "results.json").read_text())["skimage_holdout"]["clean"]["n_images"] == 3
 
 
-@pytest.mark.parametrize("extra", [(), ("trainer.accumulate_grad_batches=2",)], ids=["plain", "accumulate2"])
+@pytest.mark.parametrize("extra", [(), ("trainer.accumulate_grad_batches=2", "ema.decay=0.9")],
+                         ids=["plain", "accumulate2-ema"])
 def test_kill9_then_resume_matches_uninterrupted_run(tmp_path, extra):
     args = ("trainer.max_steps=48", "ckpt_every_n_steps=3", "trainer.val_check_interval=24", "name=kr",
             "eval.degradations=[clean]", "dropout.p=0.5", *extra)
@@ -74,6 +75,7 @@ def test_kill9_then_resume_matches_uninterrupted_run(tmp_path, extra):
     assert "resuming from" in resumed.stdout
     a, b = net_state(only_job(tmp_path / "ref", "kr") / "checkpoints/last.ckpt"), net_state(ckpt)
     assert a.keys() == b.keys()
+    assert any(k.startswith("net_ema.") for k in a) == ("ema.decay=0.9" in extra)  # the average is compared too
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
 
 

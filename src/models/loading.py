@@ -224,6 +224,8 @@ def read_weights(path: str | os.PathLike, key: str | None = None) -> tuple[dict,
         if key not in obj:
             raise ValueError(f"{path}: no '{key}' entry; found {sorted(map(str, obj))[:10]}")
         state = obj[key]
+    elif isinstance(obj.get("params_ema"), Mapping):  # the weight average, when a run kept one (ema.decay > 0)
+        state = obj["params_ema"]
     elif isinstance(obj.get("state_dict"), Mapping):  # a Lightning checkpoint: the backbone lives under `net.`
         state = {k[len("net."):]: v for k, v in obj["state_dict"].items() if k.startswith("net.")}
     else:

@@ -1,6 +1,7 @@
 """The LightningModule: L1 loss, Adam + cosine schedule, validation PSNR-Y, per-step seeding for exact resume."""
 from __future__ import annotations
 
+import copy
 from typing import Any, Mapping
 
 import pytorch_lightning as pl
@@ -45,19 +46,65 @@ class SRModule(pl.LightningModule):
         scale: SR factor, passed to the backbone and used for the border cropped from validation PSNR.
         seed: seeds the per-step global RNG (dropout masks) so a resumed run draws the same masks.
         dropout: the dropout node `{position, dim, p}` passed to the backbone; None = no dropout.
+        ema_decay: decay of an exponential moving average of the weights, updated after every optimizer step
+            (BasicSR: 0.999); when above 0 the average (`net_ema`) is what validation, evaluation and the loaders
+            use. 0 turns it off.
+
+    Checkpoints carry, beside Lightning's state, the backbone in BasicSR's layout: `params` (the trained weights)
+    and, with the EMA on, `params_ema` (the average), which BasicSR-style loaders prefer.
     """
 
     def __init__(self, backbone: Mapping[str, Any], optimizer: Mapping[str, Any],
                  scheduler: Mapping[str, Any] | None = None, scale: int = 4, seed: int = 0,
-                 panel_images: int = 3, panel_crop: int = 96, dropout: Mapping[str, Any] | None = None):
+                 panel_images: int = 3, panel_crop: int = 96, dropout: Mapping[str, Any] | None = None,
+                 ema_decay: float = 0.0):
         super().__init__()
+        if not 0.0 <= float(ema_decay) < 1.0:
+            raise ValueError(f"ema.decay={ema_decay}: must be in [0, 1); 0 turns the weight average off, "
+                             f"BasicSR's recipes use 0.999")
         self.save_hyperparameters()
         self.net = build_backbone(backbone, scale=scale, dropout=dropout)
+        # The average starts as a copy of the initial weights, as BasicSR's; it never receives gradients.
+        self.net_ema = copy.deepcopy(self.net).requires_grad_(False) if ema_decay > 0 else None
         self.val_psnr = MeanMetric()
         self._panel: list[torch.Tensor] = []
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         return self.net(lr)
+
+    @property
+    def eval_net(self) -> torch.nn.Module:
+        """The network to validate, evaluate and export: the weight average when it is on."""
+        return self.net_ema if self.net_ema is not None else self.net
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)  # called once per optimizer step, after all micro-batches
+        if self.net_ema is not None:
+            self._update_ema()
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = float(self.hparams.ema_decay)
+        average, current = list(self.net_ema.parameters()), list(self.net.parameters())
+        torch._foreach_mul_(average, decay)
+        torch._foreach_add_(average, current, alpha=1.0 - decay)
+        for mine, theirs in zip(self.net_ema.buffers(), self.net.buffers()):
+            mine.copy_(theirs)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # BasicSR's layout beside Lightning's. The tensors share storage with `state_dict`, and torch.save writes
+        # a storage once, so this costs no space.
+        checkpoint["params"] = self.net.state_dict()
+        if self.net_ema is not None:
+            checkpoint["params_ema"] = self.net_ema.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        has_ema = any(k.startswith("net_ema.") for k in checkpoint.get("state_dict", {}))
+        if has_ema != (self.net_ema is not None):
+            raise ValueError(
+                f"the checkpoint was written with the weight average {'on' if has_ema else 'off'} but this run has "
+                f"ema.decay={self.hparams.ema_decay}: resume with the ema.decay it was trained with, or start "
+                f"over with force=true")
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # Dropout masks come from the global RNG; reseeding it from (seed, step, rank, micro-batch) makes them a
@@ -79,7 +126,7 @@ class SRModule(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         lr, hr = batch
-        sr = (self.net(lr).clamp(0, 1) * 255).round() / 255  # scored as the saved 8-bit image would be
+        sr = (self.eval_net(lr).clamp(0, 1) * 255).round() / 255  # scored as the saved 8-bit image would be
         b = self.hparams.scale
         sr_y, hr_y = y_channel(sr)[..., b:-b, b:-b], y_channel(hr)[..., b:-b, b:-b]
         self.val_psnr.update(peak_signal_noise_ratio(sr_y, hr_y, data_range=1.0, reduction="none", dim=(1, 2, 3)))
@@ -101,7 +148,7 @@ class SRModule(pl.LightningModule):
     def configure_optimizers(self):
         # The configs say `_partial_: true` (they are completed here with params/optimizer); drop it and pass
         # the missing argument directly.
-        optimizer = instantiate({**self.hparams.optimizer, "_partial_": False}, params=self.parameters())
+        optimizer = instantiate({**self.hparams.optimizer, "_partial_": False}, params=self.net.parameters())
         if not self.hparams.scheduler:
             return optimizer
         scheduler = instantiate({**self.hparams.scheduler, "_partial_": False}, optimizer=optimizer)
