@@ -14,6 +14,15 @@ from src.data.datasets import HRPatches, PairedImages, StepSampler, decoded, def
 from src import seeding
 
 
+def _check_val_degradations(names: list[str]) -> None:
+    from src.data.testsets import TEST_DEGRADATIONS
+
+    bad = [n for n in names if n not in TEST_DEGRADATIONS]
+    if bad or not names:
+        raise ValueError(f"data.val_degradations={names}: {'unknown ' + ', '.join(map(repr, bad)) if bad else 'empty'}"
+                         f"; allowed: {', '.join(TEST_DEGRADATIONS)}")
+
+
 class SRDataModule(pl.LightningDataModule):
     """Training crops degraded on the batch's device; fixed validation pairs.
 
@@ -25,7 +34,8 @@ class SRDataModule(pl.LightningDataModule):
             `skimage_holdout` photos.
         batch_size, lr_patch_size: per-device batch of LR patches of this size (HR = lr_patch_size * scale).
         total_steps: the run's length (trainer.max_steps); the sampler serves exactly that many batches.
-        val_degradation: one of the fixed test degradations applied to the validation images (on the host).
+        val_degradations: test degradations applied to the validation images (on the host, noise from the
+            `validation` stream); every (val set, degradation) pair is one validation loader, named `<set>/<name>`.
         val_crop: HR centre crop of validation images, keeping validation cheap on the CPU; None = whole image.
         cache_dir: where decoded images are kept as .npy; None decodes PNGs on every access.
     """
@@ -33,7 +43,8 @@ class SRDataModule(pl.LightningDataModule):
     def __init__(self, degradation: Callable, root: str | None = None, train_sets: Sequence[str] = ("skimage",),
                  val_sets: Sequence[str] = ("skimage_holdout",), test_sets: Sequence[str] = ("skimage_holdout",),
                  batch_size: int = 16, lr_patch_size: int = 32, scale: int = 4, total_steps: int = 1000,
-                 num_workers: int = 0, seed: int = 0, val_degradation: str = "clean", val_crop: int | None = 256,
+                 num_workers: int = 0, seed: int = 0, val_degradations: Sequence[str] | str = ("clean",),
+                 val_crop: int | None = 256,
                  cache_dir: str | None = None):
         super().__init__()
         self.degradation = degradation
@@ -41,11 +52,13 @@ class SRDataModule(pl.LightningDataModule):
         self.train_sets, self.val_sets, self.test_sets = list(train_sets), list(val_sets), list(test_sets)
         self.batch_size, self.lr_patch_size, self.scale = batch_size, lr_patch_size, scale
         self.total_steps, self.num_workers, self.seed = total_steps, num_workers, seed
-        self.val_degradation, self.val_crop = val_degradation, val_crop
+        self.val_degradations = [val_degradations] if isinstance(val_degradations, str) else list(val_degradations)
+        self.val_crop = val_crop
+        _check_val_degradations(self.val_degradations)
         self.cache_dir = cache_dir
         # Resolve every set now: a missing folder must fail before any training starts.
         self.train_paths = [p for s in self.train_sets for p in resolve_set(s, self.root)]
-        self.val_paths = [p for s in self.val_sets for p in resolve_set(s, self.root)]
+        self.val_paths = {s: resolve_set(s, self.root) for s in self.val_sets}
         self.test_paths = {s: resolve_set(s, self.root) for s in self.test_sets}
 
     def setup(self, stage: str | None = None) -> None:
@@ -56,13 +69,15 @@ class SRDataModule(pl.LightningDataModule):
         if stage in ("fit", "validate", None) and not hasattr(self, "val_data"):
             from src.data.testsets import degrade_test_image, modcrop
 
-            pairs = []
-            for i, path in enumerate(self.val_paths):
-                hr = modcrop(self._centre_crop(np.asarray(decoded(path, self.cache_dir))), self.scale)
-                seed = seeding.stream_seed(self.seed, "validation", index=i) % 2**31
-                lr = degrade_test_image(hr, self.val_degradation, self.scale, seed=seed)
-                pairs.append((lr, hr))
-            self.val_data = PairedImages(pairs)
+            self.val_data = {}
+            for name, paths in self.val_paths.items():
+                hrs = [modcrop(self._centre_crop(np.asarray(decoded(p, self.cache_dir))), self.scale) for p in paths]
+                for degradation in self.val_degradations:
+                    pairs = []
+                    for i, hr in enumerate(hrs):
+                        seed = seeding.stream_seed(self.seed, "validation", index=i) % 2**31
+                        pairs.append((degrade_test_image(hr, degradation, self.scale, seed=seed), hr))
+                    self.val_data[f"{name}/{degradation}"] = PairedImages(pairs)
 
     def _centre_crop(self, img: np.ndarray) -> np.ndarray:
         if not self.val_crop:
@@ -92,7 +107,8 @@ class SRDataModule(pl.LightningDataModule):
                           persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_data, batch_size=1, num_workers=0)
+        # Named loaders: the module logs `val/<set>/<degradation>/psnr` for each, and their mean as `val/psnr`.
+        return {name: DataLoader(data, batch_size=1, num_workers=0) for name, data in self.val_data.items()}
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if self.trainer is not None and self.trainer.training:

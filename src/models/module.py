@@ -66,7 +66,7 @@ class SRModule(pl.LightningModule):
         self.net = build_backbone(backbone, scale=scale, dropout=dropout)
         # The average starts as a copy of the initial weights, as BasicSR's; it never receives gradients.
         self.net_ema = copy.deepcopy(self.net).requires_grad_(False) if ema_decay > 0 else None
-        self.val_psnr = MeanMetric()
+        self.val_psnr = torch.nn.ModuleList()  # one mean per validation loader (set x degradation)
         self._panel: list[torch.Tensor] = []
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
@@ -124,19 +124,33 @@ class SRModule(pl.LightningModule):
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss
 
-    def validation_step(self, batch, batch_idx: int) -> None:
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         lr, hr = batch
         sr = (self.eval_net(lr).clamp(0, 1) * 255).round() / 255  # scored as the saved 8-bit image would be
         b = self.hparams.scale
         sr_y, hr_y = y_channel(sr)[..., b:-b, b:-b], y_channel(hr)[..., b:-b, b:-b]
-        self.val_psnr.update(peak_signal_noise_ratio(sr_y, hr_y, data_range=1.0, reduction="none", dim=(1, 2, 3)))
+        while len(self.val_psnr) <= dataloader_idx:
+            self.val_psnr.append(MeanMetric().to(self.device))
+        self.val_psnr[dataloader_idx].update(
+            peak_signal_noise_ratio(sr_y, hr_y, data_range=1.0, reduction="none", dim=(1, 2, 3)))
         # Panels only where a logger can show images (W&B), not for CSV-only runs.
-        if batch_idx < self.hparams.panel_images and any(hasattr(lg, "log_image") for lg in self.loggers):
+        if (dataloader_idx == 0 and batch_idx < self.hparams.panel_images
+                and any(hasattr(lg, "log_image") for lg in self.loggers)):
             self._panel.append(panel_strip(lr[0], sr[0], hr[0], self.hparams.panel_crop))
 
     def on_validation_epoch_end(self) -> None:
-        self.log("val/psnr", self.val_psnr.compute(), prog_bar=True, sync_dist=True)  # already synced; silences a DDP warning
-        self.val_psnr.reset()
+        loaders = self.trainer.val_dataloaders
+        names = list(loaders) if isinstance(loaders, Mapping) else [None] * len(self.val_psnr)
+        means = []
+        for name, metric in zip(names, self.val_psnr):
+            if not metric.update_called:
+                continue
+            means.append(metric.compute())  # already synced across ranks; sync_dist below silences a DDP warning
+            metric.reset()
+            if name is not None:
+                self.log(f"val/{name}/psnr", means[-1], sync_dist=True, add_dataloader_idx=False)
+        if means:  # each set x degradation weighs the same in the headline
+            self.log("val/psnr", torch.stack(means).mean(), prog_bar=True, sync_dist=True, add_dataloader_idx=False)
         panel, self._panel = self._panel, []
         for logger in self.loggers:
             if panel and hasattr(logger, "log_image") and self.trainer.is_global_zero:
