@@ -10,8 +10,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from src.data.datasets import HRPatches, PairedImages, StepSampler, decoded, default_data_root, resolve_set
 from src import seeding
+from src.data.datasets import HRPatches, PairedImages, StepSampler, decoded, default_data_root, resolve_set
+from src.data.pool import PairPool
 
 
 def _check_val_degradations(names: list[str]) -> None:
@@ -38,6 +39,9 @@ class SRDataModule(pl.LightningDataModule):
             `validation` stream); every (val set, degradation) pair is one validation loader, named `<set>/<name>`.
         val_crop: HR centre crop of validation images, keeping validation cheap on the CPU; None = whole image.
         cache_dir: where decoded images are kept as .npy; None decodes PNGs on every access.
+        pool_size: a pool of this many degraded pairs mixed across batches (0 = none; the official recipe: 16).
+        augment: flips/rotations of the training crops: `all8` (the paper's text), `hflip` (the official recipe),
+            `none`.
     """
 
     def __init__(self, degradation: Callable, root: str | None = None, train_sets: Sequence[str] = ("skimage",),
@@ -45,7 +49,7 @@ class SRDataModule(pl.LightningDataModule):
                  batch_size: int = 16, lr_patch_size: int = 32, scale: int = 4, total_steps: int = 1000,
                  num_workers: int = 0, seed: int = 0, val_degradations: Sequence[str] | str = ("clean",),
                  val_crop: int | None = 256,
-                 cache_dir: str | None = None):
+                 cache_dir: str | None = None, augment: str = "all8", pool_size: int = 0):
         super().__init__()
         self.degradation = degradation
         self.root = Path(root) if root else default_data_root()
@@ -55,7 +59,8 @@ class SRDataModule(pl.LightningDataModule):
         self.val_degradations = [val_degradations] if isinstance(val_degradations, str) else list(val_degradations)
         self.val_crop = val_crop
         _check_val_degradations(self.val_degradations)
-        self.cache_dir = cache_dir
+        self.cache_dir, self.augment = cache_dir, augment
+        self.pool = PairPool(pool_size)
         # Resolve every set now: a missing folder must fail before any training starts.
         self.train_paths = [p for s in self.train_sets for p in resolve_set(s, self.root)]
         self.val_paths = {s: resolve_set(s, self.root) for s in self.val_sets}
@@ -65,7 +70,7 @@ class SRDataModule(pl.LightningDataModule):
         if stage in ("fit", None) and not hasattr(self, "train_data"):
             self.train_data = HRPatches(self.train_paths, self.lr_patch_size * self.scale,
                                         length=self._total_batches() * self.batch_size * self._world_size(),
-                                        seed=self.seed, cache_dir=self.cache_dir)
+                                        seed=self.seed, cache_dir=self.cache_dir, augment=self.augment)
         if stage in ("fit", "validate", None) and not hasattr(self, "val_data"):
             from src.data.testsets import degrade_test_image, modcrop
 
@@ -120,6 +125,17 @@ class SRDataModule(pl.LightningDataModule):
                                           micro, device=hr.device)
             with torch.no_grad():
                 lr, gt = self.degradation(hr, generator)
+            if self.pool.size:
+                lr, gt = self.pool(lr, gt, seeding.generator(self.seed, "pool", self.trainer.global_step,
+                                                             self.trainer.global_rank, micro, device=hr.device))
             return lr.contiguous(), gt.contiguous()
         lr, hr = batch
         return lr.float().div_(255.0), hr.float().div_(255.0)
+
+    def state_dict(self) -> dict:
+        # Lightning stores this in the checkpoint: the pool's pairs are training state (rank 0's under DDP).
+        return {"pool": self.pool.state_dict()} if self.pool.size else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.pool.size and "pool" in state:
+            self.pool.load_state_dict(state["pool"])

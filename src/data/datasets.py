@@ -89,15 +89,24 @@ def decoded(path: Path, cache_dir: Path | None) -> np.ndarray:
     return np.load(npy, mmap_mode="r")
 
 
+AUGMENTS = ("all8", "hflip", "none")
+
+
 class HRPatches(Dataset):
     """Random HR crops with flips/rotations; item i is a pure function of (seed, i) (the `crops` stream).
+
+    `augment`: `all8` = a random one of the 8 flips/rotations of the square (the paper's text); `hflip` = a
+    horizontal flip with probability 1/2 and no rotation (the official recipe, BasicSR's `use_hflip` without
+    `use_rot`); `none`.
 
     Making every item a function of its index (instead of a stateful RNG) is what lets a resumed run and a DDP
     rank see exactly the batches an uninterrupted run would: the sampler only has to say where to start.
     """
 
     def __init__(self, paths: list[Path], patch_size: int, length: int, seed: int = 0,
-                 cache_dir: str | os.PathLike | None = None, augment: bool = True):
+                 cache_dir: str | os.PathLike | None = None, augment: str = "all8"):
+        if augment not in AUGMENTS:
+            raise ValueError(f"data.augment={augment!r}; allowed: {', '.join(AUGMENTS)}")
         self.paths, self.patch_size, self.length, self.seed = list(paths), patch_size, length, seed
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.augment = augment
@@ -128,9 +137,9 @@ class HRPatches(Dataset):
         h, w = img.shape[:2]
         top, left = int(rng.integers(h - self.patch_size + 1)), int(rng.integers(w - self.patch_size + 1))
         patch = np.asarray(img[top:top + self.patch_size, left:left + self.patch_size])
-        if self.augment:
-            if rng.random() < 0.5:
-                patch = patch[:, ::-1]
+        if self.augment != "none" and rng.random() < 0.5:
+            patch = patch[:, ::-1]
+        if self.augment == "all8":
             patch = np.rot90(patch, int(rng.integers(4)))
         # uint8 crosses to the device: 4x less to copy than float; the datamodule converts after transfer.
         return torch.from_numpy(np.ascontiguousarray(patch)).permute(2, 0, 1)
