@@ -153,7 +153,10 @@ def run_size(cfg) -> dict:
     """What sets a run's cost: width/depth of the backbone, iterations, training data and batch."""
     arch = {k: _select(cfg, f"backbone.{k}") for k in ("num_feat", "num_block", "num_grow_ch", "embed_dim", "depths")}
     data, val = _select(cfg, "data.train_sets"), _select(cfg, "data.val_sets")
-    val_deg = _select(cfg, "data.val_degradation")
+    # `data.val_degradations` (a list) since validation covers several; older runs saved `data.val_degradation`.
+    val_deg = _select(cfg, "data.val_degradations") or _select(cfg, "data.val_degradation")
+    if val_deg is not None and not isinstance(val_deg, str):
+        val_deg = "+".join(map(str, val_deg))
     return {"arch": {k: v for k, v in arch.items() if v is not None},
             "val": ("+".join(map(str, val)) if val is not None and not isinstance(val, str) else val or "")
             + (f" ({val_deg})" if val_deg else ""),
