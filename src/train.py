@@ -163,10 +163,13 @@ def _train(cfg: DictConfig, run_dir: Path, owner: bool) -> dict:
     module_kwargs = OmegaConf.to_container(cfg.module, resolve=True)
     module = get_class(module_kwargs.pop("_target_"))(**module_kwargs)
     init_from_weights(cfg, run_dir, module.net)
+    if module.net_ema is not None:  # the average starts from the weights training starts from
+        module.net_ema.load_state_dict(module.net.state_dict())
     degradation = build(cfg.degradation)
     datamodule = build(cfg.data, degradation=degradation)
     if owner:
-        data = {"train": datamodule.train_paths, "val": datamodule.val_paths,
+        data = {"train": datamodule.train_paths,
+                "val": [p for paths in datamodule.val_paths.values() for p in paths],
                 "test": [p for paths in datamodule.test_paths.values() for p in paths]}
         runs.claim_identity(run_dir, runs.fingerprint(cfg, datamodule.root, data), force=cfg.force)
         if cfg.force or not cfg.resume:
