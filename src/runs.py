@@ -210,7 +210,8 @@ def is_complete(run_dir: str | os.PathLike, max_steps: int, test_sets: Sequence[
 BOOKKEEPING = ("name", "paths", "logger", "callbacks", "resume", "force", "ckpt_every_n_steps", "channels_last",
                "compile", "data.root", "data.num_workers", "data.cache_dir", "trainer.devices", "trainer.accelerator",
                "trainer.strategy", "trainer.num_nodes", "trainer.enable_progress_bar", "trainer.log_every_n_steps",
-               "trainer.enable_model_summary", "eval.degradations", "eval.tile", "eval.protocol", "hydra")
+               "trainer.enable_model_summary", "eval.degradations", "eval.tile", "eval.protocol", "eval.reference",
+               "hydra")
 _HEAD_BYTES = 1 << 16
 
 

@@ -179,7 +179,7 @@ def _train(cfg: DictConfig, run_dir: Path, owner: bool) -> dict:
     if cfg.resume and not cfg.force and is_complete(run_dir, cfg):
         results = runs.read_state(runs.results_file(run_dir))
         print(f"[train] {run_dir} is already complete (train_done.json + results.json); force=true reruns it")
-        print(format_table(results))
+        print(format_table(results, reference=reference_results(cfg, datamodule, "literature")))
         print_folders(run_dir)
         return results
     if owner:
@@ -216,6 +216,16 @@ def init_from_weights(cfg: DictConfig, run_dir: Path, net: torch.nn.Module) -> N
     path = Path(to_absolute_path(str(cfg.init_from)))
     layout = init_weights(net, path)
     print(f"[train] backbone initialised from {path} ({layout} key layout); optimizer and schedule start fresh")
+
+
+def reference_results(cfg: DictConfig, datamodule, protocol: str) -> dict | None:
+    """The bicubic reference on the run's test sets (`eval.reference=bicubic`, cached per machine), or None."""
+    if cfg.eval.get("reference") != "bicubic":
+        return None
+    from src.evaluation import bicubic_reference
+
+    return bicubic_reference(datamodule.test_paths, list(cfg.eval.degradations), cfg.scale, cfg.eval.seed, protocol,
+                             cfg.eval.get("round_y", True), Path(cfg.paths.cache) / "testsets")
 
 
 def fit_and_evaluate(cfg: DictConfig, run_dir: Path, module, datamodule, loggers: list) -> dict:
@@ -261,7 +271,7 @@ def fit_and_evaluate(cfg: DictConfig, run_dir: Path, module, datamodule, loggers
         write_results(run_dir, results, protocol)
         if protocol == "literature":
             log_results(loggers, results, trainer.global_step)
-        print(format_table(results))
+        print(format_table(results, reference=reference_results(cfg, datamodule, protocol)))
     print_folders(run_dir)
     return results
 

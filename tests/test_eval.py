@@ -418,3 +418,31 @@ def test_given_lr_set_through_the_cli(toy_set, tmp_path):
     assert r["given"]["per_image"] == r["clean"]["per_image"] and r["given"]["n_images"] == 2
     with pytest.raises(FileNotFoundError, match=r"no LR folder \(Toy: .*elsewhere"):
         run_eval(_eval_cfg(root, ckpt, degradations="[given]", **{"+lr_dirs.Toy": tmp_path / "elsewhere"}))
+
+
+def test_bicubic_reference_rows_are_scored_once_and_printed_with_a_reading_line(toy_set, tmp_path, monkeypatch):
+    from src.evaluation import BicubicUpsampler, bicubic_reference
+
+    cache = tmp_path / "cache"
+    ref = bicubic_reference({"Toy": toy_set}, ["clean", "noise"], 4, 0, "literature", True, cache)
+    direct = evaluate(BicubicUpsampler(4, "literature"), {"Toy": toy_set}, ["clean", "noise"], scale=4, seed=0)
+    for d in ("clean", "noise"):
+        assert ref["Toy"][d]["psnr"] == pytest.approx(direct["Toy"][d]["psnr"], abs=1e-9)
+    assert (cache / "bicubic_literature_x4.json").is_file()
+
+    def no_forward(self, x):  # a cached reference must not be recomputed
+        raise AssertionError("bicubic reference recomputed")
+
+    monkeypatch.setattr(BicubicUpsampler, "forward", no_forward)
+    again = bicubic_reference({"Toy": toy_set}, ["clean", "noise"], 4, 0, "literature", True, cache)
+    assert again["Toy"]["clean"]["psnr"] == ref["Toy"]["clean"]["psnr"]
+    with pytest.raises(AssertionError, match="recomputed"):  # another image list is scored anew
+        bicubic_reference({"Toy": toy_set[:1]}, ["clean"], 4, 0, "literature", True, cache)
+
+    model = evaluate(Bicubic(), {"Toy": toy_set}, ["clean", "noise"], scale=4, seed=0)
+    lines = format_table(model, reference=ref).splitlines()
+    row = next(line for line in lines if line.startswith("Toy bicubic"))
+    assert f"{ref['Toy']['clean']['psnr']:.2f}" in row and f"{ref['Toy']['noise']['psnr']:.2f}" in row
+    assert row.split()[-1] == "2"  # images
+    assert lines[-1].startswith("Reading: the bicubic rows")
+    assert "bicubic" not in format_table(model)

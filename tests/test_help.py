@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 from conftest import CONF, REPO
 
 TOOLS = ["train", "eval", "infer", "export", "analyze"]
-TRAIN_GROUPS = ["backbone", "data", "degradation", "trainer", "logger", "callbacks", "size", "experiment", "debug"]
+TRAIN_GROUPS = ["backbone", "data", "degradation", "trainer", "logger", "callbacks", "size", "experiment", "debug",
+                "scheduler"]
 
 
 @pytest.fixture(scope="module")

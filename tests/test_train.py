@@ -18,8 +18,11 @@ def _run_train(tmp_path, overrides):
     return train(cfg, tmp_path), cfg
 
 
-def test_fast_dev_run_writes_checkpoint_and_results(tmp_path):
+def test_fast_dev_run_writes_checkpoint_and_results(tmp_path, capsys):
     results, cfg = _run_train(tmp_path, ["debug=fast"])
+    # the printed table ends with the bicubic reference of the same test images and a line on reading it
+    out = capsys.readouterr().out
+    assert "skimage_holdout bicubic" in out and "Reading: the bicubic rows" in out
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved) == {"skimage_holdout"}
