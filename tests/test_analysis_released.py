@@ -72,7 +72,11 @@ def test_released_command_end_to_end_on_synthetic_models(tmp_path):
     for seed, name in enumerate(("Real-SRResNet", "Real-SRResNet_withdropout")):
         torch.manual_seed(seed)
         model = srresnet.MSRResNet(num_feat=32, num_block=4)  # the shape of conf/backbone/tiny.yaml
-        torch.save({"params": model.state_dict()}, released / f"{name}.pth")
+        # saved in the paper's released layout: the trunk unrolled as body1.0 .. body4.0 (not BasicSR's body.0 ..)
+        details = {(f"body{int(k.split('.')[1]) + 1}.0.{k.split('.', 2)[2]}" if k.startswith("body.") else k): v
+                   for k, v in model.state_dict().items()}
+        assert any(k.startswith("body1.0.") for k in details)
+        torch.save({"params": details}, released / f"{name}.pth")
     hr_dir = tmp_path / "data" / "Set5" / "HR"
     hr_dir.mkdir(parents=True)
     for i in range(2):
