@@ -394,14 +394,19 @@ def save_run_config(run_dir: str | os.PathLike, cfg) -> Path:
     return atomic_write_text(Path(run_dir) / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
 
 
+def run_config_path(run_dir: str | os.PathLike) -> Path | None:
+    """The file of the config the run actually used: `config.yaml`, else (older runs) `.hydra/config.yaml`."""
+    run_dir = Path(run_dir)
+    return next((p for p in (run_dir / CONFIG, run_dir / HYDRA_CONFIG) if p.is_file()), None)
+
+
 def load_run_config(run_dir: str | os.PathLike):
-    """The config the run actually used: `config.yaml`, else (runs older than it) Hydra's `.hydra/config.yaml`."""
+    """The config the run actually used (see `run_config_path`)."""
     from omegaconf import OmegaConf
 
-    run_dir = Path(run_dir)
-    for path in (run_dir / CONFIG, run_dir / HYDRA_CONFIG):
-        if path.is_file():
-            return OmegaConf.load(path)
+    path = run_config_path(run_dir)
+    if path is not None:
+        return OmegaConf.load(path)
     raise FileNotFoundError(f"{run_dir}: neither {CONFIG} nor {HYDRA_CONFIG}; cannot tell what this run trained")
 
 

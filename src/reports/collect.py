@@ -142,11 +142,8 @@ def _select(cfg, key, default=None):
 
 
 def config_path(run_dir: Path) -> Path | None:
-    """The config a run actually ran: `config.yaml`; Hydra's `.hydra/config.yaml` only for runs without one."""
-    for p in (Path(run_dir) / run_folders.CONFIG, Path(run_dir) / run_folders.HYDRA_CONFIG):
-        if p.is_file():
-            return p
-    return None
+    """The config a run actually ran (src.runs decides which file that is)."""
+    return run_folders.run_config_path(run_dir)
 
 
 def run_size(cfg) -> dict:
