@@ -1,6 +1,6 @@
 """Speed figures of the suite as ratios against its own lower bounds, all measured in one process.
 
-    python -m src.bench [--quick] [--device cpu|cuda] [--out bench.json]
+    python -m src.bench [quick=true] [device=cpu|cuda] [out=bench.json] [threads=1]  (--help: every option)
 
 1. framework_overhead  Lightning training step / bare PyTorch loop doing the same work on the same batches
                        (data loading, Real-ESRGAN degradation, forward, L1, backward, Adam, scheduler)   <= 1.03
@@ -11,7 +11,7 @@
 5. evaluation_cache    seconds of a test-set evaluation with a cold degraded-LR cache / with a warm one (no target)
 
 Every time is a median over repetitions after warm-up steps. The full run uses the paper's SRResNet (batch 16 of
-32x32 LR); --quick the tiny backbone and Set5. The composed train config (conf/train.yaml with data=t91_bsd200
+32x32 LR); quick=true the tiny backbone and Set5. The composed train config (conf/train.yaml with data=t91_bsd200
 when the data root has T91 and BSD200, else data=sample) supplies the module, the datamodule and the degradation.
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ import logging
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -37,7 +38,7 @@ from src.utils import atomic_write_json
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 BENCH_SETS = ("Set5", "Set14", "BSD100", "Urban100")
 # The whole protocol runs the full SRResNet over ~6 M LR pixels x 8 degradations x 2 (cold, warm): minutes on a
-# GPU, hours on a CPU, so a CPU run evaluates the smallest sets unless --eval-sets says otherwise.
+# GPU, hours on a CPU, so a CPU run evaluates the smallest sets unless eval_sets= says otherwise.
 CPU_EVAL_SETS = ("Set5",)
 # A full SRResNet step takes seconds on a CPU and tens of milliseconds on a GPU: the repetition counts differ
 # so that both finish in minutes (the CPU's are the fewest that still give a median).
@@ -360,7 +361,7 @@ def run(args: argparse.Namespace) -> dict:
     from src.utils import build, resolve_device
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available; use --device cpu")
+        raise ValueError("device=cuda: no CUDA device is available; use device=cpu")
     device = resolve_device(args.device or "auto")
     if args.threads:
         import cv2
@@ -375,7 +376,7 @@ def run(args: argparse.Namespace) -> dict:
                          total_steps=max(1000, 10 * (warmup + steps)))
     notes = [f"{os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads: other processes on the same "
              f"cores slow every figure and add noise (see the load averages); more threads than free cores make "
-             f"them wait on each other (--threads 1 avoids that)"] if device.type == "cpu" else []
+             f"them wait on each other (threads=1 avoids that)"] if device.type == "cpu" else []
     degradation = build(cfg.degradation)
     module_kwargs = OmegaConf.to_container(cfg.module, resolve=True)
     module_cls = get_class(module_kwargs.pop("_target_"))
@@ -424,42 +425,80 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
+# name: (type, default, help). Every tool of the suite takes key=value, as Hydra's entry points do.
+OPTIONS = {
+    "quick": (bool, False, "tiny backbone, Set5 only, fewer repetitions"),
+    "device": (str, None, "cpu | cuda (default: cuda when available)"),
+    "out": (str, "bench.json", "JSON report path"),
+    "data_root": (str, None, "default: SR_DATA_ROOT or ../shared/datasets"),
+    "cache_dir": (str, None, "cache root for decoded images (default: paths.cache)"),
+    "batch_size": (int, None, "default: data.batch_size (16)"),
+    "lr_patch": (int, None, "LR patch size (default: data.lr_patch_size, 32)"),
+    "rounds": (int, None, "Lightning/bare rounds (see DEFAULTS)"),
+    "warmup": (int, None, "untimed steps per round"),
+    "steps": (int, None, "timed steps per round"),
+    "reps": (int, None, "repetitions of the other figures"),
+    "loader_batches": (int, 10, "batches per data-loading repetition"),
+    "threads": (int, None, "intra-op threads of torch and OpenCV (default: torch's, one per core); on a machine "
+                           "shared with other jobs, 1 avoids threads waiting on each other"),
+    "matmul_size": (int, None, "n of the n x n peak matmul"),
+    "eval_sets": (list, None, f"[Set5,Set14] (default: {','.join(BENCH_SETS)} on a GPU, "
+                              f"{','.join(CPU_EVAL_SETS)} on a CPU; Set5 with quick=true)"),
+    "eval_degradations": (list, None, "[clean,b+n+j] (default: all 8)"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: python -m src.bench [key=value ...]", "", "options:"]
+    lines += [f"  {k}={'true|false' if t is bool else t.__name__.upper()}".ljust(30) + f"{h}"
+              + (f" (default: {d})" if d is not None and "default" not in h else "")
+              for k, (t, d, h) in OPTIONS.items()]
+    lines += ["", "examples:", "  python -m src.bench", "  python -m src.bench quick=true device=cpu threads=1",
+              "  python -m src.bench device=cpu threads=1 rounds=5 reps=5 eval_sets=[Set5,Set14]"]
+    return "\n".join(lines)
+
+
+def _value(key: str, kind: type, text: str):
+    if kind is bool:
+        if text.lower() not in ("true", "false"):
+            raise SystemExit(f"src.bench: {key}={text!r}: allowed values are true and false")
+        return text.lower() == "true"
+    if kind is int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise SystemExit(f"src.bench: {key}={text!r} is not a whole number") from None
+        if value < 1:
+            raise SystemExit(f"src.bench: {key} must be >= 1, got {value}")
+        return value
+    if kind is list:
+        return ",".join(v.strip() for v in text.strip("[]").split(",") if v.strip())
+    return text
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m src.bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="tiny backbone, Set5 only, fewer repetitions")
-    ap.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
-    ap.add_argument("--out", default="bench.json", help="JSON report path (default: bench.json)")
-    ap.add_argument("--data-root", default=None, help="default: SR_DATA_ROOT or ../shared/datasets")
-    ap.add_argument("--cache-dir", default=None, help="cache root for decoded images (default: paths.cache)")
-    ap.add_argument("--batch-size", type=int, default=None, help="default: data.batch_size (16)")
-    ap.add_argument("--lr-patch", type=int, default=None, help="LR patch size (default: data.lr_patch_size, 32)")
-    ap.add_argument("--rounds", type=int, default=None, help="Lightning/bare rounds (see DEFAULTS)")
-    ap.add_argument("--warmup", type=int, default=None, help="untimed steps per round")
-    ap.add_argument("--steps", type=int, default=None, help="timed steps per round")
-    ap.add_argument("--reps", type=int, default=None, help="repetitions of the other figures")
-    ap.add_argument("--loader-batches", type=int, default=10, help="batches per data-loading repetition")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="intra-op threads of torch and OpenCV (default: torch's, one per core); on a machine "
-                         "shared with other jobs, 1 avoids threads waiting on each other")
-    ap.add_argument("--matmul-size", type=int, default=None, help="n of the n x n peak matmul")
-    ap.add_argument("--eval-sets", default=None,
-                    help=f"comma-separated (default: {','.join(BENCH_SETS)} on a GPU, "
-                         f"{','.join(CPU_EVAL_SETS)} on a CPU; Set5 with --quick)")
-    ap.add_argument("--eval-degradations", default=None, help="comma-separated (default: all 8)")
-    args = ap.parse_args(argv)
+    args = argparse.Namespace(**{k: d for k, (_, d, _) in OPTIONS.items()})
+    for arg in list(argv or []):
+        key, eq, text = arg.partition("=")
+        if arg.startswith("-") or not eq or key not in OPTIONS:
+            hint = f" (did you mean {arg.lstrip('-').replace('-', '_')}=...?)" if arg.startswith("--") else ""
+            raise SystemExit(f"src.bench: {arg!r} is not an option{hint}; options are key=value: "
+                             f"{', '.join(OPTIONS)} (python -m src.bench --help)")
+        setattr(args, key, _value(key, OPTIONS[key][0], text))
+    if args.device not in (None, "cpu", "cuda"):
+        raise SystemExit(f"src.bench: device={args.device!r}: allowed values are cpu and cuda")
     gpu = args.device == "cuda" or (args.device is None and torch.cuda.is_available())
     for key, value in DEFAULTS[("gpu" if gpu else "cpu", "quick" if args.quick else "full")].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    for key in ("rounds", "warmup", "steps", "reps", "loader_batches", "matmul_size", "batch_size", "lr_patch",
-                "threads"):
-        v = getattr(args, key)
-        if v is not None and v < 1:
-            ap.error(f"--{key.replace('_', '-')} must be >= 1, got {v}")
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> dict | None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(__doc__ + "\n" + usage())
+        return None
     args = parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "disabled")
     logging.basicConfig(level=logging.INFO, format="[bench] %(message)s")

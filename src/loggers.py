@@ -51,6 +51,11 @@ def build_loggers(cfg: DictConfig) -> list:
         if name == "wandb":
             # W&B is not silenced: its closing lines say which `wandb sync` command uploads an offline run.
             logger = build(logger_cfg, tags=wandb_tags(cfg))
+            # Lightning always passes `anonymous` (None when unset) and wandb >= 0.19 warns on any value given,
+            # once per run; leaving the key out when unset says the same and prints nothing.
+            init = getattr(logger, "_wandb_init", {})
+            if init.get("anonymous", "") is None:
+                del init["anonymous"]
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # the whole composed config
             loggers.append(logger)
         else:

@@ -31,10 +31,10 @@ def _finite_positive(v) -> bool:
 
 def test_quick_bench_writes_a_well_formed_report(tmp_path, tiny_root, capsys):
     out = tmp_path / "bench.json"
-    bench.main(["--quick", "--device", "cpu", "--out", str(out), "--data-root", str(tiny_root),
-                "--cache-dir", str(tmp_path / "cache"), "--batch-size", "2", "--lr-patch", "16", "--rounds", "1",
-                "--warmup", "1", "--steps", "1", "--reps", "1", "--loader-batches", "2", "--matmul-size", "64",
-                "--eval-degradations", "clean,b+n+j"])
+    bench.main(["quick=true", "device=cpu", f"out={out}", f"data_root={tiny_root}",
+                f"cache_dir={tmp_path / 'cache'}", "batch_size=2", "lr_patch=16", "rounds=1",
+                "warmup=1", "steps=1", "reps=1", "loader_batches=2", "matmul_size=64",
+                "eval_degradations=[clean,b+n+j]"])
     report = json.loads(out.read_text())
     for key in ("device", "torch", "threads", "load_avg_start", "load_avg_end", "figures", "notes", "backbone"):
         assert key in report, key
@@ -57,8 +57,24 @@ def test_conv_flops_are_counted_from_the_shapes():
 
 
 def test_bad_arguments_are_refused():
-    with pytest.raises(SystemExit):
-        bench.parse_args(["--steps", "0"])
+    with pytest.raises(SystemExit, match="steps must be >= 1, got 0"):
+        bench.parse_args(["steps=0"])
+    with pytest.raises(SystemExit, match="did you mean steps=...?"):
+        bench.parse_args(["--steps", "3"])
+    with pytest.raises(SystemExit, match="'stepz=3' is not an option"):
+        bench.parse_args(["stepz=3"])
+    with pytest.raises(SystemExit, match="allowed values are cpu and cuda"):
+        bench.parse_args(["device=tpu"])
+    with pytest.raises(SystemExit, match="allowed values are true and false"):
+        bench.parse_args(["quick=yes"])
+    args = bench.parse_args(["eval_sets=[Set5, Set14]", "threads=1", "quick=true"])
+    assert (args.eval_sets, args.threads, args.quick) == ("Set5,Set14", 1, True)
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="--device cuda"):
-            bench.run(bench.parse_args(["--device", "cuda"]))
+        with pytest.raises(ValueError, match="device=cuda"):
+            bench.run(bench.parse_args(["device=cuda"]))
+
+
+def test_help_lists_every_option(capsys):
+    assert bench.main(["--help"]) is None
+    out = capsys.readouterr().out
+    assert all(f"  {name}=" in out for name in bench.OPTIONS)

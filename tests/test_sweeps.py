@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import REPO, TINY
 
@@ -71,6 +72,10 @@ def test_design_command_shortened_runs_nine_of_nine(design_sweep):
     # quiet without a terminal: no progress-bar flood, no Lightning tip, no known deprecation noise
     out = proc.stdout + proc.stderr
     assert "it/s]" not in out and "Tip:" not in out and "LeafSpec" not in out
+    # nor an accelerator census with nothing in it, nor W&B's warning about a setting nobody set
+    if not torch.cuda.is_available():
+        assert "GPU available: False" not in out and "TPU available" not in out
+    assert "anonymous setting" not in out
 
 
 def test_rerun_of_the_same_sweep_finds_its_jobs_and_reprints_tables(design_sweep):

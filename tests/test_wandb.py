@@ -6,7 +6,7 @@ from conftest import TINY, compose_train
 from wandb_offline import records
 
 
-def test_offline_wandb_run_holds_config_curves_panels_and_results(tmp_path, monkeypatch):
+def test_offline_wandb_run_holds_config_curves_panels_and_results(tmp_path, monkeypatch, capfd):
     from src.train import train
 
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -16,6 +16,9 @@ def test_offline_wandb_run_holds_config_curves_panels_and_results(tmp_path, monk
     cfg = compose_train(overrides, tmp_path, override_dirname="dropout.p=0.3")
     train(cfg, tmp_path)
 
+    printed = capfd.readouterr()
+    assert "anonymous setting" not in printed.err + printed.out  # a warning about nothing this run set
+    assert "wandb sync" in printed.err + printed.out  # the upload hint stays
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
     (run_file,) = run_dir.glob("run-*.wandb")
     deadline = time.time() + 60
