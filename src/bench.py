@@ -149,14 +149,11 @@ class BareStep:
             self.sched.step()
 
 
-def degrade(degradation, batch: torch.Tensor, device: torch.device, seed: int, step: int):
-    """What SRDataModule.on_after_batch_transfer does for micro-batch 0 of `step` on rank 0."""
-    from src import seeding
-
+def degrade(dm, batch: torch.Tensor, device: torch.device, step: int):
+    """What SRDataModule.on_after_batch_transfer does for micro-batch 0 of `step` on rank 0 (without the pool):
+    the degradation and, with data.degrade_size, the patch cut from the degraded crop."""
     hr = batch.to(device, non_blocking=True).float().div_(255.0)
-    generator = seeding.generator(seed, "degradation", step, 0, 0, device=device)
-    with torch.no_grad():
-        lr, gt = degradation(hr, generator)
+    lr, gt = dm.degrade_batch(hr, step)
     return lr.contiguous(), gt.contiguous()
 
 
@@ -193,7 +190,7 @@ def framework_overhead(cfg, make_module, make_dm, degradation, device, rounds: i
     def run_bare() -> float:
         at = {}
         for i, batch in enumerate(bare_dm.train_dataloader()):
-            bare(*degrade(degradation, batch, device, cfg.seed, i))
+            bare(*degrade(bare_dm, batch, device, i))
             if i + 1 in marks:
                 _sync(device)
                 at[i + 1] = time.perf_counter()
@@ -248,15 +245,15 @@ def step_figures(cfg, make_module, dm, degradation, device, reps: int, matmul_si
     """degradation_cost, compute_efficiency and the step's patch consumption (for data_loading), on one real
     HR batch from the datamodule."""
     batch = next(iter(dm.train_dataloader()))
-    deg_times = time_calls(lambda i: degrade(degradation, batch, device, cfg.seed, i), reps, 1, device)
-    lr, gt = degrade(degradation, batch, device, cfg.seed, 0)
+    deg_times = time_calls(lambda i: degrade(dm, batch, device, i), reps, 1, device)
+    lr, gt = degrade(dm, batch, device, 0)
     step = BareStep(make_module(), device)
     step_times = time_calls(lambda i: step(lr, gt), reps, 1, device)
     deg_s, step_s = _median(deg_times), _median(step_times)
     cost = deg_s / step_s
     detail = {"pipeline_ms": 1e3 * deg_s, "train_step_ms": 1e3 * step_s, "hr_batch": list(batch.shape), "reps": reps}
     if device.type == "cuda":  # the CPU figure is reported too, next to the GPU one
-        cpu_times = time_calls(lambda i: degrade(degradation, batch, torch.device("cpu"), cfg.seed, i),
+        cpu_times = time_calls(lambda i: degrade(dm, batch, torch.device("cpu"), i),
                                max(2, reps // 2), 1, torch.device("cpu"))
         detail["pipeline_ms_cpu"] = 1e3 * _median(cpu_times)
     degradation_cost = figure(cost, "<= 0.10", cost <= 0.10, **detail)

@@ -26,7 +26,25 @@ def check_values(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             extra = " (-1 would mean 'train forever' to Lightning)" if key == "trainer.max_steps" else ""
             raise ValueError(f"{key}={value!r}: must be an integer >= 1 ({meaning}){extra}")
+    check_training_crops(cfg)
     check_added_keys(cfg, overrides)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_training_crops(cfg: DictConfig) -> None:
+    """data.degrade_size: off (null/0) or an integer at least the HR patch, which is cut from the degraded crop."""
+    size = OmegaConf.select(cfg, "data.degrade_size")
+    patch, scale = OmegaConf.select(cfg, "data.lr_patch_size"), OmegaConf.select(cfg, "scale")
+    if size in (None, 0):
+        return
+    hr_patch = patch * scale if _is_int(patch) and _is_int(scale) else None
+    if not _is_int(size) or size < 0 or (hr_patch and size < hr_patch):
+        need = f"at least the HR patch data.lr_patch_size x scale = {hr_patch}" if hr_patch else "a positive integer"
+        raise ValueError(f"data.degrade_size={size!r}: must be null/0 (off: degrade the HR patch itself) or an integer "
+                         f"{need} (the official recipe: 400)")
 
 
 def check_added_keys(cfg: DictConfig, overrides: Sequence[str]) -> None:

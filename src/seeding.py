@@ -10,6 +10,8 @@ integer stream id once made the dropout masks equal the degradations of micro-ba
     degradation   training LR synthesis, on the batch's device             step, rank, micro-batch
     dropout       dropout masks (the global torch RNG, reseeded per batch)  step, rank, micro-batch
     pool          the training-pair pool's shuffle                         step, rank, micro-batch
+    patch         the LR/HR patch cut from a degraded larger crop          step, rank, micro-batch
+                  (data.degrade_size, the official crop-degrade-crop)
     validation    noise of validation image i                              index = i
     test_noise    noise of a test image under one test degradation         key = words of (image content, name)
 
@@ -26,7 +28,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-STREAMS = ("crops", "degradation", "dropout", "pool", "validation", "test_noise")
+STREAMS = ("crops", "degradation", "dropout", "pool", "validation", "test_noise", "patch")
 
 
 def _check(seed: int, stream: str, *parts: int) -> None:

@@ -156,3 +156,129 @@ def test_pair_pool_size_must_fit_the_batch():
 
     with pytest.raises(ValueError, match=r"data.pool_size=3 must be a multiple of the batch size 2"):
         PairPool(3)(*_batch(0), torch.Generator())
+
+
+# ------------------------------------------------------------------ crop-degrade-crop (data.degrade_size)
+def _opencv_padded(img, size):
+    import cv2
+
+    h, w = img.shape[:2]
+    return cv2.copyMakeBorder(img, 0, max(0, size - h), 0, max(0, size - w), cv2.BORDER_REFLECT_101)
+
+
+def _windows(img, p):
+    return np.lib.stride_tricks.sliding_window_view(img, (p, p, img.shape[2])).reshape(-1, p, p, img.shape[2])
+
+
+def test_degrade_crops_pad_small_images_as_real_esrgan(tmp_path):
+    import warnings
+
+    from src.data.datasets import HRPatches
+    from src.data.imageio import write_image
+
+    rng = np.random.default_rng(1)
+    small, tall = rng.integers(0, 256, (10, 13, 3), np.uint8), rng.integers(0, 256, (22, 11, 3), np.uint8)
+    write_image(tmp_path / "small.png", small)
+    write_image(tmp_path / "tall.png", tall)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # padded, so nothing is skipped (and nothing warns)
+        data = HRPatches([tmp_path / "small.png", tmp_path / "tall.png"], patch_size=16, length=60, seed=2,
+                         augment="none", pad=True)
+    assert len(data.paths) == 2
+    small_pad, tall_pad = _opencv_padded(small, 16), _opencv_padded(tall, 16)
+    assert small_pad.shape == (16, 16, 3) and tall_pad.shape == (22, 16, 3)
+    tall_windows = _windows(tall_pad, 16)
+    seen_small, tops = 0, set()
+    for i in range(60):
+        item = data[i].permute(1, 2, 0).numpy()
+        assert item.shape == (16, 16, 3)
+        if np.array_equal(item, small_pad):
+            seen_small += 1
+        else:
+            hits = [k for k, w in enumerate(tall_windows) if np.array_equal(w, item)]
+            assert hits, f"item {i} is neither the padded small image nor a window of the padded tall one"
+            tops.add(hits[0])
+    assert 10 < seen_small < 50 and len(tops) > 2  # both images drawn; the tall one at several positions
+
+
+def test_degrade_crops_flip_the_image_before_padding(tmp_path):
+    from src.data.datasets import HRPatches
+    from src.data.imageio import write_image
+
+    img = np.random.default_rng(3).integers(0, 256, (12, 9, 3), np.uint8)
+    write_image(tmp_path / "im.png", img)
+    data = HRPatches([tmp_path / "im.png"], patch_size=12, length=30, seed=0, augment="hflip", pad=True)
+    direct, flipped = _opencv_padded(img, 12), _opencv_padded(np.ascontiguousarray(img[:, ::-1]), 12)
+    assert not np.array_equal(flipped, direct[:, ::-1])  # the order is visible on this image
+    items = [data[i].permute(1, 2, 0).numpy() for i in range(30)]
+    n_direct = sum(np.array_equal(x, direct) for x in items)
+    n_flipped = sum(np.array_equal(x, flipped) for x in items)
+    assert n_direct + n_flipped == 30 and n_direct > 3 and n_flipped > 3
+
+
+def test_paired_random_crop_cuts_matching_patches_per_sample():
+    from src.data.pipelines import paired_random_crop
+
+    g = torch.Generator().manual_seed(0)
+    lr = torch.rand(6, 3, 10, 12, generator=g)
+    gt = lr.repeat_interleave(4, dim=-2).repeat_interleave(4, dim=-1)  # so a matching HR patch is checkable
+    a_lr, a_gt = paired_random_crop(lr, gt, 5, 4, torch.Generator().manual_seed(7))
+    b_lr, _ = paired_random_crop(lr, gt, 5, 4, torch.Generator().manual_seed(7))
+    assert a_lr.shape == (6, 3, 5, 5) and a_gt.shape == (6, 3, 20, 20) and torch.equal(a_lr, b_lr)
+    positions = set()
+    for k in range(6):
+        found = [(t, l) for t in range(6) for l in range(8) if torch.equal(lr[k, :, t:t + 5, l:l + 5], a_lr[k])]
+        assert len(found) == 1
+        t, l = found[0]
+        assert torch.equal(a_gt[k], gt[k, :, 4 * t:4 * t + 20, 4 * l:4 * l + 20])
+        positions.add(found[0])
+    assert len(positions) > 1  # drawn per sample
+    with pytest.raises(ValueError, match=r"smaller than the LR patch 11 \(data.degrade_size"):
+        paired_random_crop(lr, gt, 11, 4, torch.Generator())
+
+
+def test_degrade_size_cuts_the_patch_from_the_degraded_crop(tmp_path):
+    from src import seeding
+    from src.data.datamodule import SRDataModule
+    from src.data.pipelines import BicubicPipeline
+
+    degradation = BicubicPipeline(4)
+    dm = SRDataModule(degradation, train_sets=["skimage"], val_sets=["skimage_holdout"], batch_size=3,
+                      lr_patch_size=8, scale=4, total_steps=2, seed=5, degrade_size=60, augment="hflip")
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.shape == (3, 3, 60, 60) and batch.dtype == torch.uint8  # the whole crop goes to the device
+    hr = batch.float() / 255
+    lr, gt = dm.degrade_batch(hr, step=3)
+    assert lr.shape == (3, 3, 8, 8) and gt.shape == (3, 3, 32, 32)
+    full_lr, full_gt = degradation(hr)  # the degradation of the whole 60 px crop (15 px LR)
+    expected = torch.Generator().manual_seed(seeding.stream_seed(5, "patch", 3))
+    tops, lefts = torch.randint(0, 8, (3,), generator=expected), torch.randint(0, 8, (3,), generator=expected)
+    for k, (t, l) in enumerate(zip(tops.tolist(), lefts.tolist())):
+        assert torch.equal(lr[k], full_lr[k, :, t:t + 8, l:l + 8])
+        assert torch.equal(gt[k], full_gt[k, :, 4 * t:4 * t + 32, 4 * l:4 * l + 32])
+    again, _ = dm.degrade_batch(hr, step=3)
+    other, _ = dm.degrade_batch(hr, step=4)
+    assert torch.equal(lr, again) and not torch.equal(lr, other)
+
+
+@pytest.mark.parametrize("value, match", [
+    (32, r"data.degrade_size=32: must be null/0 .* at least the HR patch data.lr_patch_size x scale = 64"),
+    (-5, r"data.degrade_size=-5: must be null/0"),
+    ("'big'", r"data.degrade_size='big': must be null/0"),
+])
+def test_bad_degrade_size_fails_the_preflight(tmp_path, value, match):
+    from src.preflight import check_values
+
+    cfg = compose_train([f"data.degrade_size={value}", "data.lr_patch_size=16"], tmp_path)
+    with pytest.raises(ValueError, match=match):
+        check_values(cfg)
+
+
+def test_official_experiment_degrades_400px_crops(tmp_path):
+    from src.preflight import check_values
+
+    cfg = compose_train(["experiment=official"], tmp_path)
+    assert cfg.data.degrade_size == 400 and cfg.data.lr_patch_size * cfg.scale == 128
+    check_values(cfg)
+    assert compose_train(["experiment=paper"], tmp_path).data.degrade_size is None

@@ -43,8 +43,9 @@ def test_ddp_cpu_two_processes(tmp_path):
     assert json.loads((job / "results.json").read_text())["skimage_holdout"]["clean"]["n_images"] == 3
 
 
-@pytest.mark.parametrize("extra", [(), ("trainer.accumulate_grad_batches=2", "ema.decay=0.9", "data.pool_size=4")],
-                         ids=["plain", "accumulate2-ema-pool"])
+@pytest.mark.parametrize("extra", [(), ("trainer.accumulate_grad_batches=2", "ema.decay=0.9", "data.pool_size=4",
+                                        "data.degrade_size=80")],
+                         ids=["plain", "accumulate2-ema-pool-degrade80"])
 def test_kill9_then_resume_matches_uninterrupted_run(tmp_path, extra):
     args = ("trainer.max_steps=48", "ckpt_every_n_steps=3", "trainer.val_check_interval=24", "name=kr",
             "eval.degradations=[clean]", "dropout.p=0.5", *extra)

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from src import seeding
 from src.data.datasets import HRPatches, PairedImages, StepSampler, decoded, default_data_root, resolve_set
+from src.data.pipelines import paired_random_crop
 from src.data.pool import PairPool
 
 
@@ -42,6 +43,9 @@ class SRDataModule(pl.LightningDataModule):
         pool_size: a pool of this many degraded pairs mixed across batches (0 = none; the official recipe: 16).
         augment: flips/rotations of the training crops: `all8` (the paper's text), `hflip` (the official recipe),
             `none`.
+        degrade_size: crop-degrade-crop (Real-ESRGAN's, the official recipe: 400): the HR is cut to this size
+            (padded by reflection when smaller), the whole crop is degraded, then an `lr_patch_size` LR patch and
+            its HR are cut from the degraded pair (the `patch` stream). None or 0 degrades the HR patch itself.
     """
 
     def __init__(self, degradation: Callable, root: str | None = None, train_sets: Sequence[str] = ("skimage",),
@@ -49,7 +53,8 @@ class SRDataModule(pl.LightningDataModule):
                  batch_size: int = 16, lr_patch_size: int = 32, scale: int = 4, total_steps: int = 1000,
                  num_workers: int = 0, seed: int = 0, val_degradations: Sequence[str] | str = ("clean",),
                  val_crop: int | None = 256,
-                 cache_dir: str | None = None, augment: str = "all8", pool_size: int = 0):
+                 cache_dir: str | None = None, augment: str = "all8", pool_size: int = 0,
+                 degrade_size: int | None = None):
         super().__init__()
         self.degradation = degradation
         self.root = Path(root) if root else default_data_root()
@@ -61,6 +66,10 @@ class SRDataModule(pl.LightningDataModule):
         _check_val_degradations(self.val_degradations)
         self.cache_dir, self.augment = cache_dir, augment
         self.pool = PairPool(pool_size)
+        self.degrade_size = int(degrade_size or 0)
+        if self.degrade_size and self.degrade_size < lr_patch_size * scale:
+            raise ValueError(f"data.degrade_size={degrade_size}: must be 0/null (off) or at least the HR patch "
+                             f"data.lr_patch_size x scale = {lr_patch_size * scale}")
         # Resolve every set now: a missing folder must fail before any training starts.
         self.train_paths = [p for s in self.train_sets for p in resolve_set(s, self.root)]
         self.val_paths = {s: resolve_set(s, self.root) for s in self.val_sets}
@@ -68,9 +77,10 @@ class SRDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", None) and not hasattr(self, "train_data"):
-            self.train_data = HRPatches(self.train_paths, self.lr_patch_size * self.scale,
+            self.train_data = HRPatches(self.train_paths, self.degrade_size or self.lr_patch_size * self.scale,
                                         length=self._total_batches() * self.batch_size * self._world_size(),
-                                        seed=self.seed, cache_dir=self.cache_dir, augment=self.augment)
+                                        seed=self.seed, cache_dir=self.cache_dir, augment=self.augment,
+                                        pad=bool(self.degrade_size))
         if stage in ("fit", "validate", None) and not hasattr(self, "val_data"):
             from src.data.testsets import degrade_test_image, modcrop
 
@@ -121,16 +131,24 @@ class SRDataModule(pl.LightningDataModule):
             # Called before Lightning counts this batch as ready: `ready` is the number of batches before it.
             before = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
             micro = seeding.micro_batch(before, self._accumulate())
-            generator = seeding.generator(self.seed, "degradation", self.trainer.global_step, self.trainer.global_rank,
-                                          micro, device=hr.device)
-            with torch.no_grad():
-                lr, gt = self.degradation(hr, generator)
+            lr, gt = self.degrade_batch(hr, self.trainer.global_step, self.trainer.global_rank, micro)
             if self.pool.size:
                 lr, gt = self.pool(lr, gt, seeding.generator(self.seed, "pool", self.trainer.global_step,
                                                              self.trainer.global_rank, micro, device=hr.device))
             return lr.contiguous(), gt.contiguous()
         lr, hr = batch
         return lr.float().div_(255.0), hr.float().div_(255.0)
+
+    def degrade_batch(self, hr: torch.Tensor, step: int, rank: int = 0, micro: int = 0):
+        """(lr, gt) of a float HR batch at (step, rank, micro-batch): the degradation, then with `degrade_size` the
+        training patch cut from the degraded pair. Everything but the pool; `src.bench` times this."""
+        generator = seeding.generator(self.seed, "degradation", step, rank, micro, device=hr.device)
+        with torch.no_grad():
+            lr, gt = self.degradation(hr, generator)
+            if self.degrade_size:
+                lr, gt = paired_random_crop(lr, gt, self.lr_patch_size, self.scale,
+                                            seeding.generator(self.seed, "patch", step, rank, micro, device=hr.device))
+        return lr, gt
 
     def state_dict(self) -> dict:
         # Lightning stores this in the checkpoint: the pool's pairs are training state (rank 0's under DDP).

@@ -99,22 +99,27 @@ class HRPatches(Dataset):
     horizontal flip with probability 1/2 and no rotation (the official recipe, BasicSR's `use_hflip` without
     `use_rot`); `none`.
 
+    `pad=True` is Real-ESRGAN's crop for degrading (RealESRGANDataset, the official recipe's 400 px): the flip and
+    rotation apply to the whole image first, an image smaller than `patch_size` is padded at its bottom and right
+    by reflection (OpenCV's BORDER_REFLECT_101, which excludes the edge pixel), then a random `patch_size` crop is
+    cut. Images smaller than a patch are then padded, not skipped.
+
     Making every item a function of its index (instead of a stateful RNG) is what lets a resumed run and a DDP
     rank see exactly the batches an uninterrupted run would: the sampler only has to say where to start.
     """
 
     def __init__(self, paths: list[Path], patch_size: int, length: int, seed: int = 0,
-                 cache_dir: str | os.PathLike | None = None, augment: str = "all8"):
+                 cache_dir: str | os.PathLike | None = None, augment: str = "all8", pad: bool = False):
         if augment not in AUGMENTS:
             raise ValueError(f"data.augment={augment!r}; allowed: {', '.join(AUGMENTS)}")
         self.paths, self.patch_size, self.length, self.seed = list(paths), patch_size, length, seed
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        self.augment = augment
+        self.augment, self.pad = augment, bool(pad)
         self._images: dict[int, np.ndarray] = {}
         # Decode everything now: an unreadable file fails at start, naming itself, not in a worker hours later.
-        # Images smaller than a patch (7 of T91's 91 at x4) cannot give a crop: skip them, loudly.
+        # Images smaller than a patch (7 of T91's 91 at x4) cannot give a crop: skip them, loudly (unless padded).
         sizes = {p: decoded(p, self.cache_dir).shape[:2] for p in self.paths}
-        small = [p for p, (h, w) in sizes.items() if min(h, w) < patch_size]
+        small = [] if self.pad else [p for p, (h, w) in sizes.items() if min(h, w) < patch_size]
         if small:
             self.paths = [p for p in self.paths if p not in small]
             if not self.paths:
@@ -134,6 +139,8 @@ class HRPatches(Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         rng = seeding.numpy_rng(self.seed, "crops", index=i)
         img = self._image(int(rng.integers(len(self.paths))))
+        if self.pad:
+            return _to_tensor(self._padded_crop(img, rng))
         h, w = img.shape[:2]
         top, left = int(rng.integers(h - self.patch_size + 1)), int(rng.integers(w - self.patch_size + 1))
         patch = np.asarray(img[top:top + self.patch_size, left:left + self.patch_size])
@@ -141,8 +148,33 @@ class HRPatches(Dataset):
             patch = patch[:, ::-1]
         if self.augment == "all8":
             patch = np.rot90(patch, int(rng.integers(4)))
-        # uint8 crosses to the device: 4x less to copy than float; the datamodule converts after transfer.
-        return torch.from_numpy(np.ascontiguousarray(patch)).permute(2, 0, 1)
+        return _to_tensor(patch)
+
+    def _padded_crop(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if self.augment != "none" and rng.random() < 0.5:
+            img = img[:, ::-1]
+        if self.augment == "all8":
+            img = np.rot90(img, int(rng.integers(4)))
+        img = reflect_pad_to(img, self.patch_size)
+        h, w = img.shape[:2]
+        top, left = int(rng.integers(h - self.patch_size + 1)), int(rng.integers(w - self.patch_size + 1))
+        return img[top:top + self.patch_size, left:left + self.patch_size]
+
+
+def reflect_pad_to(img: np.ndarray, size: int) -> np.ndarray:
+    """`img` (H, W, C) padded at the bottom and right to at least `size` x `size` by reflection without repeating
+    the edge pixel (OpenCV's BORDER_REFLECT_101, as Real-ESRGAN pads); unchanged when already large enough."""
+    h, w = img.shape[:2]
+    if h >= size and w >= size:
+        return img
+    if min(h, w) < 2:
+        raise ValueError(f"an image of {h}x{w} px cannot be padded by reflection to {size} px")
+    return np.pad(img, ((0, max(0, size - h)), (0, max(0, size - w)), (0, 0)), mode="reflect")
+
+
+def _to_tensor(patch: np.ndarray) -> torch.Tensor:
+    # uint8 crosses to the device: 4x less to copy than float; the datamodule converts after transfer.
+    return torch.from_numpy(np.ascontiguousarray(patch)).permute(2, 0, 1)
 
 
 class StepSampler(Sampler[int]):

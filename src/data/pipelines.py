@@ -30,6 +30,35 @@ def _modcrop(hr: torch.Tensor, scale: int) -> torch.Tensor:
     return hr[..., :h, :w]
 
 
+def paired_random_crop(lr: torch.Tensor, gt: torch.Tensor, lr_size: int, scale: int,
+                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random `lr_size` LR patch of each pair and the HR patch over the same area (BasicSR's
+    paired_random_crop, as the official recipe cuts its 128 px GT from the degraded 400 px crop).
+
+    The position is drawn per sample (BasicSR draws one for the batch), from `generator`: LR top and left uniform
+    in [0, h - lr_size], the HR patch at `scale` times them. No host sync: the positions stay on the device.
+
+    Shape:
+        lr: (B, C, h, w), gt: (B, C, h*scale, w*scale) -> (B, C, lr_size, lr_size), (B, C, lr_size*scale, ...).
+    """
+    b, _, h, w = lr.shape
+    if gt.shape[-2:] != (h * scale, w * scale):
+        raise ValueError(f"gt {tuple(gt.shape[-2:])} is not {scale} x lr {(h, w)}")
+    if min(h, w) < lr_size:
+        raise ValueError(f"the degraded LR ({h}x{w}) is smaller than the LR patch {lr_size} "
+                         f"(data.degrade_size must be at least data.lr_patch_size x scale)")
+    top = torch.randint(0, h - lr_size + 1, (b,), generator=generator, device=generator.device).to(lr.device)
+    left = torch.randint(0, w - lr_size + 1, (b,), generator=generator, device=generator.device).to(lr.device)
+
+    def cut(x: torch.Tensor, t: torch.Tensor, l: torch.Tensor, size: int) -> torch.Tensor:
+        steps = torch.arange(size, device=x.device)
+        rows, cols = (t[:, None] + steps)[:, :, None], (l[:, None] + steps)[:, None, :]
+        # Index arrays around the channel slice: the result is (B, size, size, C).
+        return x[torch.arange(b, device=x.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+
+    return cut(lr, top, left, lr_size), cut(gt, top * scale, left * scale, lr_size * scale)
+
+
 class BicubicPipeline:
     """The single-degradation setting: LR = MATLAB-style bicubic x`scale` downscale of HR."""
 
