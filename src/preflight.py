@@ -35,16 +35,24 @@ def _is_int(value) -> bool:
 
 
 def check_training_crops(cfg: DictConfig) -> None:
-    """data.degrade_size: off (null/0) or an integer at least the HR patch, which is cut from the degraded crop."""
+    """data.degrade_size: off (null/0) or an integer at least the HR patch, which is cut from the degraded crop.
+    data.subimages: off (null) or {size, step, thresh_size}, its sub-images at least as large as a training crop."""
+    from src.data.subimages import check_params
+
     size = OmegaConf.select(cfg, "data.degrade_size")
     patch, scale = OmegaConf.select(cfg, "data.lr_patch_size"), OmegaConf.select(cfg, "scale")
-    if size in (None, 0):
-        return
     hr_patch = patch * scale if _is_int(patch) and _is_int(scale) else None
-    if not _is_int(size) or size < 0 or (hr_patch and size < hr_patch):
+    if size not in (None, 0) and (not _is_int(size) or size < 0 or (hr_patch and size < hr_patch)):
         need = f"at least the HR patch data.lr_patch_size x scale = {hr_patch}" if hr_patch else "a positive integer"
         raise ValueError(f"data.degrade_size={size!r}: must be null/0 (off: degrade the HR patch itself) or an integer "
                          f"{need} (the official recipe: 400)")
+    node = OmegaConf.select(cfg, "data.subimages")
+    sub = check_params(OmegaConf.to_container(node) if isinstance(node, DictConfig) else node)
+    crop = size or hr_patch
+    if sub and crop and sub[0] < crop:
+        what = "data.degrade_size" if size else "the HR patch data.lr_patch_size x scale"
+        raise ValueError(f"data.subimages.size={sub[0]}: must be at least {what} = {crop}, the crop cut from each "
+                         f"sub-image (the official recipe: 480 for a 400 px crop)")
 
 
 def check_added_keys(cfg: DictConfig, overrides: Sequence[str]) -> None:

@@ -282,3 +282,127 @@ def test_official_experiment_degrades_400px_crops(tmp_path):
     assert cfg.data.degrade_size == 400 and cfg.data.lr_patch_size * cfg.scale == 128
     check_values(cfg)
     assert compose_train(["experiment=paper"], tmp_path).data.degrade_size is None
+
+
+# ------------------------------------------------------------------ sub-images (data.subimages)
+def _expected_starts(n, size, step, thresh):
+    # Walk the side: a sub-image every `step` while one fits; then one flush with the far edge if the pixels left
+    # out exceed `thresh` (BasicSR's extract_subimages.py).
+    if n < size:
+        return []
+    starts, p = [], 0
+    while p + size <= n:
+        starts.append(p)
+        p += step
+    return starts + ([n - size] if n - (starts[-1] + size) > thresh else [])
+
+
+@pytest.mark.parametrize("n, size, step, thresh", [
+    (2040, 480, 240, 0), (1356, 480, 240, 0), (960, 480, 240, 0), (1000, 480, 240, 30), (1000, 480, 240, 50),
+    (480, 480, 240, 0), (479, 480, 240, 0), (100, 48, 24, 0), (100, 48, 30, 21), (100, 48, 30, 22),
+])
+def test_subimage_positions_follow_basicsr(n, size, step, thresh):
+    from src.data.subimages import positions
+
+    assert positions(n, size, step, thresh) == _expected_starts(n, size, step, thresh)
+
+
+def test_div2k_sized_image_gives_the_official_count():
+    from src.data.subimages import positions
+
+    # 2040 x 1356 (DIV2K 0001.png): 8 rows of starts x 5 -> 40 sub-images; 1440 + 480 leaves 120 px -> one more
+    assert positions(2040, 480, 240) == [0, 240, 480, 720, 960, 1200, 1440, 1560]
+    assert len(positions(1356, 480, 240)) * len(positions(2040, 480, 240)) == 40
+
+
+def test_subimages_are_cut_once_cached_and_equal_the_source_slices(tmp_path, monkeypatch):
+    import src.data.subimages as S
+    from src.data.imageio import write_image
+
+    img = np.random.default_rng(4).integers(0, 256, (70, 100, 3), np.uint8)
+    write_image(tmp_path / "im.png", img)
+    small = np.random.default_rng(5).integers(0, 256, (40, 90, 3), np.uint8)
+    write_image(tmp_path / "small.png", small)
+    params = {"size": 48, "step": 24, "thresh_size": 0}
+    with pytest.warns(UserWarning, match=r"1 image\(s\) smaller than 48 px on a side are used whole: small.png"):
+        items = S.cut_all([tmp_path / "im.png", tmp_path / "small.png"], params, tmp_path / "cache")
+    tops, lefts = _expected_starts(70, 48, 24, 0), _expected_starts(100, 48, 24, 0)
+    assert (tops, lefts) == ([0, 22], [0, 24, 48, 52])
+    subs, whole = items[:-1], items[-1]
+    assert whole == tmp_path / "small.png" and len(subs) == len(tops) * len(lefts)
+    stack = np.load(subs[0].file)
+    for i, (t, l) in enumerate((t, l) for t in tops for l in lefts):  # row-major, as BasicSR's _s001, _s002, ...
+        assert subs[i].index == i and subs[i].name == f"im_s{i + 1:03d}"
+        assert np.array_equal(stack[i], img[t:t + 48, l:l + 48])
+    files = sorted(p.name for p in (tmp_path / "cache" / "subimages").iterdir())
+    assert len(files) == 1 and not files[0].startswith(".")  # one file per image, no temporary left
+
+    def no_decoding(path):
+        raise AssertionError(f"{path} was decoded again")
+
+    monkeypatch.setattr(S, "read_image", no_decoding)  # a second setup reuses the cache
+    assert S.cut_all([tmp_path / "im.png"], params, tmp_path / "cache") == subs
+    monkeypatch.undo()
+    S.cut_all([tmp_path / "im.png"], {**params, "step": 30}, tmp_path / "cache")  # other parameters: other file
+    write_image(tmp_path / "im.png", 255 - img)  # other content under the same name: other file
+    again = S.cut_all([tmp_path / "im.png"], params, tmp_path / "cache")
+    assert len(list((tmp_path / "cache" / "subimages").iterdir())) == 3
+    assert np.array_equal(np.load(again[0].file)[0], 255 - img[:48, :48])
+
+
+def test_training_draws_crops_from_the_subimages(tmp_path):
+    from src.data.datamodule import SRDataModule
+    from src.data.imageio import write_image
+    from src.data.pipelines import BicubicPipeline
+
+    (tmp_path / "Train" / "HR").mkdir(parents=True)
+    img = np.random.default_rng(6).integers(0, 256, (70, 100, 3), np.uint8)
+    write_image(tmp_path / "Train" / "HR" / "a.png", img)
+    dm = SRDataModule(BicubicPipeline(4), root=str(tmp_path), train_sets=["Train"], val_sets=["skimage_holdout"],
+                      test_sets=["skimage_holdout"], batch_size=4, lr_patch_size=4, scale=4, total_steps=5,
+                      augment="none", cache_dir=str(tmp_path / "cache"), degrade_size=40,
+                      subimages={"size": 48, "step": 24, "thresh_size": 0})
+    dm.setup("fit")
+    assert [s.name for s in dm.train_data.paths] == [f"a_s{i:03d}" for i in range(1, 9)]
+    assert dm.train_paths == [tmp_path / "Train" / "HR" / "a.png"]  # the run's identity: the source images
+    subs = [img[t:t + 48, l:l + 48] for t in (0, 22) for l in (0, 24, 48, 52)]
+    which = set()
+    for i in range(20):
+        item = dm.train_data[i].permute(1, 2, 0).numpy()
+        hits = [k for k, s in enumerate(subs) if any(np.array_equal(w, item) for w in _windows(s, 40))]
+        assert hits, f"item {i} is no 40 px window of a sub-image"
+        which.update(hits)
+    assert len(which) > 2
+
+
+@pytest.mark.parametrize("node, match", [
+    ({"size": 480, "step": 0}, r"data.subimages.step=0: must be an integer >= 1"),
+    ({"size": 480, "step": 240, "thresh_size": -1}, r"data.subimages.thresh_size=-1: must be an integer >= 0"),
+    ({"size": 480, "step": 240, "stride": 2}, r"data.subimages has unknown key\(s\) stride; keys: size, step"),
+    ({"step": 240}, r"data.subimages.size=None: must be an integer >= 1"),
+    ({"size": 300, "step": 240}, r"data.subimages.size=300: must be at least data.degrade_size = 400"),
+])
+def test_bad_subimages_fail_the_preflight(tmp_path, node, match):
+    from omegaconf import open_dict
+
+    from src.preflight import check_values
+
+    cfg = compose_train(["experiment=official"], tmp_path)
+    with open_dict(cfg):
+        cfg.data.subimages = node
+    with pytest.raises(ValueError, match=match):
+        check_values(cfg)
+
+
+def test_subimages_need_a_cache_dir(tmp_path):
+    from src.data.subimages import cut_all
+
+    with pytest.raises(ValueError, match=r"data.subimages needs data.cache_dir"):
+        cut_all([tmp_path / "a.png"], {"size": 48, "step": 24}, None)
+
+
+def test_official_experiment_trains_on_div2k_subimages(tmp_path):
+    cfg = compose_train(["experiment=official"], tmp_path)
+    assert dict(cfg.data.subimages) == {"size": 480, "step": 240, "thresh_size": 0}
+    assert list(cfg.data.train_sets) == ["DIV2K_train"]
+    assert compose_train(["experiment=paper"], tmp_path).data.subimages is None

@@ -14,6 +14,8 @@ from src import seeding
 from src.data.datasets import HRPatches, PairedImages, StepSampler, decoded, default_data_root, resolve_set
 from src.data.pipelines import paired_random_crop
 from src.data.pool import PairPool
+from src.data.subimages import check_params as check_subimages
+from src.data.subimages import cut_all
 
 
 def _check_val_degradations(names: list[str]) -> None:
@@ -46,6 +48,9 @@ class SRDataModule(pl.LightningDataModule):
         degrade_size: crop-degrade-crop (Real-ESRGAN's, the official recipe: 400): the HR is cut to this size
             (padded by reflection when smaller), the whole crop is degraded, then an `lr_patch_size` LR patch and
             its HR are cut from the degraded pair (the `patch` stream). None or 0 degrades the HR patch itself.
+        subimages: `{size, step, thresh_size}`: train on the training images cut into overlapping sub-images
+            (BasicSR's extract_subimages; the official recipe: 480, 240, 0), cut once into `cache_dir`. None = the
+            whole images.
     """
 
     def __init__(self, degradation: Callable, root: str | None = None, train_sets: Sequence[str] = ("skimage",),
@@ -54,7 +59,7 @@ class SRDataModule(pl.LightningDataModule):
                  num_workers: int = 0, seed: int = 0, val_degradations: Sequence[str] | str = ("clean",),
                  val_crop: int | None = 256,
                  cache_dir: str | None = None, augment: str = "all8", pool_size: int = 0,
-                 degrade_size: int | None = None):
+                 degrade_size: int | None = None, subimages: dict | None = None):
         super().__init__()
         self.degradation = degradation
         self.root = Path(root) if root else default_data_root()
@@ -67,6 +72,8 @@ class SRDataModule(pl.LightningDataModule):
         self.cache_dir, self.augment = cache_dir, augment
         self.pool = PairPool(pool_size)
         self.degrade_size = int(degrade_size or 0)
+        self.subimages = dict(subimages) if subimages is not None else None
+        check_subimages(self.subimages)
         if self.degrade_size and self.degrade_size < lr_patch_size * scale:
             raise ValueError(f"data.degrade_size={degrade_size}: must be 0/null (off) or at least the HR patch "
                              f"data.lr_patch_size x scale = {lr_patch_size * scale}")
@@ -77,7 +84,8 @@ class SRDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", None) and not hasattr(self, "train_data"):
-            self.train_data = HRPatches(self.train_paths, self.degrade_size or self.lr_patch_size * self.scale,
+            items = cut_all(self.train_paths, self.subimages, self.cache_dir)
+            self.train_data = HRPatches(items, self.degrade_size or self.lr_patch_size * self.scale,
                                         length=self._total_batches() * self.batch_size * self._world_size(),
                                         seed=self.seed, cache_dir=self.cache_dir, augment=self.augment,
                                         pad=bool(self.degrade_size))

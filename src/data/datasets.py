@@ -12,6 +12,7 @@ from torch.utils.data import Dataset, Sampler
 
 from src import seeding
 from src.data.imageio import IMAGE_SUFFIXES, read_image
+from src.data.subimages import SubImage
 
 # scikit-image ships these RGB photos inside its wheel, so a first run needs no download. The held-out ones
 # are never cropped for training: chelsea is a colour photo, camera and coins are gray (replicated to RGB).
@@ -106,9 +107,11 @@ class HRPatches(Dataset):
 
     Making every item a function of its index (instead of a stateful RNG) is what lets a resumed run and a DDP
     rank see exactly the batches an uninterrupted run would: the sampler only has to say where to start.
+
+    Items of `paths` may be `SubImage`s (src/data/subimages.py, `data.subimages`): each counts as one image.
     """
 
-    def __init__(self, paths: list[Path], patch_size: int, length: int, seed: int = 0,
+    def __init__(self, paths: list[Path | SubImage], patch_size: int, length: int, seed: int = 0,
                  cache_dir: str | os.PathLike | None = None, augment: str = "all8", pad: bool = False):
         if augment not in AUGMENTS:
             raise ValueError(f"data.augment={augment!r}; allowed: {', '.join(AUGMENTS)}")
@@ -116,12 +119,15 @@ class HRPatches(Dataset):
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.augment, self.pad = augment, bool(pad)
         self._images: dict[int, np.ndarray] = {}
+        self._stacks: dict[Path, np.ndarray] = {}
         # Decode everything now: an unreadable file fails at start, naming itself, not in a worker hours later.
         # Images smaller than a patch (7 of T91's 91 at x4) cannot give a crop: skip them, loudly (unless padded).
-        sizes = {p: decoded(p, self.cache_dir).shape[:2] for p in self.paths}
+        sizes = {p: self._load(p).shape[:2] for p in self.paths}
+        self._stacks = {}  # opened again where items are read (a data loader worker), not copied into it
         small = [] if self.pad else [p for p, (h, w) in sizes.items() if min(h, w) < patch_size]
         if small:
-            self.paths = [p for p in self.paths if p not in small]
+            dropped = set(small)
+            self.paths = [p for p in self.paths if p not in dropped]
             if not self.paths:
                 raise ValueError(f"every training image is smaller than the HR patch size {patch_size} "
                                  f"(data.lr_patch_size x scale): {', '.join(map(str, small[:5]))}")
@@ -133,8 +139,15 @@ class HRPatches(Dataset):
 
     def _image(self, k: int) -> np.ndarray:
         if k not in self._images:
-            self._images[k] = decoded(self.paths[k], self.cache_dir)
+            self._images[k] = self._load(self.paths[k])
         return self._images[k]
+
+    def _load(self, item: Path | SubImage) -> np.ndarray:
+        if not isinstance(item, SubImage):
+            return decoded(item, self.cache_dir)
+        if item.file not in self._stacks:  # one memory map per file of sub-images, however many are drawn
+            self._stacks[item.file] = np.load(item.file, mmap_mode="r")
+        return self._stacks[item.file][item.index]
 
     def __getitem__(self, i: int) -> torch.Tensor:
         rng = seeding.numpy_rng(self.seed, "crops", index=i)
