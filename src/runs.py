@@ -206,12 +206,13 @@ def is_complete(run_dir: str | os.PathLike, max_steps: int, test_sets: Sequence[
 # --- identity ----------------------------------------------------------------------------------------------
 # Keys that change neither what a run learns nor how it is scored: where files go, logging, hardware placement,
 # speed options, and evaluation settings that results files keep apart (degradations and protocols are keys in
-# them; tiling overlaps enough to be seamless). data.root is replaced by the content of the image lists.
+# them; tiling overlaps enough to be seamless; the validation metric is logged under its own name). data.root is
+# replaced by the content of the image lists.
 BOOKKEEPING = ("name", "paths", "logger", "callbacks", "resume", "force", "ckpt_every_n_steps", "channels_last",
                "compile", "data.root", "data.num_workers", "data.cache_dir", "trainer.devices", "trainer.accelerator",
                "trainer.strategy", "trainer.num_nodes", "trainer.enable_progress_bar", "trainer.log_every_n_steps",
                "trainer.enable_model_summary", "eval.degradations", "eval.tile", "eval.protocol", "eval.reference",
-               "hydra")
+               "module.val_metric", "hydra")
 _HEAD_BYTES = 1 << 16
 
 

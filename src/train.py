@@ -84,7 +84,7 @@ class LineProgress(pl.Callback):
         done = trainer.global_step - (self.start_step or 0)
         rate = done / max(time.time() - self.start, 1e-9)
         parts = [f"step {trainer.global_step}/{trainer.max_steps}"]
-        parts += [f"{k} {float(m[k]):.4g}" for k in ("train/loss", "val/psnr") if k in m]
+        parts += [f"{k} {float(m[k]):.4g}" for k in ("train/loss", "val/psnr", "val/psnr_rgb") if k in m]
         print(f"[train] {', '.join(parts)}, {rate:.2f} it/s", flush=True)
 
 

@@ -73,3 +73,60 @@ def test_default_validation_keeps_one_set_one_degradation(tmp_path):
 def test_unknown_validation_degradation_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"data.val_degradations=\['clean', 'fog'\]: unknown 'fog'; allowed: clean"):
         _parts(tmp_path, "data.val_degradations=[clean,fog]")
+
+
+def _psnr_rgb_numpy(net, loader, border=4) -> float:
+    # BasicSR's calculate_psnr (test_y_channel false) on 8-bit images, written out in float64 numpy
+    values = []
+    with torch.no_grad():
+        for lr, hr in loader:
+            sr = (net.eval()(lr.float() / 255).clamp(0, 1) * 255).round().to(torch.uint8)
+            a = sr[0].permute(1, 2, 0).numpy().astype(np.float64)[border:-border, border:-border]
+            b = hr[0].permute(1, 2, 0).numpy().astype(np.float64)[border:-border, border:-border]
+            values.append(10 * np.log10(255.0 ** 2 / np.mean((a - b) ** 2)))
+    return float(np.mean(values))
+
+
+def test_rgb_validation_metric_is_basicsr_calculate_psnr(tmp_path):
+    from src.utils import build
+
+    cfg, module, datamodule = _parts(tmp_path, "module.val_metric=psnr_rgb", "data.val_crop=null",
+                                     "data.val_sets=[skimage_holdout]", "data.val_degradations=[clean,noise]")
+    trainer = build(cfg.trainer, logger=False, default_root_dir=str(tmp_path))
+    metrics = {k: v for d in trainer.validate(module, datamodule=datamodule, verbose=False) for k, v in d.items()}
+    names = ["skimage_holdout/clean", "skimage_holdout/noise"]
+    assert set(metrics) == {"val/psnr_rgb"} | {f"val/{n}/psnr_rgb" for n in names}  # the name says RGB
+    loaders = datamodule.val_dataloader()
+    assert loaders[names[0]].dataset[0][1].shape[-2:] == (300, 448)  # whole chelsea.png, modcropped, not 64 px
+    for n in names:
+        rgb = _psnr_rgb_numpy(module.net, loaders[n])
+        assert metrics[f"val/{n}/psnr_rgb"] == pytest.approx(rgb, abs=1e-3)
+        assert abs(rgb - _psnr_y(module.net, loaders[n])) > 0.05  # a different number from PSNR-Y
+    assert metrics["val/psnr_rgb"] == pytest.approx(np.mean([metrics[f"val/{n}/psnr_rgb"] for n in names]), abs=1e-5)
+
+
+def test_unknown_validation_metric_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match=r"module.val_metric='psnr'; allowed: psnr_y .*, psnr_rgb"):
+        _parts(tmp_path, "module.val_metric=psnr")
+
+
+def test_official_experiment_validates_as_the_official_config(tmp_path):
+    cfg = compose_train(["experiment=official"], tmp_path)
+    assert cfg.module.val_metric == "psnr_rgb" and cfg.data.val_crop is None
+    assert list(cfg.data.val_sets) == ["Set5"] and list(cfg.data.val_degradations) == ["clean"]
+    assert cfg.trainer.val_check_interval == 5000 and cfg.scale == 4  # val_freq 5000; crop_border 4 = scale
+    assert compose_train(["experiment=paper"], tmp_path).module.val_metric == "psnr_y"
+
+
+def test_rgb_curves_are_found_by_the_reports_and_leave_the_run_identity_alone(tmp_path):
+    from src import runs
+    from src.reports.collect import curve_key, read_curve
+
+    (tmp_path / "metrics.csv").write_text("epoch,step,train/loss,val/Set5/clean/psnr_rgb,val/psnr_rgb\n"
+                                          "0,9,0.1,,\n0,9,,25.5,25.5\n0,19,,26.0,26.0\n")
+    assert curve_key(tmp_path) == "val/psnr_rgb"
+    assert read_curve(tmp_path, "val/psnr_rgb") == ([9.0, 19.0], [25.5, 26.0])
+    # The metric is logged under its own name, so switching it on a resumed run mixes no curves: not identity.
+    a = runs.fingerprint(compose_train(["module.val_metric=psnr_y"], tmp_path))
+    b = runs.fingerprint(compose_train(["module.val_metric=psnr_rgb"], tmp_path))
+    assert a == b

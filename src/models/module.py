@@ -1,4 +1,5 @@
-"""The LightningModule: L1 loss, Adam + cosine schedule, validation PSNR-Y, per-step seeding for exact resume."""
+"""The LightningModule: L1 loss, Adam + cosine schedule, validation PSNR (Y or RGB), per-step seeding for exact
+resume."""
 from __future__ import annotations
 
 import copy
@@ -13,6 +14,9 @@ from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from src import seeding
 from src.models.loading import build_backbone
+
+# Validation metrics: name -> the suffix of the logged keys (`val/psnr` stays PSNR-Y, as every earlier run logged it).
+VAL_METRICS = {"psnr_y": "psnr", "psnr_rgb": "psnr_rgb"}
 
 
 def y_channel(x: torch.Tensor) -> torch.Tensor:
@@ -49,6 +53,10 @@ class SRModule(pl.LightningModule):
         ema_decay: decay of an exponential moving average of the weights, updated after every optimizer step
             (BasicSR: 0.999); when above 0 the average (`net_ema`) is what validation, evaluation and the loaders
             use. 0 turns it off.
+        val_metric: `psnr_y` (PSNR on MATLAB's Y, the literature's; logged as `val/psnr`) or `psnr_rgb` (PSNR
+            over the three RGB channels, as the official training configs validate: BasicSR's calculate_psnr,
+            test_y_channel false; logged as `val/psnr_rgb`). Both on the 8-bit output, `scale` pixels cropped
+            from every border (crop_border 4 at x4).
 
     Checkpoints carry, beside Lightning's state, the backbone in BasicSR's layout: `params` (the trained weights)
     and, with the EMA on, `params_ema` (the average), which BasicSR-style loaders prefer.
@@ -57,8 +65,11 @@ class SRModule(pl.LightningModule):
     def __init__(self, backbone: Mapping[str, Any], optimizer: Mapping[str, Any],
                  scheduler: Mapping[str, Any] | None = None, scale: int = 4, seed: int = 0,
                  panel_images: int = 3, panel_crop: int = 96, dropout: Mapping[str, Any] | None = None,
-                 ema_decay: float = 0.0):
+                 ema_decay: float = 0.0, val_metric: str = "psnr_y"):
         super().__init__()
+        if val_metric not in VAL_METRICS:
+            raise ValueError(f"module.val_metric={val_metric!r}; allowed: psnr_y (PSNR on Y, logged as val/psnr), "
+                             f"psnr_rgb (PSNR over RGB as the official code validates, logged as val/psnr_rgb)")
         if not 0.0 <= float(ema_decay) < 1.0:
             raise ValueError(f"ema.decay={ema_decay}: must be in [0, 1); 0 turns the weight average off, "
                              f"BasicSR's recipes use 0.999")
@@ -128,11 +139,11 @@ class SRModule(pl.LightningModule):
         lr, hr = batch
         sr = (self.eval_net(lr).clamp(0, 1) * 255).round() / 255  # scored as the saved 8-bit image would be
         b = self.hparams.scale
-        sr_y, hr_y = y_channel(sr)[..., b:-b, b:-b], y_channel(hr)[..., b:-b, b:-b]
+        pred, target = (y_channel(sr), y_channel(hr)) if self.hparams.val_metric == "psnr_y" else (sr, hr)
         while len(self.val_psnr) <= dataloader_idx:
             self.val_psnr.append(MeanMetric().to(self.device))
-        self.val_psnr[dataloader_idx].update(
-            peak_signal_noise_ratio(sr_y, hr_y, data_range=1.0, reduction="none", dim=(1, 2, 3)))
+        self.val_psnr[dataloader_idx].update(peak_signal_noise_ratio(
+            pred[..., b:-b, b:-b], target[..., b:-b, b:-b], data_range=1.0, reduction="none", dim=(1, 2, 3)))
         # Panels only where a logger can show images (W&B), not for CSV-only runs.
         if (dataloader_idx == 0 and batch_idx < self.hparams.panel_images
                 and any(hasattr(lg, "log_image") for lg in self.loggers)):
@@ -141,16 +152,17 @@ class SRModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         loaders = self.trainer.val_dataloaders
         names = list(loaders) if isinstance(loaders, Mapping) else [None] * len(self.val_psnr)
-        means = []
+        means, suffix = [], VAL_METRICS[self.hparams.val_metric]
         for name, metric in zip(names, self.val_psnr):
             if not metric.update_called:
                 continue
             means.append(metric.compute())  # already synced across ranks; sync_dist below silences a DDP warning
             metric.reset()
             if name is not None:
-                self.log(f"val/{name}/psnr", means[-1], sync_dist=True, add_dataloader_idx=False)
+                self.log(f"val/{name}/{suffix}", means[-1], sync_dist=True, add_dataloader_idx=False)
         if means:  # each set x degradation weighs the same in the headline
-            self.log("val/psnr", torch.stack(means).mean(), prog_bar=True, sync_dist=True, add_dataloader_idx=False)
+            self.log(f"val/{suffix}", torch.stack(means).mean(), prog_bar=True, sync_dist=True,
+                     add_dataloader_idx=False)
         panel, self._panel = self._panel, []
         for logger in self.loggers:
             if panel and hasattr(logger, "log_image") and self.trainer.is_global_zero:

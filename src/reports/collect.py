@@ -347,12 +347,14 @@ def read_curve(run_dir: Path, key: str = "val/psnr") -> tuple[list[float], list[
 
 
 def curve_key(run_dir: Path) -> str | None:
-    """The validation PSNR column of a run's metrics.csv: `val/psnr`, else the first `val/.../psnr`."""
+    """The validation PSNR column of a run's metrics.csv: `val/psnr` (Y), else `val/psnr_rgb` (RGB, the official
+    recipe's), else the first `val/.../psnr` or `val/.../psnr_rgb`."""
     path = Path(run_dir) / run_folders.METRICS
     if not path.is_file():
         return None
     with open(path, newline="") as f:
         header = next(csv.reader(f), [])
-    if "val/psnr" in header:
-        return "val/psnr"
-    return next((h for h in header if h.startswith("val/") and h.endswith("psnr")), None)
+    for key in ("val/psnr", "val/psnr_rgb"):
+        if key in header:
+            return key
+    return next((h for h in header if h.startswith("val/") and h.endswith(("/psnr", "/psnr_rgb"))), None)
