@@ -406,3 +406,37 @@ def test_official_experiment_trains_on_div2k_subimages(tmp_path):
     assert dict(cfg.data.subimages) == {"size": 480, "step": 240, "thresh_size": 0}
     assert list(cfg.data.train_sets) == ["DIV2K_train"]
     assert compose_train(["experiment=paper"], tmp_path).data.subimages is None
+
+
+def test_datamodule_saves_and_restores_its_pool_per_rank(tmp_path):
+    import types
+    import warnings
+
+    from src.data.datamodule import SRDataModule
+    from src.data.pipelines import BicubicPipeline
+
+    def make():
+        return SRDataModule(BicubicPipeline(4), train_sets=["skimage"], val_sets=["skimage_holdout"], batch_size=2,
+                            lr_patch_size=2, scale=4, pool_size=4)
+
+    dm = make()
+    for k in range(3):
+        dm.pool(*_batch(k), torch.Generator().manual_seed(k))
+    state = dm.state_dict()
+    assert len(state["pools"]) == 1 and state["pool"] is state["pools"][0]
+    resumed = make()
+    resumed.load_state_dict(state)
+    assert torch.equal(resumed.pool.lr, dm.pool.lr) and resumed.pool.filled == 4
+    # rank 1 of 2 takes its own pool
+    other = {"filled": 4, "lr": dm.pool.lr + 100, "gt": dm.pool.gt + 100}
+    rank1 = make()
+    rank1.trainer = types.SimpleNamespace(global_rank=1, world_size=2)
+    rank1.load_state_dict({"pool": state["pool"], "pools": [state["pool"], other]})
+    assert torch.equal(rank1.pool.lr, other["lr"])
+    # an older checkpoint (rank 0's pool only) on 2 ranks: rank 0's pool, and a warning that says so
+    with pytest.warns(UserWarning, match=r"pools of rank 0 only .* but this run has 2 ranks: every rank resumes"):
+        rank1.load_state_dict({"pool": state["pool"]})
+    assert torch.equal(rank1.pool.lr, dm.pool.lr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make().load_state_dict({"pool": state["pool"]})  # one process: rank 0's pool is its own, no warning

@@ -80,6 +80,46 @@ def test_kill9_then_resume_matches_uninterrupted_run(tmp_path, extra):
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
 
 
+def _run_killed_then_resumed(runs, args, name, min_step):
+    """Start training, kill -9 its process group once a checkpoint of step >= min_step exists, rerun it (resume)."""
+    proc = subprocess.Popen(train_cmd(runs, *args), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpt = None
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        found = list(runs.glob(f"{name}/*/checkpoints/last.ckpt"))
+        if found:
+            try:
+                step = torch.load(found[0], map_location="cpu", weights_only=True)["global_step"]
+            except Exception:  # replaced while being read
+                step = -1
+            if step >= min_step:
+                ckpt = found[0]
+                break
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt is not None, "training finished before it could be killed"
+    resumed = subprocess.run(train_cmd(runs, *args), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout
+    return ckpt
+
+
+def test_ddp_kill9_then_resume_with_a_pool_matches_uninterrupted_run(tmp_path):
+    # Each rank holds its own pool of degraded pairs; the checkpoint must restore every rank's, not rank 0's on all.
+    args = ("trainer=ddp_cpu", "trainer.max_steps=16", "ckpt_every_n_steps=2", "trainer.val_check_interval=16",
+            "name=kd", "eval.degradations=[clean]", "data.pool_size=4", "data.lr_patch_size=8", "data.val_crop=32")
+    ref = subprocess.run(train_cmd(tmp_path / "ref", *args), cwd=REPO, env=ENV, capture_output=True, text=True,
+                         timeout=600)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    ckpt = _run_killed_then_resumed(tmp_path / "killed", args, "kd", min_step=6)
+    pools = torch.load(ckpt, map_location="cpu", weights_only=True)["SRDataModule"]["pools"]
+    assert len(pools) == 2 and not torch.equal(pools[0]["lr"], pools[1]["lr"])  # one pool per rank, each its own
+    a, b = net_state(only_job(tmp_path / "ref", "kd") / "checkpoints/last.ckpt"), net_state(ckpt)
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed DDP weights differ from the uninterrupted run"
+
+
 def test_sweep_with_failing_job_finishes_others_and_exits_nonzero(tmp_path):
     # A training set that does not exist fails only when that job reads its data (the preflight builds models, it
     # reads no data): that job fails, the other two must still run.

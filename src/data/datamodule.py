@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -159,9 +160,32 @@ class SRDataModule(pl.LightningDataModule):
         return lr, gt
 
     def state_dict(self) -> dict:
-        # Lightning stores this in the checkpoint: the pool's pairs are training state (rank 0's under DDP).
-        return {"pool": self.pool.state_dict()} if self.pool.size else {}
+        """Lightning stores this in the checkpoint: the pool's pairs are training state. Under DDP every rank holds
+        its own pool and only rank 0 writes the checkpoint, so the pools are gathered (Lightning calls this on
+        every rank, as the checkpoint is saved collectively): `pools[r]` is rank r's; `pool` is rank 0's."""
+        if not self.pool.size:
+            return {}
+        mine = self.pool.state_dict()
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1 or mine["lr"] is None:  # unfilled: the same on every rank
+            return {"pool": mine, "pools": [mine]}
+        lr, gt = trainer.strategy.all_gather(mine["lr"]), trainer.strategy.all_gather(mine["gt"])
+        pools = [{"filled": mine["filled"], "lr": lr[r], "gt": gt[r]} for r in range(trainer.world_size)]
+        return {"pool": pools[0], "pools": pools}
 
     def load_state_dict(self, state: dict) -> None:
-        if self.pool.size and "pool" in state:
-            self.pool.load_state_dict(state["pool"])
+        if not self.pool.size or "pool" not in state:
+            return
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        pools = state.get("pools")
+        if pools is not None and len(pools) == world:
+            mine = pools[rank]
+        else:
+            if world > 1:
+                held = f"{len(pools)} rank(s)" if pools else "rank 0 only (an older checkpoint)"
+                warnings.warn(f"the checkpoint holds the training-pair pools of {held} but this run has {world} "
+                              f"ranks: every rank resumes with rank 0's pool, so the resumed batches differ from an "
+                              f"uninterrupted run's")
+            mine = state["pool"]
+        clone = (lambda t: t.clone() if t is not None else None)  # noqa: E731 (a view of the gathered tensor)
+        self.pool.load_state_dict({"filled": mine["filled"], "lr": clone(mine["lr"]), "gt": clone(mine["gt"])})
