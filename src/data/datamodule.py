@@ -95,7 +95,8 @@ class SRDataModule(pl.LightningDataModule):
 
             self.val_data = {}
             for name, paths in self.val_paths.items():
-                hrs = [modcrop(self._centre_crop(np.asarray(decoded(p, self.cache_dir))), self.scale) for p in paths]
+                # np.array copies: a whole image (data.val_crop=null) would otherwise stay a read-only memory map
+                hrs = [np.array(modcrop(self._centre_crop(decoded(p, self.cache_dir)), self.scale)) for p in paths]
                 for degradation in self.val_degradations:
                     pairs = []
                     for i, hr in enumerate(hrs):
