@@ -37,13 +37,12 @@ RESULTS := docs/results
 report: $(STAMP)       ## rebuild every table and figure of docs/results from the committed result files (no training)
 	$(PY) -m src.report $(RESULTS)/repro_small out=$(RESULTS)
 
-REPRO := runs/repro_small/sweep
-REPRO_CKPTS := [$(REPRO)/dropout.p-0.0,$(REPRO)/dropout.p-0.7]
-repro: $(STAMP)        ## p=0 vs p=0.7 at reduced scale on T91+BSD200 (CPU, ~75 min), tables and figures in docs/results
-	OMP_NUM_THREADS=1 $(PY) -m src.train --config-dir sweeps --config-name repro_small -m $(ARGS)
-	$(PY) -m src.report $(REPRO) out=docs/results
-	$(PY) -m src.analyze ablation ckpts=$(REPRO_CKPTS) labels=[p0,p0.7] data.set=Set5 out=docs/results/ablation
-	$(PY) -m src.analyze ddr ckpts=$(REPRO_CKPTS) labels=[p0,p0.7] ddr.set=BSD100 out=docs/results/ddr
+RUNS  := $(or $(SR_RUNS_DIR),runs)
+REPRO := $(RUNS)/repro_small/sweep
+repro: $(STAMP)        ## the reduced-scale campaign (p=0 vs p=0.7, 3 seeds, both protocols; CPU, ~2 h on 2 cores): publishes its small files to docs/results/repro_small, rebuilds docs/results, interpretation over the seeds
+	OMP_NUM_THREADS=1 $(PY) -m src.train --config-dir sweeps --config-name repro_small -m
+	$(PY) -m src.report $(REPRO) publish=$(RESULTS)/repro_small out=$(RESULTS)
+	OMP_NUM_THREADS=1 $(PY) -m src.analyze all groups="{p0:'$(REPRO)/dropout.p-0.0_*',p0.7:'$(REPRO)/dropout.p-0.7_*'}" out=$(RESULTS)/interp_seeds
 
 clean:
 	rm -rf .pytest_cache outputs multirun

@@ -10,6 +10,9 @@ image by image (needs per_image in the results files) and against the seeds' spr
 
 options (key=value):
   out=DIR                 output folder (default: <first FOLDER>/report)
+  publish=DIR             first copy each finished run's small result files (config, job, results, metrics; no
+                          checkpoints) to DIR/<run folder>, then report from DIR: how a campaign's results are
+                          committed (docs/results/<campaign>) and grow run by run
   metric=NAME             psnr | ssim | psnr_rgb | ssim_rgb (default: psnr; psnr means each protocol's own:
                           PSNR-Y for the literature protocol, RGB PSNR for the paper's official one)
   bicubic=DIR             results of the bicubic reference (default: a bicubic/ folder in or beside FOLDER)
@@ -22,6 +25,7 @@ examples:
   python -m src.report runs/positions
   python -m src.report runs/positions runs/probabilities out=docs/positions metric=ssim
   python -m src.report docs/results/repro_small out=docs/results       # what `make report` runs
+  python -m src.report runs/repro_small/sweep publish=docs/results/repro_small out=docs/results
   python -m src.report runs/main fig5=[runs/main/a/checkpoints/last.ckpt,runs/main/b/checkpoints/last.ckpt,img.png]
 
 Outputs in DIR: table1 / table_b3_* / table_a2_* as .md, .tex and .csv (suffix _official for the paper's
@@ -33,9 +37,10 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
+from src import runs
 from src.reports import build_report
 
-OPTIONS = ("out", "metric", "bicubic", "fig4", "fig5", "fig5_degradations", "backbone")
+OPTIONS = ("out", "publish", "metric", "bicubic", "fig4", "fig5", "fig5_degradations", "backbone")
 METRICS = ("psnr", "ssim", "psnr_rgb", "ssim_rgb")
 
 
@@ -77,6 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(__doc__)
         return 0
     folders, opts = parse_args(argv)
+    if "publish" in opts:
+        dest = opts.pop("publish")
+        for folder in folders:
+            for run in runs.publish(folder, dest):
+                print(f"[report] published: {run}")
+        folders = [dest]
     written = build_report(folders, **opts)
     for kind, paths in written.items():
         for p in paths:

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from src.utils import atomic_write_json, atomic_write_text
+from src.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 CKPT = Path("checkpoints") / "last.ckpt"
 CONFIG = "config.yaml"
@@ -409,6 +409,35 @@ def load_run_config(run_dir: str | os.PathLike):
     if path is not None:
         return OmegaConf.load(path)
     raise FileNotFoundError(f"{run_dir}: neither {CONFIG} nor {HYDRA_CONFIG}; cannot tell what this run trained")
+
+
+# --- publishing results ----------------------------------------------------------------------------------------
+# What a report needs from a run, and nothing that is large or machine-specific (checkpoints, W&B folders, logs).
+PUBLISHED = (CONFIG, JOB, DONE, IDENTITY, METRICS, RESULTS["literature"], "results.csv", RESULTS["official"],
+             "results_official.csv")
+PUBLISH_MAX_BYTES = 500_000
+
+
+def publish(target: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
+    """Copy the small result files of every finished run in `target` (a run or sweep folder, see `find_runs`) to
+    `dest/<run folder name>/`, so results can be committed and reports rebuilt without the runs.
+
+    A run without results.json is left out (with a warning naming it); a file over 500 KB is refused, naming it.
+    Files are written atomically; copying again replaces them. Returns the published run folders."""
+    out = []
+    for run_dir in find_runs(target):
+        if not (run_dir / RESULTS["literature"]).is_file() and not (run_dir / RESULTS["official"]).is_file():
+            warnings.warn(f"{run_dir}: no results file yet (unfinished or failed run), not published")
+            continue
+        files = [run_dir / name for name in PUBLISHED if (run_dir / name).is_file()]
+        big = [f"{f} ({f.stat().st_size:,} bytes)" for f in files if f.stat().st_size > PUBLISH_MAX_BYTES]
+        if big:
+            raise ValueError(f"not publishing files over {PUBLISH_MAX_BYTES:,} bytes: {', '.join(big)}")
+        folder = Path(dest) / run_dir.name
+        for f in files:
+            atomic_write_bytes(folder / f.name, f.read_bytes())
+        out.append(folder)
+    return out
 
 
 # --- finding runs --------------------------------------------------------------------------------------------

@@ -125,3 +125,29 @@ def test_papers_published_rows_match_the_paper_text():
                                                     ("n+j", "b+n+j")) for v in b3 for d in pair]
     assert _numbers(text[start:b3_caption]) == expected
     assert all(r["label"] in text[start - 2000:start] for r in tables["table_b3"]["rows"])
+
+
+def test_publish_copies_small_files_of_finished_runs_and_reports_from_them(tmp_path, capsys):
+    import shutil
+
+    sweep = tmp_path / "runs" / "sweep"
+    for job in sorted((FIXTURE / "mini").iterdir()):
+        shutil.copytree(job, sweep / job.name)
+        (sweep / job.name / "checkpoints").mkdir()
+        (sweep / job.name / "checkpoints" / "last.ckpt").write_bytes(b"x" * 600_000)  # never published
+    unfinished = sweep / "p0.7_seed-9"
+    unfinished.mkdir()
+    (unfinished / "config.yaml").write_text((sweep / job.name / "config.yaml").read_text())
+    dest, out = tmp_path / "docs" / "campaign", tmp_path / "report"
+    with pytest.warns(UserWarning, match="p0.7_seed-9: no results file yet"):
+        assert main([str(sweep), f"publish={dest}", f"out={out}", f"bicubic={FIXTURE / 'bicubic'}"]) == 0
+    assert sorted(p.name for p in dest.iterdir()) == sorted(p.name for p in (FIXTURE / "mini").iterdir())
+    for job in (FIXTURE / "mini").iterdir():
+        assert {p.name for p in (dest / job.name).iterdir()} == {p.name for p in job.iterdir()}
+        assert (dest / job.name / "results.json").read_bytes() == (job / "results.json").read_bytes()
+    assert "published:" in capsys.readouterr().out and (out / "table1.md").is_file()
+    assert f"# Report: {dest}" in (out / "report.md").read_text()  # built from the published copy
+
+    (sweep / job.name / "metrics.csv").write_bytes(b"0" * 600_000)
+    with pytest.raises(ValueError, match=r"metrics.csv \(600,000 bytes\)"):
+        main([str(sweep), f"publish={dest}", f"out={out}"])

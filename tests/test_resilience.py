@@ -158,7 +158,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
     assert not (tmp_path / "train_done.json").exists()
 
 
-SWEEP_JOBS = {"positions": 9, "probabilities": 6, "dimensions": 48, "backbones": 6, "repro_small": 2,
+SWEEP_JOBS = {"positions": 9, "probabilities": 6, "dimensions": 48, "backbones": 6, "repro_small": 6,
               "repro_probabilities": 4, "repro_rrdb": 2}
 
 
