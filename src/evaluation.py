@@ -252,7 +252,7 @@ def format_table(results: Mapping, metric: str | None = None, reference: Mapping
     degs = [d for d in TEST_DEGRADATIONS if any(d in r for r in results.values())]
     degs += [d for r in results.values() for d in r if d not in degs]
     digits = 4 if metric.startswith("ssim") else 2
-    width = max([len(s) for s in results] + [len("set")])
+    width = max([len(s) + (len(" bicubic") if reference else 0) for s in results] + [len("set")])
     title = {"psnr": "PSNR (dB, Y channel)", "ssim": "SSIM (Y channel)", "psnr_rgb": "PSNR (dB, RGB)",
              "ssim_rgb": "SSIM (RGB)"}.get(metric, metric)
     header = f"{'set':<{width}} " + " ".join(f"{d:>7}" for d in degs) + f" {'images':>7}"
@@ -277,7 +277,7 @@ def format_table(results: Mapping, metric: str | None = None, reference: Mapping
                          + f" {max((e.get('n_images', 0) for e in ref.values()), default=0):>7}")
         notes.append("Reading: the bicubic rows enlarge the same test LR with the protocol's own bicubic. A model "
                      "trained on Real-ESRGAN degradations smooths detail it takes for noise, so it can sit below "
-                     "bicubic on clean input and still be far ahead on the degraded columns.")
+                     "bicubic on clean input and still be ahead of it on the noisy columns.")
     return "\n".join(lines + notes)
 
 

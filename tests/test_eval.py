@@ -444,5 +444,7 @@ def test_bicubic_reference_rows_are_scored_once_and_printed_with_a_reading_line(
     row = next(line for line in lines if line.startswith("Toy bicubic"))
     assert f"{ref['Toy']['clean']['psnr']:.2f}" in row and f"{ref['Toy']['noise']['psnr']:.2f}" in row
     assert row.split()[-1] == "2"  # images
+    header, model_row = lines[1], next(line for line in lines if line.startswith("Toy "))
+    assert len({len(header), len(model_row), len(row)}) == 1  # the longer row label keeps the columns aligned
     assert lines[-1].startswith("Reading: the bicubic rows")
     assert "bicubic" not in format_table(model)
