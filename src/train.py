@@ -236,6 +236,19 @@ def reference_results(cfg: DictConfig, datamodule, protocol: str) -> dict | None
                              cfg.eval.get("round_y", True), Path(cfg.paths.cache) / "testsets")
 
 
+def leave_process_group() -> None:
+    """Under DDP, every rank leaves the process group together once training ends.
+
+    Rank 0 goes on to evaluate alone while the other ranks exit; a rank that exits with the backend's threads still
+    running is aborted by the C++ runtime ("terminate called without an active exception"), and Lightning's launcher
+    then kills every rank, rank 0's evaluation included."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def fit_and_evaluate(cfg: DictConfig, run_dir: Path, module, datamodule, loggers: list) -> dict:
     ckpt = runs.checkpoint(run_dir)
     # Without a terminal (a log file, a cluster job) a progress bar is a flood of carriage returns: print a line
@@ -255,6 +268,7 @@ def fit_and_evaluate(cfg: DictConfig, run_dir: Path, module, datamodule, loggers
         print(f"[train] resuming from {resume_from}")
     start = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    leave_process_group()
     if preemption.preempted:
         # Not a failure and not a result: the requeued job (or the same command) resumes from the checkpoint.
         print(f"[train] stopped at step {trainer.global_step} on {preemption.signum.name}: {ckpt} written"
