@@ -53,27 +53,7 @@ def test_kill9_then_resume_matches_uninterrupted_run(tmp_path, extra):
                          timeout=600)
     assert ref.returncode == 0, ref.stderr[-3000:]
 
-    runs = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd(runs, *args), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    ckpt = None
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:  # kill once a mid-run checkpoint exists
-        found = list(runs.glob("kr/*/checkpoints/last.ckpt"))
-        if found:
-            step = torch.load(found[0], map_location="cpu", weights_only=True)["global_step"]
-            if step >= 6:
-                ckpt = found[0]
-                break
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert ckpt is not None, "training finished before it could be killed"
-    assert not (ckpt.parent.parent / "train_done.json").exists()
-
-    resumed = subprocess.run(train_cmd(runs, *args), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from" in resumed.stdout
+    ckpt = _run_killed_then_resumed(tmp_path / "killed", args, "kr", min_step=6)
     a, b = net_state(only_job(tmp_path / "ref", "kr") / "checkpoints/last.ckpt"), net_state(ckpt)
     assert a.keys() == b.keys()
     assert any(k.startswith("net_ema.") for k in a) == ("ema.decay=0.9" in extra)  # the average is compared too
@@ -100,6 +80,7 @@ def _run_killed_then_resumed(runs, args, name, min_step):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert ckpt is not None, "training finished before it could be killed"
+    assert not (ckpt.parent.parent / "train_done.json").exists()
     resumed = subprocess.run(train_cmd(runs, *args), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout
