@@ -34,8 +34,9 @@ bench: $(STAMP)        ## speed figures as ratios, written to bench.json
 	$(PY) -m src.bench $(ARGS)
 
 RESULTS := docs/results
+STUDIES := $(RESULTS)/repro_small $(wildcard $(RESULTS)/repro_probabilities)
 report: $(STAMP)       ## rebuild every table and figure of docs/results from the committed result files (no training)
-	$(PY) -m src.report $(RESULTS)/repro_small out=$(RESULTS)
+	$(PY) -m src.report $(STUDIES) out=$(RESULTS)
 
 RUNS  := $(or $(SR_RUNS_DIR),runs)
 REPRO := $(RUNS)/repro_small/sweep

@@ -3,6 +3,7 @@
     python -m src.analyze <csm|ablation|ddr|all> ckpt=<path> [ckpts=[a,b] labels=[p0,p0.7]] out=<folder>
     python -m src.analyze all groups={p0:[runA,runB],p0.7:[runC,runD]} out=<folder>     # mean +- std per group
     python -m src.analyze released released.dir=<folder of the paper's released models> out=<folder>
+    python -m src.analyze merge sources=[<groups analysis>,<another>] out=<folder>     # pool seeds analysed apart
 
 Composes conf/analyze.yaml and calls `src.analysis.pipeline.run_config`; see that module for what lands in `out`.
 """
@@ -12,7 +13,7 @@ import sys
 
 from src.analysis.pipeline import CLI_TOOLS, run_config
 
-PATH_KEYS = ("ckpt", "ckpts", "image", "out", "data.root", "released.dir", "released.paper")
+PATH_KEYS = ("ckpt", "ckpts", "sources", "image", "out", "data.root", "released.dir", "released.paper")
 
 
 def _quote(value: str) -> str:

@@ -122,3 +122,52 @@ def test_cli_groups_of_checkpoints(tmp_path):
     assert s["n"] == 2 and s["mean"] == pytest.approx(np.mean(vals)) and math.isfinite(s["std"])
     assert doc["options"]["csm"] == {"norm": "max", "layers": None}  # the config defaults
     assert (tmp_path / "out" / "groups_stats.png").exists()
+
+
+def _tiny_models(names):
+    srresnet = pytest.importorskip("src.models.srresnet")
+    models, labels = {}, {}
+    for lab in names:
+        g, seed = lab.split("/s")
+        torch.manual_seed(int(seed) + (10 if g == "p0.7" else 0))
+        models[lab] = srresnet.MSRResNet(num_feat=4, num_block=1).eval()
+        labels[lab] = (g, f"/runs/{g}/s{seed}.pth")
+    return models, labels
+
+
+def test_merge_pools_seeds_analysed_in_separate_sittings_as_if_analysed_together(tmp_path):
+    pytest.importorskip("src.data.testsets")
+    hrs = [(f"im{i}", _image(24, 24, 20 + i)) for i in range(2)]
+    pairs = [(n, _lr_of(hr), hr) for n, hr in hrs]
+    opts = dict(scale=4, rescale="l1", score="rgb", input_size=4, perplexity=2, progress=False)
+    everything = ["p0/s0", "p0/s1", "p0.7/s0", "p0.7/s1"]
+    together = analyze_group_models(*_tiny_models(everything), "all", tmp_path / "together", pairs, hrs, **opts)
+    for sitting, names in (("first", ["p0/s0", "p0.7/s0"]), ("second", ["p0/s1", "p0.7/s1"])):
+        analyze_group_models(*_tiny_models(names), "all", tmp_path / sitting, pairs, hrs, **opts)
+
+    cmd = [sys.executable, "-m", "src.analyze", "merge", f"sources=[{tmp_path / 'first'},{tmp_path / 'second'}]",
+           f"out={tmp_path / 'merged'}"]
+    res = subprocess.run(cmd, cwd=REPO, env={**os.environ, "WANDB_MODE": "disabled"}, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    merged = json.loads((tmp_path / "merged" / "groups.json").read_text())
+    assert sorted(merged["groups"]["p0"]) == ["p0/s0", "p0/s1"] and merged["options"] == together["options"]
+    for g in ("p0", "p0.7"):
+        for stat in ("ablation.max_drop", "ablation.psnr_half_ablated", "csm.saliency_cv", "ddr.chi"):
+            want, got = together["stats"][g][stat], merged["stats"][g][stat]
+            assert got["n"] == 2 and got["mean"] == pytest.approx(want["mean"], rel=1e-9), (g, stat)
+            assert got["std"] == pytest.approx(want["std"], rel=1e-9), (g, stat)
+    with open(tmp_path / "merged" / "ablation_curve.csv") as f:
+        assert {r["model"] for r in csv.DictReader(f)} == set(everything)
+    assert (tmp_path / "merged" / "groups_ablation_curve.png").stat().st_size > 1000
+
+    from src.analysis.seeds import merge_groups
+
+    with pytest.raises(ValueError, match="model 'p0/s0' is also in an earlier source"):
+        merge_groups([tmp_path / "first", tmp_path / "together"], tmp_path / "bad")
+    analyze_group_models(*_tiny_models(["p0/s2"]), "ablation", tmp_path / "other", pairs, hrs,
+                         **{**opts, "rescale": "none"})
+    with pytest.raises(ValueError, match=r"other.*analysed with other options than .*first \(.*ablation"):
+        merge_groups([tmp_path / "first", tmp_path / "other"], tmp_path / "bad")
+    with pytest.raises(FileNotFoundError, match=r"nowhere: no summary.json, groups.json, analysis.json"):
+        merge_groups([tmp_path / "nowhere"], tmp_path / "bad")

@@ -44,7 +44,8 @@ def _exact_wilcoxon_p(x: np.ndarray) -> float:
 
 def test_make_report_rebuilds_tables_and_figures_from_committed_files(tmp_path, capsys):
     makefile = (REPO / "Makefile").read_text()
-    assert re.search(r"^report:.*\n\t\$\(PY\) -m src.report \$\(RESULTS\)/\S+ out=\$\(RESULTS\)", makefile, re.M)
+    assert re.search(r"^STUDIES := \$\(RESULTS\)/repro_small .*\nreport:.*\n\t\$\(PY\) -m src.report \$\(STUDIES\) "
+                     r"out=\$\(RESULTS\)", makefile, re.M)
     out = tmp_path / "results"
     assert main([str(FIXTURE / "mini"), f"out={out}"]) == 0
     printed = capsys.readouterr().out
@@ -151,3 +152,28 @@ def test_publish_copies_small_files_of_finished_runs_and_reports_from_them(tmp_p
     (sweep / job.name / "metrics.csv").write_bytes(b"0" * 600_000)
     with pytest.raises(ValueError, match=r"metrics.csv \(600,000 bytes\)"):
         main([str(sweep), f"publish={dest}", f"out={out}"])
+
+
+def test_a_study_scored_under_one_protocol_only_stays_out_of_the_other_protocols_tables(tmp_path):
+    import shutil
+
+    src = tmp_path / "campaign"
+    shutil.copytree(FIXTURE / "mini", src)
+    for p in ("0.1", "0.9"):  # the probability study: the paper's protocol only
+        run = src / f"p{p}_seed0"
+        shutil.copytree(src / "p0.7_seed0", run)
+        (run / "results.json").unlink()
+        cfg = run / "config.yaml"
+        cfg.write_text(cfg.read_text().replace("  p: 0.7\n", f"  p: {p}\n"))
+    out = tmp_path / "out"
+    assert main([str(src), f"out={out}", f"bicubic={FIXTURE / 'bicubic'}"]) == 0
+
+    literature = list(csv.DictReader((out / "comparison.csv").open()))
+    official = list(csv.DictReader((out / "comparison_official.csv").open()))
+    assert [r["comparison"] for r in literature] == ["Real-SRResNet (p=0.7) [mean of 3 seeds] vs p=0"]
+    assert len(official) == 3 and any("p=0.9" in r["comparison"] for r in official)
+    assert "p=0.9" not in (out / "table1.md").read_text()
+    assert "p=0.9" in (out / "table1_official.md").read_text()
+    a2 = (out / "table_a2_Real_SRResNet_last_channel_official.md").read_text()
+    assert all(f"p={p}" in a2 for p in ("0", "0.1", "0.7", "0.9"))
+    assert not list(out.glob("table_a2_*_channel.md"))  # the literature protocol has only p = 0 and 0.7

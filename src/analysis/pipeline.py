@@ -28,7 +28,7 @@ from src.analysis.common import DEFAULT_LAYER, center_crop, to_tensor, write_csv
 from src.utils import atomic_write_text, resolve_device
 
 TOOLS = ("csm", "ablation", "ddr", "all")
-CLI_TOOLS = (*TOOLS, "released")  # released: src/analysis/released.py
+CLI_TOOLS = (*TOOLS, "released", "merge")  # released: src/analysis/released.py; merge: seeds.merge_groups
 
 
 def tool_set(tool: str | Sequence[str]) -> set[str]:
@@ -323,6 +323,10 @@ def run_config(cfg, out: str | Path | None = None) -> dict:
 
     if cfg.tool not in CLI_TOOLS:
         raise ValueError(f"tool={cfg.tool!r}; allowed: {', '.join(CLI_TOOLS)}")
+    if cfg.tool == "merge":  # pools earlier analyses' numbers: no model, data or device needed
+        from src.analysis.seeds import merge_groups
+
+        return merge_groups(list(cfg.sources), Path(out or cfg.out))
     device = resolve_device(str(cfg.device))
     backbone = cfg.get("backbone")  # a conf/backbone group choice, composed (and resolved) here
     if backbone is not None:

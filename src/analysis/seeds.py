@@ -231,3 +231,74 @@ def analyze_group_models(models: Mapping[str, nn.Module], labels: Mapping[str, t
         plot_group_curves(curves, out / "groups_ablation_curve.png", f"PSNR (dB, {score})",
                           f"Channel ablation (rescale {rescale}, score {score}), mean +- std over models")
     return json.loads((out / "groups.json").read_text())
+
+
+# Per-model tables `analyze` writes (one row per model and item, the model's label first): a merge concatenates them.
+PER_MODEL_CSVS = ("ablation_channels.csv", "ablation_curve.csv", "csm_scores.csv", "ddr_chi.csv", "ddr_embedding.csv")
+
+
+def merge_groups(sources: Sequence[str | Path], out: str | Path) -> dict:
+    """Group statistics over models analysed in separate runs of `analyze_groups` (seeds trained, and analysed,
+    in different sittings): the per-model numbers of every source (summary.json, groups.json and the per-model
+    CSVs) are pooled and reduced again, so a campaign's interpretation grows with its seeds without keeping every
+    checkpoint. The sources must share their analysis options; a model named in two sources is refused. Writes the
+    group files and figures and the concatenated per-model CSVs to `out` (per-model figures stay in the sources).
+    Returns the merged groups.json document."""
+    import csv
+
+    if not sources:
+        raise ValueError("merge needs sources=[<analysis folder>, ...] (folders written by analyze with groups=)")
+    out = Path(out)
+    summary: dict = {}
+    labels: dict[str, tuple[str, Path]] = {}
+    options = first = None
+    tables: dict[str, tuple[list[str], list[list[str]]]] = {}
+    for src in map(Path, sources):
+        missing = [n for n in ("summary.json", "groups.json", "analysis.json") if not (src / n).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{src}: no {', '.join(missing)}; merge reads folders written by "
+                                    "`python -m src.analyze <tool> groups=...`")
+        doc = json.loads((src / "groups.json").read_text())
+        opts = json.loads((src / "analysis.json").read_text())["options"]
+        if options is None:
+            options, first = opts, src
+        elif opts != options:
+            keys = sorted(k for k in set(opts) | set(options) if opts.get(k) != options.get(k))
+            raise ValueError(f"{src}: analysed with other options than {first} ({', '.join(keys)} differ); "
+                             "only numbers measured the same way can be pooled")
+        for group, members in doc["groups"].items():
+            for lab in members:
+                if lab in labels:
+                    raise ValueError(f"{src}: model {lab!r} is also in an earlier source; each model once")
+                labels[lab] = (group, Path(doc["checkpoints"][lab]))
+        summary.update({lab: v for lab, v in json.loads((src / "summary.json").read_text()).items()
+                        if lab in labels})
+        for name in PER_MODEL_CSVS:
+            if not (src / name).is_file():
+                continue
+            with open(src / name, newline="") as f:
+                header, *rows = list(csv.reader(f))
+            seen = tables.setdefault(name, (header, []))
+            if seen[0] != header:
+                raise ValueError(f"{src / name}: columns {header} differ from the earlier source's {seen[0]}")
+            seen[1].extend(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, (header, rows) in tables.items():
+        write_csv(out / name, header, rows)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out / "analysis.json", json.dumps(
+        {"models": list(labels), "options": options, "definitions": DEFINITIONS,
+         "merged_from": [str(s) for s in sources]}, indent=2) + "\n")
+    per_model = {lab: flatten(summary[lab]) for lab in labels}
+    members: dict[str, list[str]] = {}
+    for lab, (g, _) in labels.items():
+        members.setdefault(g, []).append(lab)
+    stats = group_stats(per_model, members)
+    write_group_files(out, stats, per_model, labels, options)
+    plot_group_stats(stats, out / "groups_stats.png")
+    if "ablation_curve.csv" in tables:
+        curves, score = _curves_from_csv(out / "ablation_curve.csv", labels)
+        plot_group_curves(curves, out / "groups_ablation_curve.png", f"PSNR (dB, {score})",
+                          f"Channel ablation (rescale {options['ablation']['rescale']}, score {score}), "
+                          "mean +- std over models")
+    return json.loads((out / "groups.json").read_text())

@@ -49,24 +49,27 @@ def build_report(sweeps: Sequence[os.PathLike], out: os.PathLike | None = None, 
           f"{'bicubic reference from ' + str(reference.dir) if reference else 'no bicubic reference found'}.", "",
           READING_GUIDE, "", "## Setting", "", _size_table(settings), ""]
     for protocol in protocols:
-        cols = columns(settings, protocol)
+        # a study scored under one protocol only (the probability study: the paper's) has no row of empty cells
+        # in the other protocol's tables
+        scored = [st for st in settings if protocol in st.protocols()]
+        cols = columns(scored, protocol)
         m = protocol_metric(protocol, metric)
-        tables = [table_main(settings, cols, metric, protocol, reference)] \
-            + table_positions(settings, cols, metric, protocol) + table_probabilities(settings, cols, metric, protocol)
+        tables = [table_main(scored, cols, metric, protocol, reference)] \
+            + table_positions(scored, cols, metric, protocol) + table_probabilities(scored, cols, metric, protocol)
         md += [f"## {METRIC_LABEL.get(m, m)}, {PROTOCOL_NOTE.get(protocol, protocol)}", ""]
         for t in tables:
             for ext, text in (("md", to_markdown(t, digits)), ("tex", to_latex(t, digits)), ("csv", to_csv(t))):
                 written["tables"].append(atomic_write_text(out / f"{t.name}.{ext}", text))
             md += [f"### {t.name}", "", to_markdown(t, digits)]
         all_tables += tables
-        comparison_md, rows = _comparisons(settings, cols, m, protocol)
+        comparison_md, rows = _comparisons(scored, cols, m, protocol)
         if rows:
             md += [f"### Is the gain larger than the noise? ({protocol} protocol)", "", comparison_md, ""]
             name = "comparison" + ("" if protocol == "literature" else f"_{protocol}")
             written["tables"].append(atomic_write_text(out / f"{name}.csv", _csv(rows)))
             summary.update({f"report/{protocol}/{r['comparison']}/{k}": r[k] for r in rows
                             for k in ("mean_diff", "improved", "items", "wilcoxon_p")})
-        written["figures"] += _protocol_figures(settings, cols, metric, protocol, fig4, out)
+        written["figures"] += _protocol_figures(scored, cols, metric, protocol, fig4, out)
     for group in groups(settings):
         val = next((st.size.get("val") for st in settings if st.group == group), "")
         p = fig_curves(settings, group, out / f"curves_{slug(group)}.png", val_set=val)
