@@ -35,15 +35,22 @@ bench: $(STAMP)        ## speed figures as ratios, written to bench.json
 
 RESULTS := docs/results
 STUDIES := $(RESULTS)/repro_small $(wildcard $(RESULTS)/repro_probabilities)
+# Interpretation of the campaign's models, one folder per sitting (docs/results/interp/<seeds>), pooled by merge.
+INTERP  := $(subst $(space),$(comma),$(strip $(sort $(wildcard $(RESULTS)/interp/*))))
+comma   := ,
+space   := $(subst ,, )
 report: $(STAMP)       ## rebuild every table and figure of docs/results from the committed result files (no training)
 	$(PY) -m src.report $(STUDIES) out=$(RESULTS)
+	$(if $(INTERP),$(PY) -m src.analyze merge sources=[$(INTERP)] out=$(RESULTS)/interp_seeds hydra.output_subdir=null)
 
 RUNS  := $(or $(SR_RUNS_DIR),runs)
 REPRO := $(RUNS)/repro_small/sweep
 repro: $(STAMP)        ## the reduced-scale campaign (p=0 vs p=0.7, 3 seeds, both protocols; CPU, ~2 h on 2 cores): publishes its small files to docs/results/repro_small, rebuilds docs/results, interpretation over the seeds
 	OMP_NUM_THREADS=1 $(PY) -m src.train --config-dir sweeps --config-name repro_small -m
 	$(PY) -m src.report $(REPRO) publish=$(RESULTS)/repro_small out=$(RESULTS)
-	OMP_NUM_THREADS=1 $(PY) -m src.analyze all groups="{p0:'$(REPRO)/dropout.p-0.0_*',p0.7:'$(REPRO)/dropout.p-0.7_*'}" out=$(RESULTS)/interp_seeds
+	rm -rf $(RESULTS)/interp
+	OMP_NUM_THREADS=1 $(PY) -m src.analyze all groups="{p0:'$(REPRO)/dropout.p-0.0_*',p0.7:'$(REPRO)/dropout.p-0.7_*'}" out=$(RESULTS)/interp/all-seeds
+	$(MAKE) report
 
 clean:
 	rm -rf .pytest_cache outputs multirun

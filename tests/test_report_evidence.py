@@ -44,8 +44,9 @@ def _exact_wilcoxon_p(x: np.ndarray) -> float:
 
 def test_make_report_rebuilds_tables_and_figures_from_committed_files(tmp_path, capsys):
     makefile = (REPO / "Makefile").read_text()
-    assert re.search(r"^STUDIES := \$\(RESULTS\)/repro_small .*\nreport:.*\n\t\$\(PY\) -m src.report \$\(STUDIES\) "
-                     r"out=\$\(RESULTS\)", makefile, re.M)
+    assert re.search(r"^STUDIES := \$\(RESULTS\)/repro_small ", makefile, re.M)
+    assert re.search(r"^report:.*\n\t\$\(PY\) -m src.report \$\(STUDIES\) out=\$\(RESULTS\)\n"
+                     r"\t.*src.analyze merge sources=\[\$\(INTERP\)\] out=\$\(RESULTS\)/interp_seeds", makefile, re.M)
     out = tmp_path / "results"
     assert main([str(FIXTURE / "mini"), f"out={out}"]) == 0
     printed = capsys.readouterr().out
