@@ -36,9 +36,9 @@ bench: $(STAMP)        ## speed figures as ratios, written to bench.json
 RESULTS := docs/results
 STUDIES := $(RESULTS)/repro_small $(wildcard $(RESULTS)/repro_probabilities)
 # Interpretation of the campaign's models, one folder per sitting (docs/results/interp/<seeds>), pooled by merge.
-INTERP  := $(subst $(space),$(comma),$(strip $(sort $(wildcard $(RESULTS)/interp/*))))
 comma   := ,
 space   := $(subst ,, )
+INTERP  := $(subst $(space),$(comma),$(strip $(sort $(wildcard $(RESULTS)/interp/*))))
 report: $(STAMP)       ## rebuild every table and figure of docs/results from the committed result files (no training)
 	$(PY) -m src.report $(STUDIES) out=$(RESULTS)
 	$(if $(INTERP),$(PY) -m src.analyze merge sources=[$(INTERP)] out=$(RESULTS)/interp_seeds hydra.output_subdir=null)

@@ -422,12 +422,18 @@ def publish(target: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
     """Copy the small result files of every finished run in `target` (a run or sweep folder, see `find_runs`) to
     `dest/<run folder name>/`, so results can be committed and reports rebuilt without the runs.
 
-    A run without results.json is left out (with a warning naming it); a file over 500 KB is refused, naming it.
-    Files are written atomically; copying again replaces them. Returns the published run folders."""
+    A run without results.json, or one whose process still holds its folder (it may be writing the other protocol's
+    results and its job.json still says running), is left out with a warning naming it; a file over 500 KB is
+    refused, naming it. Files are written atomically; copying again replaces them. Returns the published folders."""
     out = []
     for run_dir in find_runs(target):
         if not (run_dir / RESULTS["literature"]).is_file() and not (run_dir / RESULTS["official"]).is_file():
             warnings.warn(f"{run_dir}: no results file yet (unfinished or failed run), not published")
+            continue
+        holder = read_state(run_dir / LOCK)
+        if holder and _alive(holder):
+            warnings.warn(f"{run_dir}: still running (PID {holder.get('pid')} holds {LOCK}), not published; publish "
+                          "again when it has finished")
             continue
         files = [run_dir / name for name in PUBLISHED if (run_dir / name).is_file()]
         big = [f"{f} ({f.stat().st_size:,} bytes)" for f in files if f.stat().st_size > PUBLISH_MAX_BYTES]

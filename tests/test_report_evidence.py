@@ -154,6 +154,15 @@ def test_publish_copies_small_files_of_finished_runs_and_reports_from_them(tmp_p
     with pytest.raises(ValueError, match=r"metrics.csv \(600,000 bytes\)"):
         main([str(sweep), f"publish={dest}", f"out={out}"])
 
+    # a run still evaluating (its process holds the folder's lock) waits for the next publish
+    from src import runs
+
+    (sweep / job.name / "metrics.csv").write_bytes(b"step\n")
+    shutil.rmtree(dest)
+    with runs.lock(sweep / job.name), pytest.warns(UserWarning, match=rf"{job.name}: still running \(PID \d+"):
+        main([str(sweep), f"publish={dest}", f"out={out}", f"bicubic={FIXTURE / 'bicubic'}"])
+    assert job.name not in {p.name for p in dest.iterdir()} and len(list(dest.iterdir())) == 5
+
 
 def test_a_study_scored_under_one_protocol_only_stays_out_of_the_other_protocols_tables(tmp_path):
     import shutil
