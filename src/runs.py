@@ -299,6 +299,21 @@ def _command_of(pid: int) -> str | None:
         return None
 
 
+def _read_lock(path: Path) -> dict:
+    """The holder recorded in a lock file; {} when it is gone or half-written (its writer was killed while taking
+    it). Never moved aside like a corrupt state file: the lock belongs to another process."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def lock_holder(run_dir: str | os.PathLike) -> dict | None:
+    """The live process holding `run_dir`'s lock (pid, host, command, since), or None when it is free or stale."""
+    holder = _read_lock(Path(run_dir) / LOCK)
+    return holder if holder and _alive(holder) else None
+
+
 def _alive(holder: Mapping) -> bool:
     if holder.get("host") != socket.gethostname():
         return True  # cannot look at another machine's processes: assume it is still working
@@ -328,10 +343,7 @@ def lock(run_dir: str | os.PathLike) -> Iterator[Path]:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             break
         except FileExistsError:
-            try:
-                holder = json.loads(path.read_text())
-            except (OSError, ValueError):
-                holder = {}  # half-written by a process killed while taking it
+            holder = _read_lock(path)
             if holder and _alive(holder):
                 raise RunFolderBusy(
                     f"{run_dir} is in use by PID {holder.get('pid')} on {holder.get('host')} since "
@@ -430,8 +442,8 @@ def publish(target: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
         if not (run_dir / RESULTS["literature"]).is_file() and not (run_dir / RESULTS["official"]).is_file():
             warnings.warn(f"{run_dir}: no results file yet (unfinished or failed run), not published")
             continue
-        holder = read_state(run_dir / LOCK)
-        if holder and _alive(holder):
+        holder = lock_holder(run_dir)
+        if holder:
             warnings.warn(f"{run_dir}: still running (PID {holder.get('pid')} holds {LOCK}), not published; publish "
                           "again when it has finished")
             continue

@@ -162,6 +162,10 @@ def test_publish_copies_small_files_of_finished_runs_and_reports_from_them(tmp_p
     with runs.lock(sweep / job.name), pytest.warns(UserWarning, match=rf"{job.name}: still running \(PID \d+"):
         main([str(sweep), f"publish={dest}", f"out={out}", f"bicubic={FIXTURE / 'bicubic'}"])
     assert job.name not in {p.name for p in dest.iterdir()} and len(list(dest.iterdir())) == 5
+    # a half-written lock (its writer killed while taking it) is stale: the run is published, the lock left alone
+    (sweep / job.name / runs.LOCK).write_text('{"pid": 12')
+    main([str(sweep), f"publish={dest}", f"out={out}", f"bicubic={FIXTURE / 'bicubic'}"])
+    assert (dest / job.name / "results.json").is_file() and (sweep / job.name / runs.LOCK).read_text() == '{"pid": 12'
 
 
 def test_a_study_scored_under_one_protocol_only_stays_out_of_the_other_protocols_tables(tmp_path):

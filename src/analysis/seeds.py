@@ -217,18 +217,25 @@ def analyze_group_models(models: Mapping[str, nn.Module], labels: Mapping[str, t
     """`analyze_groups` for models already in memory; `labels` = {label: (group, checkpoint path)}."""
     out = Path(out)
     summary = analyze(dict(models), tool, out, pairs, ddr_images, **options)
+    meta = json.loads((out / "analysis.json").read_text())
+    return _reduce_groups(out, summary, dict(labels), meta["options"], (out / "ablation_curve.csv").exists())
+
+
+def _reduce_groups(out: Path, summary: Mapping, labels: dict[str, tuple[str, Path]], options: dict,
+                   curves: bool) -> dict:
+    """The per-model numbers of `summary` reduced to mean +- std per group: groups.csv/json and groups_stats.png,
+    and with `curves` groups_ablation_curve.png from out/ablation_curve.csv. Returns the groups.json document."""
     per_model = {lab: flatten(summary[lab]) for lab in labels}
-    members = {}
+    members: dict[str, list[str]] = {}
     for lab, (g, _) in labels.items():
         members.setdefault(g, []).append(lab)
     stats = group_stats(per_model, members)
-    meta = json.loads((out / "analysis.json").read_text())
-    write_group_files(out, stats, per_model, dict(labels), meta["options"])
+    write_group_files(out, stats, per_model, labels, options)
     plot_group_stats(stats, out / "groups_stats.png")
-    if (out / "ablation_curve.csv").exists():
-        curves, score = _curves_from_csv(out / "ablation_curve.csv", dict(labels))
-        rescale = meta["options"]["ablation"]["rescale"]
-        plot_group_curves(curves, out / "groups_ablation_curve.png", f"PSNR (dB, {score})",
+    if curves:
+        curves_by_group, score = _curves_from_csv(out / "ablation_curve.csv", labels)
+        rescale = options["ablation"]["rescale"]
+        plot_group_curves(curves_by_group, out / "groups_ablation_curve.png", f"PSNR (dB, {score})",
                           f"Channel ablation (rescale {rescale}, score {score}), mean +- std over models")
     return json.loads((out / "groups.json").read_text())
 
@@ -289,16 +296,4 @@ def merge_groups(sources: Sequence[str | Path], out: str | Path) -> dict:
     atomic_write_text(out / "analysis.json", json.dumps(
         {"models": list(labels), "options": options, "definitions": DEFINITIONS,
          "merged_from": [str(s) for s in sources]}, indent=2) + "\n")
-    per_model = {lab: flatten(summary[lab]) for lab in labels}
-    members: dict[str, list[str]] = {}
-    for lab, (g, _) in labels.items():
-        members.setdefault(g, []).append(lab)
-    stats = group_stats(per_model, members)
-    write_group_files(out, stats, per_model, labels, options)
-    plot_group_stats(stats, out / "groups_stats.png")
-    if "ablation_curve.csv" in tables:
-        curves, score = _curves_from_csv(out / "ablation_curve.csv", labels)
-        plot_group_curves(curves, out / "groups_ablation_curve.png", f"PSNR (dB, {score})",
-                          f"Channel ablation (rescale {options['ablation']['rescale']}, score {score}), "
-                          "mean +- std over models")
-    return json.loads((out / "groups.json").read_text())
+    return _reduce_groups(out, summary, labels, options, "ablation_curve.csv" in tables)
