@@ -16,23 +16,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from src.utils import atomic_write_bytes
 
 FORMATS = {"safetensors": ".safetensors", "onnx": ".onnx"}
-
-
-def export_safetensors(model: nn.Module, cfg: Mapping[str, Any] | None, out: str | os.PathLike,
-                       extra_metadata: Mapping[str, str] | None = None, scale: int | None = None) -> Path:
-    from safetensors.torch import save
-
-    # clone: safetensors refuses tensors that share storage, and views may be non-contiguous
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    metadata = {"format": "pt", **(extra_metadata or {})}
-    if cfg is not None:
-        metadata["backbone"] = json.dumps(dict(cfg), sort_keys=True)
-    if scale is not None:
-        metadata["scale"] = str(int(scale))
-    return atomic_write_bytes(out, save(tensors, metadata=metadata))
 
 
 def export_onnx(model: nn.Module, out: str | os.PathLike, opset: int = 18, exporter: str = "auto") -> Path:
@@ -133,13 +118,14 @@ def export(ckpt: str | os.PathLike, fmt: str, out: str | os.PathLike | None = No
     out = Path(out) if out else default_out(ckpt, fmt)
     if out.resolve() == Path(ckpt).resolve():
         raise ValueError(f"out={out} is the checkpoint itself; choose another file")
-    from src.models.loading import load
+    from src.models.loading import load, save_safetensors
 
-    loaded = load(ckpt, backbone=backbone, device="cpu")
+    # Contiguous: the files store plain tensors either way, and ONNX tracing needs no NHWC strides.
+    loaded = load(ckpt, backbone=backbone, device="cpu", channels_last=False)
     for note in loaded.notes:  # e.g. the paper's key layout, or an architecture read off the keys
         print(f"[load] {loaded.path.name}: {note}")
     if fmt == "safetensors":
-        return export_safetensors(loaded.model, loaded.config, out, {"source": Path(ckpt).name}, loaded.scale)
+        return save_safetensors(loaded.model, loaded.config, out, {"source": Path(ckpt).name}, loaded.scale)
     return export_onnx(loaded.model, out, opset, exporter)
 
 

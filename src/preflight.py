@@ -28,6 +28,10 @@ def check_values(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
             raise ValueError(f"{key}={value!r}: must be an integer >= 1 ({meaning}){extra}")
     check_training_crops(cfg)
     check_added_keys(cfg, overrides)
+    if "channels_last" in cfg:
+        from src.utils import use_channels_last
+
+        use_channels_last(cfg.channels_last, "cpu")  # raises naming the key and the allowed values
 
 
 def _is_int(value) -> bool:

@@ -104,6 +104,11 @@ def checkpoint(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / CKPT
 
 
+def step_weights(run_dir: str | os.PathLike, step: int) -> Path:
+    """The weights kept at an intermediate step (`ckpt_keep_steps`): `checkpoints/step-000250.safetensors`."""
+    return Path(run_dir) / CKPT.parent / f"step-{int(step):06d}.safetensors"
+
+
 def results_file(run_dir: str | os.PathLike, protocol: str = "literature") -> Path:
     if protocol not in RESULTS:
         raise ValueError(f"protocol={protocol!r}; allowed: {', '.join(RESULTS)}")
@@ -208,7 +213,8 @@ def is_complete(run_dir: str | os.PathLike, max_steps: int, test_sets: Sequence[
 # speed options, and evaluation settings that results files keep apart (degradations and protocols are keys in
 # them; tiling overlaps enough to be seamless; the validation metric is logged under its own name). data.root is
 # replaced by the content of the image lists.
-BOOKKEEPING = ("name", "paths", "logger", "callbacks", "resume", "force", "ckpt_every_n_steps", "channels_last",
+BOOKKEEPING = ("name", "paths", "logger", "callbacks", "resume", "force", "ckpt_every_n_steps", "ckpt_keep_steps",
+               "channels_last",
                "compile", "data.root", "data.num_workers", "data.cache_dir", "trainer.devices", "trainer.accelerator",
                "trainer.strategy", "trainer.num_nodes", "trainer.enable_progress_bar", "trainer.log_every_n_steps",
                "trainer.enable_model_summary", "eval.degradations", "eval.tile", "eval.protocol", "eval.reference",

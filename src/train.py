@@ -28,17 +28,20 @@ from src.loggers import build_loggers, finish_wandb, log_results
 from src import runs
 from src.preflight import check_values
 from src.sweep import register_resolvers
-from src.utils import build, resolve_device
+from src.utils import apply_memory_format, build, resolve_device
 
 register_resolvers()
 log = logging.getLogger(__name__)
 
 
 class AtomicCheckpoint(pl.Callback):
-    """`checkpoints/last.ckpt` every N steps and at the end, replaced atomically so a kill never corrupts it."""
+    """`checkpoints/last.ckpt` every N steps and at the end, replaced atomically so a kill never corrupts it; the
+    network that is evaluated (the average when the EMA is on) also as safetensors at each of `keep_steps`, for
+    studies of the gain against training length."""
 
-    def __init__(self, dirpath: Path, every_n_steps: int):
-        self.path, self.every_n_steps = Path(dirpath) / "last.ckpt", max(int(every_n_steps), 1)
+    def __init__(self, run_dir: Path, every_n_steps: int, keep_steps=()):
+        self.run_dir, self.path = Path(run_dir), runs.checkpoint(run_dir)
+        self.every_n_steps, self.keep_steps = max(int(every_n_steps), 1), {int(s) for s in keep_steps or ()}
         self.saved_step = -1
 
     def save(self, trainer: pl.Trainer) -> None:
@@ -63,6 +66,14 @@ class AtomicCheckpoint(pl.Callback):
         # from as saved.
         if trainer.global_step % self.every_n_steps == 0:
             self.save(trainer)
+        if trainer.global_step in self.keep_steps and trainer.is_global_zero:
+            self.keep(trainer.global_step, pl_module)
+
+    def keep(self, step: int, pl_module) -> None:
+        from src.models.loading import save_safetensors
+
+        save_safetensors(pl_module.eval_net, dict(pl_module.hparams.backbone), runs.step_weights(self.run_dir, step),
+                         {"step": str(step)}, pl_module.hparams.scale)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.save(trainer)
@@ -193,10 +204,10 @@ def _train(cfg: DictConfig, run_dir: Path, owner: bool) -> dict:
     if owner:
         # The composed config, resolved: the values this run used (.hydra/config.yaml keeps the interpolations).
         runs.save_run_config(run_dir, cfg)
-    if cfg.channels_last:
-        module.net.to(memory_format=torch.channels_last)
-        if module.net_ema is not None:
-            module.net_ema.to(memory_format=torch.channels_last)
+    train_device = "cuda" if cfg.trainer.accelerator in ("gpu", "cuda") else "cpu"
+    for net in (module.net, module.net_ema):
+        if net is not None:
+            apply_memory_format(net, cfg.channels_last, train_device)
     if cfg.compile:
         module.net.compile()  # in place: state-dict keys stay BasicSR-compatible
 
@@ -254,7 +265,7 @@ def fit_and_evaluate(cfg: DictConfig, run_dir: Path, module, datamodule, loggers
     # Without a terminal (a log file, a cluster job) a progress bar is a flood of carriage returns: print a line
     # at each validation instead.
     interactive = sys.stdout.isatty()
-    checkpoint = AtomicCheckpoint(ckpt.parent, cfg.ckpt_every_n_steps)
+    checkpoint = AtomicCheckpoint(run_dir, cfg.ckpt_every_n_steps, cfg.get("ckpt_keep_steps"))
     preemption = PreemptionCheckpoint(checkpoint.save, parse_signal(cfg.preemption.signal), cfg.preemption.requeue)
     callbacks = [checkpoint, preemption] + ([] if interactive else [LineProgress()])
     callbacks += build_callbacks(cfg, loggers, interactive)

@@ -70,3 +70,34 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} but CUDA is not available; use device=cpu or device=auto")
     return torch.device(device)
+
+
+# Memory layout per device, measured (`make bench`): on CPU, channels_last runs the suite's convolutions 1.2-2x
+# faster (oneDNN's NHWC kernels), for training and inference alike. On CUDA it is unmeasured here, so a GPU keeps
+# the contiguous layout until `make gpu-check` shows otherwise.
+CHANNELS_LAST_SETTINGS = ("auto", True, False)
+
+
+def use_channels_last(setting: Any, device: torch.device | str) -> bool:
+    """Whether a network on `device` runs in channels_last for the `channels_last` setting (auto, true, false).
+
+    Example:
+        >>> use_channels_last("auto", "cpu"), use_channels_last(False, "cpu"), use_channels_last(True, "cuda")
+        (True, False, True)
+    """
+    if setting not in CHANNELS_LAST_SETTINGS:
+        raise ValueError(f"channels_last={setting!r}: allowed auto (the faster layout for the device: channels_last "
+                         f"on CPU), true or false")
+    if setting == "auto":
+        return torch.device(device).type == "cpu"
+    return bool(setting)
+
+
+def apply_memory_format(net: torch.nn.Module, setting: Any, device: torch.device | str) -> torch.nn.Module:
+    """`net` with its 4-D weights in the layout `setting` chooses for `device` (in place; returns `net`).
+
+    The weights' layout is enough: a convolution with channels_last weights returns channels_last features, so
+    the whole network runs in it whatever layout the input has. State-dict values and file formats are unchanged.
+    """
+    fmt = torch.channels_last if use_channels_last(setting, device) else torch.contiguous_format
+    return net.to(memory_format=fmt)

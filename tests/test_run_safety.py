@@ -102,7 +102,9 @@ def test_temporary_checkpoint_names_are_unique(tmp_path):
 
     names = {runs.temporary_name(tmp_path / "last.ckpt") for _ in range(3)}
     assert len(names) == 3 and all(n.name.startswith(".last.ckpt.") and n.parent == tmp_path for n in names)
-    cb = AtomicCheckpoint(tmp_path, 1)
+    cb = AtomicCheckpoint(tmp_path.parent, 1)  # the run folder; its checkpoints/ is tmp_path
+    assert cb.path == tmp_path.parent / "checkpoints" / "last.ckpt"
+    cb.path = tmp_path / "last.ckpt"
 
     class Trainer:
         is_global_zero, saved = True, []

@@ -30,6 +30,7 @@ from torch import nn
 from src.models.rrdb import RRDBNet
 from src.models.srresnet import MSRResNet
 from src.models.swinir import SwinIR
+from src.utils import apply_memory_format, atomic_write_bytes
 
 BACKBONE_CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "backbone"
 
@@ -260,6 +261,22 @@ def _read_safetensors(path: Path) -> tuple[dict, dict | None, int | None]:
         except ValueError as e:
             raise ValueError(f"{path}: metadata scale={meta['scale']!r} is not an integer") from e
     return state, cfg, scale
+
+
+def save_safetensors(model: nn.Module, cfg: Mapping[str, Any] | None, out: str | os.PathLike,
+                     extra_metadata: Mapping[str, str] | None = None, scale: int | None = None) -> Path:
+    """Write `model`'s state dict as safetensors (no pickle), atomically, with the backbone config (JSON, under
+    "backbone") and the SR factor ("scale") in the metadata, so `load(out)` rebuilds the model by itself."""
+    from safetensors.torch import save
+
+    # clone: safetensors refuses tensors that share storage; contiguous: the file has no notion of strides
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    metadata = {"format": "pt", **(extra_metadata or {})}
+    if cfg is not None:
+        metadata["backbone"] = json.dumps(dict(cfg), sort_keys=True)
+    if scale is not None:
+        metadata["scale"] = str(int(scale))
+    return atomic_write_bytes(out, save(tensors, metadata=metadata))
 
 
 # ---------------------------------------------------------------------------------------------------- key layouts
@@ -501,7 +518,7 @@ def _swinir_config(st: Mapping[str, torch.Tensor]) -> dict:
 
 
 def load(path: str | os.PathLike, backbone: str | Mapping | None = None, device: torch.device | str = "cpu",
-         key: str | None = None, scale: int | None = None) -> LoadedModel:
+         key: str | None = None, scale: int | None = None, channels_last: Any = "auto") -> LoadedModel:
     """A ready model (eval mode, on `device`, no dropout) from any weights file this suite knows.
 
     Args:
@@ -512,6 +529,7 @@ def load(path: str | os.PathLike, backbone: str | Mapping | None = None, device:
         device: where the model goes.
         key: entry of a BasicSR file to load (default: `params_ema`, else `params`, else the file itself).
         scale: SR factor; default: the file's own, else the one the weights' shapes imply.
+        channels_last: the memory layout (`auto`: the faster one for `device`, see `src.utils.use_channels_last`).
 
     Loading is strict: a key or shape mismatch means the wrong architecture, which must not pass silently.
     """
@@ -537,7 +555,7 @@ def load(path: str | os.PathLike, backbone: str | Mapping | None = None, device:
     layout = _load_strict(model, state, source)
     if layout != "basicsr" and layout != "official":
         notes.append(f"key layout: {layout}")
-    model = model.to(device).eval()
+    model = apply_memory_format(model.to(device).eval(), channels_last, device)
     return LoadedModel(model=model, scale=model_scale(model), pad_multiple=pad_multiple(model), config=arch,
                        path=path, layout=layout, notes=notes)
 

@@ -204,7 +204,8 @@ def read_run(run_dir: Path) -> Run | None:
 
 
 # Keys that do not change what a run learns; runs equal in everything else are seeds of one experiment.
-_BOOKKEEPING = ("seed", "name", "paths", "logger", "resume", "force", "eval", "ckpt_every_n_steps", "data.root",
+_BOOKKEEPING = ("seed", "name", "paths", "logger", "callbacks", "resume", "force", "eval", "ckpt_every_n_steps",
+                "ckpt_keep_steps", "channels_last", "compile", "data.root",
                 "data.num_workers", "data.cache_dir", "data.seed", "module.seed", "trainer.devices",
                 "trainer.accelerator", "trainer.strategy", "trainer.enable_progress_bar", "hydra")
 
