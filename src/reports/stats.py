@@ -137,3 +137,67 @@ def spread(base: Setting, variant: Setting, cols, metric: str, protocol: str) ->
             ia, ib = np.argsort([str(x) for x in base.seeds]), np.argsort([str(x) for x in variant.seeds])
             out.seeds_improved = int((b[ib] - a[ia] > 0).sum())
     return out
+
+
+# --- seed-level inference ------------------------------------------------------------------------------------
+# "Dropout helps" is a claim about training runs, so its interval comes from seeds: one number per seed (pair),
+# never one per image of fixed models (images of the same models are not replications of the training).
+
+@dataclass(frozen=True)
+class Interval:
+    """An effect with its confidence interval and two-sided p, and what the interval is over."""
+    mean: float
+    low: float
+    high: float
+    p: float
+    n: int            # replications: seed pairs (paired) or seeds of the smaller side (unpaired)
+    kind: str         # "paired t", "Welch t", or "" when there is too little to say
+
+    @property
+    def excludes_zero(self) -> bool:
+        return not math.isnan(self.low) and (self.low > 0 or self.high < 0)
+
+
+def t_interval(diffs, level: float = 0.95) -> Interval:
+    """Mean of per-seed-pair differences with a Student t interval (df = pairs - 1) and the one-sample t-test p.
+
+    Example:
+        >>> iv = t_interval([0.1, 0.2, 0.3])
+        >>> round(iv.mean, 3), round(iv.low, 3), round(iv.high, 3), iv.n
+        (0.2, -0.048, 0.448, 3)
+    """
+    from scipy import stats
+
+    x = np.asarray(diffs, dtype=float)
+    x = x[~np.isnan(x)]
+    n = int(x.size)
+    if n < 2:
+        m = float(x.mean()) if n else math.nan
+        return Interval(m, math.nan, math.nan, math.nan, n, "")
+    m, se = float(x.mean()), float(x.std(ddof=1) / math.sqrt(n))
+    if se == 0:
+        return Interval(m, m, m, 0.0 if m != 0 else 1.0, n, "paired t")
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * se
+    p = float(2 * stats.t.sf(abs(m / se), n - 1))
+    return Interval(m, m - half, m + half, p, n, "paired t")
+
+
+def welch_interval(base, variant, level: float = 0.95) -> Interval:
+    """Difference of means (variant - base) of two independent sets of per-seed values, with Welch's interval
+    (Welch-Satterthwaite df) and p: for settings whose seeds are not paired."""
+    from scipy import stats
+
+    a, b = (np.asarray(v, dtype=float) for v in (base, variant))
+    a, b = a[~np.isnan(a)], b[~np.isnan(b)]
+    n = int(min(a.size, b.size))
+    m = float(b.mean() - a.mean()) if a.size and b.size else math.nan
+    if n < 2:
+        return Interval(m, math.nan, math.nan, math.nan, n, "")
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return Interval(m, m, m, 0.0 if m != 0 else 1.0, n, "Welch t")
+    df = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * se
+    p = float(2 * stats.t.sf(abs(m / se), df))
+    return Interval(m, m - half, m + half, p, n, "Welch t")
