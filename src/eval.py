@@ -17,7 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from src import runs as run_folders
 from src.data.datasets import default_data_root, resolve_set
-from src.data.testsets import GIVEN, TEST_DEGRADATIONS
+from src.data.testsets import ALL_TEST_DEGRADATIONS, GIVEN, TEST_DEGRADATIONS, UNSEEN_DEGRADATIONS
 from src.evaluation import (BicubicUpsampler, evaluate, format_table, load_results, merge_results,
                             resolve_protocols, write_results)
 from src.utils import resolve_device
@@ -49,11 +49,13 @@ def checkpoints_to_evaluate(target: str | os.PathLike, out_dir: str | os.PathLik
 def resolve_degradations(value) -> list[str]:
     if value is None or value == "all":
         return list(TEST_DEGRADATIONS)
+    if value == "unseen":
+        return list(UNSEEN_DEGRADATIONS)
     names = [value] if isinstance(value, str) else list(value)
-    allowed = TEST_DEGRADATIONS + (GIVEN,)
+    allowed = ALL_TEST_DEGRADATIONS + (GIVEN,)
     bad = [d for d in names if d not in allowed]
     if bad:
-        raise ValueError(f"degradations={names}: unknown {bad}; allowed: all or any of {', '.join(allowed)}")
+        raise ValueError(f"degradations={names}: unknown {bad}; allowed: all, unseen, or any of {', '.join(allowed)}")
     return names
 
 

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from src.data.imageio import decode_image, to_rgb_uint8
-from src.data.testsets import (GIVEN, PROTOCOLS, TEST_DEGRADATIONS, bicubic_upscale, check_protocol,
-                               load_test_pairs, match_given_lr, read_given_pair)
+from src.data.testsets import (ALL_TEST_DEGRADATIONS, GIVEN, PROTOCOLS, TEST_DEGRADATIONS, bicubic_upscale,
+                               check_protocol, load_test_pairs, match_given_lr, read_given_pair)
 from src.metrics import psnr, ssim
 from src.models.loading import pad_multiple
 from src.runs import results_file
@@ -180,9 +180,9 @@ def evaluate(model: nn.Module, sets: Mapping[str, Sequence[os.PathLike]],
     """
     check_protocol(protocol)
     round_y = bool(round_y) and protocol == "literature"
-    unknown = [d for d in degradations if d not in TEST_DEGRADATIONS + (GIVEN,)]
+    unknown = [d for d in degradations if d not in ALL_TEST_DEGRADATIONS + (GIVEN,)]
     if unknown:
-        raise ValueError(f"degradations {unknown} unknown; allowed: {', '.join(TEST_DEGRADATIONS + (GIVEN,))}")
+        raise ValueError(f"degradations {unknown} unknown; allowed: {', '.join(ALL_TEST_DEGRADATIONS + (GIVEN,))}")
     given_lr = dict(given_lr or {})
     if GIVEN in degradations:
         lacking = [s for s in sets if s not in given_lr]

@@ -20,12 +20,12 @@ from src.data.subimages import cut_all
 
 
 def _check_val_degradations(names: list[str]) -> None:
-    from src.data.testsets import TEST_DEGRADATIONS
+    from src.data.testsets import ALL_TEST_DEGRADATIONS
 
-    bad = [n for n in names if n not in TEST_DEGRADATIONS]
+    bad = [n for n in names if n not in ALL_TEST_DEGRADATIONS]
     if bad or not names:
         raise ValueError(f"data.val_degradations={names}: {'unknown ' + ', '.join(map(repr, bad)) if bad else 'empty'}"
-                         f"; allowed: {', '.join(TEST_DEGRADATIONS)}")
+                         f"; allowed: {', '.join(ALL_TEST_DEGRADATIONS)}")
 
 
 class SRDataModule(pl.LightningDataModule):

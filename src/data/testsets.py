@@ -20,6 +20,24 @@ in any process, whatever the file is called (the official script leaves it unsee
 
 writes <out_dir>/HR/<stem>.png (modcropped) and <out_dir>/<degradation>/<stem>.png for other tools.
 
+Unseen degradations (`UNSEEN_DEGRADATIONS`), for the paper's claim that dropout helps on degradations the
+training never drew (Fig. 2d, Table 2). Each is absent from Real-ESRGAN's training distribution (the `realesrgan`
+pipeline: Gaussian-family/plateau/sinc blurs, area/bilinear/bicubic resizes, Gaussian/Poisson noise, JPEG q 30-95):
+
+- ``nearest``: nearest-neighbour x`scale` downsampling, LR[i, j] = HR[scale*i + scale//2, scale*j + scale//2]
+  (MATLAB's and PIL's nearest at 1/scale pick these pixels); Real-ESRGAN never resizes with nearest (Fig. 2d).
+- ``motion``: a horizontal linear motion blur, the uniform 1 x 21 kernel (1/21 each, a 21 px straight path) on
+  the HR, then the protocol's bicubic. Real-ESRGAN's kernels are 2-D Gaussian-like, plateau or sinc with both
+  sigmas >= 0.2 px; a one-pixel-wide box path is none of them.
+- ``jpeg15``: the protocol's bicubic, then JPEG quality 15 (the protocol's encoder), below the q 30-95 both
+  orders of Real-ESRGAN draw from.
+- ``impulse``: the protocol's bicubic, then salt-and-pepper noise of density 0.05: each LR pixel (all channels
+  together) becomes black with probability 0.025 and white with probability 0.025, from the same per-image
+  seeded generator as the Gaussian noise; Real-ESRGAN draws only Gaussian and Poisson noise.
+
+The same definitions hold under both protocols; only the bicubic (MATLAB or PIL) and the JPEG encoder (OpenCV or
+PIL) are the protocol's, and under `official` a gray image stays gray as for the 8.
+
 Test sets can also bring their own LR images (NTIRE 2018 mild/difficult/wild, RealSR-style pairs): a folder of
 LR files matched to the HR files by name (`baby.png`, `babyx4.png` or `0801x4m.png` for HR `0801.png`), evaluated
 as the degradation `given` (`load_given_pairs`).
@@ -44,9 +62,13 @@ from src.data.imageio import (IMAGE_SUFFIXES, ImageReadError, decode_image, read
                               write_image)
 
 TEST_DEGRADATIONS = ("clean", "blur", "noise", "jpeg", "b+n", "b+j", "n+j", "b+n+j")
+UNSEEN_DEGRADATIONS = ("nearest", "motion", "jpeg15", "impulse")
+ALL_TEST_DEGRADATIONS = TEST_DEGRADATIONS + UNSEEN_DEGRADATIONS
 GIVEN = "given"  # the degradation name of a test set's own LR images
 PROTOCOLS = ("literature", "official")
 TEST_PARAMS = {"blur_kernel_size": 21, "blur_sigma": 2.0, "noise_sigma": 20.0, "jpeg_quality": 50}
+# Kept apart from TEST_PARAMS so that adding the unseen set left the cache keys of the 8 unchanged.
+UNSEEN_PARAMS = {"motion_length": 21, "jpeg_quality": 15, "impulse_density": 0.05}
 # Bump when the output of degrade_test_image changes, so stale cached LR images are not reused.
 CODE_VERSION = 3
 
@@ -63,9 +85,11 @@ def steps_of(name: str) -> tuple[str, ...]:
     """The components ('b', 'n', 'j') of a test degradation name."""
     if name in _STEPS:
         return _STEPS[name]
+    if name in UNSEEN_DEGRADATIONS:  # one step each, not a combination of b, n, j
+        return (name,)
     parts = tuple(name.split("+"))
     if name not in TEST_DEGRADATIONS:
-        raise ValueError(f"unknown test degradation {name!r}; allowed: {', '.join(TEST_DEGRADATIONS)}")
+        raise ValueError(f"unknown test degradation {name!r}; allowed: {', '.join(ALL_TEST_DEGRADATIONS)}")
     return parts
 
 
@@ -168,6 +192,41 @@ def jpeg_compress(img: np.ndarray, quality: int) -> np.ndarray:
     return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1])
 
 
+def nearest_downscale(img: np.ndarray, scale: int) -> np.ndarray:
+    """Nearest-neighbour downscale of a modcropped uint8 image: the pixel at (scale*i + scale//2, scale*j +
+    scale//2) of each scale x scale cell, which is what MATLAB's `imresize(img, 1/scale, 'nearest')` and PIL's
+    `resize(..., NEAREST)` pick (OpenCV's INTER_NEAREST picks the cell's corner instead).
+
+    Example:
+        >>> nearest_downscale(np.arange(16, dtype=np.uint8).reshape(4, 4), 2).tolist()
+        [[5, 7], [13, 15]]
+    """
+    img = modcrop(img, scale)
+    return np.ascontiguousarray(img[scale // 2::scale, scale // 2::scale])
+
+
+def motion_blur(img: np.ndarray, length: int = UNSEEN_PARAMS["motion_length"]) -> np.ndarray:
+    """Horizontal linear motion blur: the mean of `length` (odd) horizontally adjacent pixels centred on each
+    pixel, reflect-101 borders, computed in float and rounded to uint8 as the Gaussian test blur is."""
+    if length < 1 or length % 2 == 0:
+        raise ValueError(f"motion blur length must be a positive odd integer, got {length}")
+    kernel = np.full((1, length), 1.0 / length)
+    out = cv2.filter2D(img.astype(np.float64), -1, kernel, borderType=cv2.BORDER_REFLECT_101)
+    return _to_uint8(out)
+
+
+def impulse_noise(img: np.ndarray, density: float, rng: np.random.Generator) -> np.ndarray:
+    """Salt-and-pepper noise: one uniform draw u per pixel (shared by its channels); u < density/2 makes the pixel
+    0, u >= 1 - density/2 makes it 255, the rest is kept."""
+    if not 0 <= density <= 1:
+        raise ValueError(f"impulse noise density must be in [0, 1], got {density}")
+    u = rng.random(img.shape[:2])
+    out = img.copy()
+    out[u < density / 2] = 0
+    out[u >= 1 - density / 2] = 255
+    return out
+
+
 # --- the official script's steps (PIL + OpenCV), on uint8 (H, W) gray or (H, W, 3) RGB ------------------------
 def official_blur(img: np.ndarray) -> np.ndarray:
     """cv2.GaussianBlur(img, (21, 21), 2) on the uint8 image, as the official script (OpenCV's 8-bit path)."""
@@ -233,6 +292,8 @@ def degrade_test_image(hr: np.ndarray, name: str, scale: int = 4, seed: int = 0,
     steps = steps_of(name)
     _check_hr(hr, protocol)
     hr = modcrop(hr, scale)
+    if name in UNSEEN_DEGRADATIONS:
+        return _degrade_unseen(hr, name, scale, seed, protocol)
     p = TEST_PARAMS
     if protocol == "official":
         img = official_blur(hr) if "b" in steps else hr
@@ -249,6 +310,25 @@ def degrade_test_image(hr: np.ndarray, name: str, scale: int = 4, seed: int = 0,
     if "j" in steps:
         img = jpeg_compress(img, p["jpeg_quality"])
     return img
+
+
+def _degrade_unseen(hr: np.ndarray, name: str, scale: int, seed: int, protocol: str) -> np.ndarray:
+    """One of UNSEEN_DEGRADATIONS on a modcropped HR; the bicubic and the JPEG encoder are the protocol's."""
+    if name == "nearest":
+        return nearest_downscale(hr, scale)
+    official = protocol == "official"
+
+    def bicubic(img):
+        return pil_bicubic_resize(img, (hr.shape[1] // scale, hr.shape[0] // scale)) if official \
+            else bicubic_downscale(img, scale)
+
+    p = UNSEEN_PARAMS
+    if name == "motion":
+        return bicubic(motion_blur(hr, p["motion_length"]))
+    lr = bicubic(hr)
+    if name == "jpeg15":
+        return pil_jpeg(lr, p["jpeg_quality"]) if official else jpeg_compress(lr, p["jpeg_quality"])
+    return impulse_noise(lr, p["impulse_density"], noise_rng(hr, name, seed))
 
 
 def read_test_hr(path: str | os.PathLike, protocol: str = "literature") -> np.ndarray:
@@ -271,6 +351,8 @@ def cache_key(name: str, scale: int, seed: int, protocol: str = "literature") ->
     """Folder name for cached LR images: everything that changes their content is in the hash."""
     spec = {"name": name, "steps": steps_of(name), "params": TEST_PARAMS, "scale": scale, "seed": seed,
             "version": CODE_VERSION, "opencv": cv2.__version__.split(".")[0], "protocol": check_protocol(protocol)}
+    if name in UNSEEN_DEGRADATIONS:
+        spec["unseen"] = UNSEEN_PARAMS
     if protocol == "official":
         spec["pillow"] = Image.__version__.split(".")[0]
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
@@ -410,12 +492,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--scale", type=int, default=4, help="SR factor (default: 4)")
     ap.add_argument("--seed", type=int, default=0, help="noise seed; keep 0 to match the evaluation (default: 0)")
     ap.add_argument("--degradations", default=",".join(TEST_DEGRADATIONS),
-                    help=f"comma-separated subset of {','.join(TEST_DEGRADATIONS)} (default: all)")
+                    help=f"comma-separated subset of {','.join(ALL_TEST_DEGRADATIONS)} (default: the 8 of the "
+                         "protocol)")
     args = ap.parse_args(argv)
     names = [n for n in args.degradations.split(",") if n]
-    bad = [n for n in names if n not in TEST_DEGRADATIONS]
+    bad = [n for n in names if n not in ALL_TEST_DEGRADATIONS]
     if bad or not names:
-        ap.error(f"--degradations: unknown {bad or names}; allowed: {','.join(TEST_DEGRADATIONS)}")
+        ap.error(f"--degradations: unknown {bad or names}; allowed: {','.join(ALL_TEST_DEGRADATIONS)}")
     folder = Path(args.set)
     if folder.is_dir():
         from src.data.datasets import list_images
