@@ -1,6 +1,8 @@
 """Rebuild the paper's tables and figures from the result files of sweeps, run folders or committed results.
 
 usage: python -m src.report FOLDER [FOLDER ...] [key=value ...]
+       python -m src.report scorecard [RESULTS]     # RESULTS/scorecard.md: each claim of the paper, its interval
+                                                    # and verdict, from the committed files (default docs/results)
 
 FOLDER is a sweep folder, a run folder, or a folder of committed results (docs/results/<campaign>); every run
 folder below it with a config (config.yaml, the config the run actually used) and results.json (literature
@@ -80,6 +82,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or any(a in ("-h", "--help", "help") for a in argv):
         print(__doc__)
+        return 0
+    if argv[0] == "scorecard":
+        from src.reports.scorecard import write_scorecard
+
+        if len(argv) > 2:
+            raise SystemExit(f"src.report scorecard takes one results folder, got {argv[1:]}")
+        for p in write_scorecard(argv[1] if len(argv) > 1 else "docs/results"):
+            print(f"[report] scorecard: {p}")
         return 0
     folders, opts = parse_args(argv)
     if "publish" in opts:

@@ -1,0 +1,453 @@
+"""The reproduction scorecard: each finding of the paper beside what this suite measured at reduced scale, with a
+seed-level 95% interval and a verdict computed from that interval.
+
+Every number comes from committed files under the results root (docs/results): the run folders of a study
+(config.yaml + results files), the pooled interpretation (`interp_seeds/groups_models.csv`) and the training-length
+table (`training_length/gain_vs_steps.csv`). A claim is tested by one or more contrasts (variant minus base); each
+contrast gives one number per seed, paired by seed, and `stats.t_interval` (or `stats.welch_interval` when the seeds
+do not pair) turns them into an interval.
+
+Verdict rules, per contrast (`verdict`):
+- the paper says the variant is better (direction +1) or lower (-1):
+  reproduced when the 95% interval excludes zero in the paper's direction, contradicted when it excludes zero in
+  the opposite direction, inconclusive when it contains zero;
+- the paper says the variant does no harm (direction 0, e.g. `last` dropout in the bicubic setting): reproduced
+  when the interval's lower end is at or above -MARGIN_DB (no harm larger than the margin), contradicted when its
+  upper end is below -MARGIN_DB (a harm surely larger than the margin), inconclusive otherwise;
+- fewer than 2 seed pairs (or 2 seeds a side when unpaired): inconclusive, because no seed-level interval exists;
+- no committed result: not run, with the command that runs it.
+Per claim (`combine`): not run when no contrast ran; reproduced when every contrast that ran is reproduced;
+contradicted when at least one is contradicted and none is reproduced; inconclusive otherwise (the parts are named).
+A claim some of whose contrasts did not run says so beside its verdict.
+
+    python -m src.report scorecard docs/results       # writes docs/results/scorecard.md and scorecard.csv
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from src.reports.collect import Run, load_runs, protocol_metric, size_text
+from src.reports.paper import paper_setting
+from src.reports.stats import Interval, t_interval, welch_interval
+from src.utils import atomic_write_text
+
+MARGIN_DB = 0.05        # the largest harm a "does not affect" claim tolerates (dB)
+LEVEL = 0.95
+PROTOCOL_ORDER = ("official", "literature")   # the paper's own protocol first; the literature one if it is all
+VERDICTS = ("reproduced", "contradicted", "inconclusive", "not run")
+EIGHT = ("clean", "blur", "noise", "jpeg", "b+n", "b+j", "n+j", "b+n+j")
+INTERP_MODELS = "groups_models.csv"
+LENGTH_TABLE = "gain_vs_steps.csv"
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """Variant minus base. For results files, a side is (position, dim, p) with position `none` for p = 0; for the
+    interpretation, a side is a group name and `statistic` the per-model number."""
+    label: str
+    variant: tuple
+    base: tuple
+    direction: int                      # +1 the paper finds the variant higher, -1 lower, 0 no harm
+    degradations: tuple = EIGHT         # the test columns averaged (every set the runs scored)
+    statistic: str = ""                 # interpretation statistic (`ablation.max_drop`); "" = PSNR
+    command: str = ""                   # how to produce it when the claim's command does not
+    unit: str = "dB"
+    studies: tuple = ()                 # where its runs are, when not the claim's folders
+
+
+@dataclass(frozen=True)
+class Claim:
+    number: int
+    text: str
+    where: str
+    setting: str                        # "bicubic" or "Real"
+    studies: tuple                      # folders under the results root, searched in order
+    sweep: str                          # the sweep file or tool that tests it
+    command: str                        # what produces the committed study
+    backbone: str = "SRResNet"
+    source: str = "results"             # results | interp | length
+    here: str = ""                      # what was measured, where no run folder says it
+    contrasts: tuple = ()
+
+
+@dataclass
+class Outcome:
+    contrast: str
+    verdict: str
+    interval: Interval | None = None
+    reason: str = ""
+    unit: str = "dB"
+    seeds: list = field(default_factory=list)
+    detail: str = ""
+
+
+def _sweep_command(sweep: str, seeds: str = "0,1,2") -> str:
+    """Train a sweep file over the seeds, then publish its finished runs to docs/results/<sweep>."""
+    return (f"make sweep SWEEP={sweep} ARGS=\"seed={seeds}\" && python -m src.report runs/{sweep} "
+            f"publish=docs/results/{sweep} out=docs/results")
+
+
+_UNSEEN_EVAL = ("for r in docs/results/repro_small/*/; do python -m src.eval ckpt=$r/checkpoints/step-002000.safetensors "
+                "out_dir=$r degradations=unseen protocol=both; done")
+_LAST = ("last", "channel")
+_BICUBIC = ("make sweep SWEEP=repro_bicubic && python -m src.report runs/repro_bicubic "
+            "publish=docs/results/repro_bicubic out=docs/results")
+_INTERP_MODELS = "the Table 1 pair's models (interp_seeds/analysis.json)"
+
+CLAIMS = (
+    Claim(1, "naive channel-wise dropout after every block (`all`) harms SR", "Fig. 2a", "bicubic",
+          ("repro_bicubic",), "sweeps/repro_bicubic.yaml", _BICUBIC,
+          contrasts=(Contrast("all channel p=0.1 - none, clean", ("all", "channel", 0.1), ("none",), -1, ("clean",)),)),
+    Claim(2, "channel-wise dropout before the last conv (`last`) does not affect SR", "Fig. 2b", "bicubic",
+          ("repro_bicubic",), "sweeps/repro_bicubic.yaml", _BICUBIC,
+          contrasts=(Contrast("last p=0.1 - none, clean", (*_LAST, 0.1), ("none",), 0, ("clean",)),
+                     Contrast("last p=0.7 - none, clean", (*_LAST, 0.7), ("none",), 0, ("clean",)))),
+    Claim(3, "one layer is better nearer the output, more layers hurt more, `last` is best, element-wise is worse "
+             "than channel-wise, larger p hurts", "Fig. 4, Sec. 5.2", "bicubic", ("repro_bicubic",),
+          "sweeps/repro_bicubic.yaml", _BICUBIC,
+          contrasts=(Contrast("last - b8 (channel p=0.1), clean", (*_LAST, 0.1), ("b8", "channel", 0.1), 1, ("clean",)),
+                     Contrast("b8 - all (channel p=0.1), clean", ("b8", "channel", 0.1), ("all", "channel", 0.1), 1,
+                              ("clean",)),
+                     Contrast("channel - element at last (p=0.1), clean", (*_LAST, 0.1), ("last", "element", 0.1), 1,
+                              ("clean",)),
+                     Contrast("channel - element at all (p=0.1), clean", ("all", "channel", 0.1),
+                              ("all", "element", 0.1), 1, ("clean",)),
+                     Contrast("last p=0.1 - p=0.7, clean", (*_LAST, 0.1), (*_LAST, 0.7), 1, ("clean",)))),
+    Claim(4, "with Real-ESRGAN training, dropout helps on seen (bicubic) and unseen (nearest-neighbour) "
+             "downsampling", "Fig. 2c, 2d", "Real", ("repro_small", "repro_small_kornia"), "sweeps/repro_small.yaml",
+          "make repro",
+          contrasts=(Contrast("p=0.7 - p=0, clean (bicubic x4)", (*_LAST, 0.7), ("none",), 1, ("clean",)),
+                     Contrast("p=0.7 - p=0, nearest x4", (*_LAST, 0.7), ("none",), 1, ("nearest",),
+                              command=_UNSEEN_EVAL))),
+    Claim(5, "Real-SRResNet p=0.7 and Real-RRDB p=0.5 improve almost every test column", "Table 1", "Real",
+          ("repro_small", "repro_small_kornia"), "sweeps/repro_small.yaml", "make repro",
+          contrasts=(Contrast("SRResNet p=0.7 - p=0, mean of the 8 columns", (*_LAST, 0.7), ("none",), 1),
+                     Contrast("RRDB p=0.5 - p=0, mean of the 8 columns", (*_LAST, 0.5), ("none",), 1,
+                              studies=("repro_rrdb",), command=_sweep_command("repro_rrdb")))),
+    Claim(6, "dropout helps on unseen degradations (synthetic here: motion blur, JPEG q15, salt-and-pepper; the "
+             "paper's NTIRE 2018 tracks run as `degradations=[given]`)", "Table 2", "Real",
+          ("repro_small", "repro_small_kornia"), "sweeps/repro_small.yaml + src.eval degradations=unseen", "make repro",
+          contrasts=tuple(Contrast(f"p=0.7 - p=0, {d}", (*_LAST, 0.7), ("none",), 1, (d,), command=_UNSEEN_EVAL)
+                          for d in ("motion", "jpeg15", "impulse"))),
+    Claim(7, "every p from 0.1 to 0.9 improves on p=0", "Table A.2", "Real",
+          ("repro_probabilities", "repro_small", "repro_small_kornia"), "sweeps/repro_probabilities.yaml",
+          _sweep_command("repro_probabilities"),
+          contrasts=tuple(Contrast(f"p={p} - p=0, mean of the 8 columns", (*_LAST, p), ("none",), 1)
+                          for p in (0.1, 0.3, 0.5, 0.9))),
+    Claim(8, "most positions improve except `half` and `all`; `last` gives most of the best results", "Table B.3",
+          "Real", ("repro_positions",), "sweeps/repro_positions.yaml",
+          _sweep_command("repro_positions"),
+          contrasts=tuple(Contrast(f"{pos} p=0.7 - none, mean of the 8 columns", (pos, "channel", 0.7), ("none",), 1)
+                          for pos in ("last", "b4", "b8", "b12", "b16", "quarter"))),
+    Claim(9, "dropout also helps SwinIR", "Table A.1", "Real", ("repro_swinir",), "conf/backbone/swinir_small.yaml",
+          "python -m src.train -m experiment=repro_small backbone=swinir_small name=repro_swinir dropout.p=0,0.5 "
+          "seed=0,1,2 eval.protocol=both && python -m src.report runs/repro_swinir publish=docs/results/repro_swinir "
+          "out=docs/results", backbone="SwinIR",
+          contrasts=(Contrast("SwinIR p=0.5 - p=0, mean of the 8 columns", (*_LAST, 0.5), ("none",), 1),)),
+    Claim(10, "dropout does not change convergence; the dropout model is ahead throughout training",
+          "Fig. C.1-C.3", "Real", ("training_length",), "kept step weights, src.reports.training_length",
+          "python -m src.reports.training_length docs/results/repro_small out=docs/results/training_length",
+          source="length", here="the Table 1 pair's weights at each kept step"),
+    Claim(11, "dropout equalises channel saliency; the output depends less on single channels", "Fig. 6-8", "Real",
+          ("interp_seeds",), "src.analyze all groups=... (+ merge)", "make repro (its interpretation step)",
+          source="interp", here=_INTERP_MODELS,
+          contrasts=(Contrast("largest single-channel ablation drop, p=0.7 - p=0", ("p0.7",), ("p0",), -1,
+                              statistic="ablation.max_drop"),
+                     Contrast("saliency spread over channels (std/mean), p=0.7 - p=0", ("p0.7",), ("p0",), -1,
+                              statistic="csm.saliency_cv", unit=""))),
+    Claim(12, "dropout weakens degradation clustering: lower DDR Calinski-Harabasz index", "Fig. 9", "Real",
+          ("interp_seeds",), "src.analyze all groups=... (+ merge)", "make repro (its interpretation step)",
+          source="interp", here=_INTERP_MODELS,
+          contrasts=(Contrast("DDR CHI, p=0.7 - p=0", ("p0.7",), ("p0",), -1, statistic="ddr.chi", unit=""),)),
+)
+
+
+# --- rules -----------------------------------------------------------------------------------------------------
+def verdict(iv: Interval | None, direction: int, margin: float = MARGIN_DB) -> tuple[str, str]:
+    """(verdict, reason) of one contrast from its interval, by the rules of the module docstring."""
+    if iv is None:
+        return "not run", "no committed result"
+    if iv.kind == "" or math.isnan(iv.low):
+        return "inconclusive", f"{iv.n} seed pair(s): at least 2 are needed for a seed-level interval"
+    if direction == 0:
+        if iv.low >= -margin:
+            return "reproduced", f"no harm beyond {margin:g}: the interval's lower end is {iv.low:+.3f}"
+        if iv.high < -margin:
+            return "contradicted", f"harm beyond {margin:g}: the interval's upper end is {iv.high:+.3f}"
+        return "inconclusive", f"the interval reaches below -{margin:g} but not wholly"
+    if not iv.excludes_zero:
+        return "inconclusive", "the interval contains zero"
+    if (iv.mean > 0) == (direction > 0):
+        return "reproduced", "the interval excludes zero in the paper's direction"
+    return "contradicted", "the interval excludes zero against the paper's direction"
+
+
+def combine(outcomes: list[Outcome]) -> tuple[str, str]:
+    """(verdict, note) of a claim from its contrasts' verdicts."""
+    ran = [o for o in outcomes if o.verdict != "not run"]
+    missing = len(outcomes) - len(ran)
+    partial = f"; {missing} of {len(outcomes)} parts not run" if missing and ran else ""
+    if not ran:
+        return "not run", ""
+    kinds = [o.verdict for o in ran]
+    if all(k == "reproduced" for k in kinds):
+        return "reproduced", partial.lstrip("; ")
+    if "contradicted" in kinds and "reproduced" not in kinds:
+        return "contradicted", partial.lstrip("; ")
+    parts = ", ".join(f"{k} {kinds.count(k)}" for k in VERDICTS if k in kinds)
+    return "inconclusive", f"parts: {parts}{partial}"
+
+
+# --- measuring --------------------------------------------------------------------------------------------------
+def _base_fingerprint(run: Run) -> str:
+    """The run's experiment without its dropout: runs equal here differ only in dropout and seed, so they pair."""
+    cfg = json.loads(run.fingerprint)
+    cfg.pop("dropout", None)
+    if isinstance(cfg.get("module"), dict):
+        cfg["module"].pop("dropout", None)
+    return json.dumps(cfg, sort_keys=True)
+
+
+def _matches(run: Run, side: tuple) -> bool:
+    if side[0] == "none":
+        return run.baseline
+    position, dim, p = side
+    return not run.baseline and run.position == position and run.dim == dim and abs(run.p - p) < 1e-6
+
+
+def _run_mean(run: Run, cols, metric: str, protocol: str) -> float:
+    return float(np.mean([run.value(s, d, metric, protocol) for s, d in cols]))
+
+
+def _load(root: Path, study: str) -> list[Run]:
+    folder = root / study
+    if not folder.is_dir():
+        return []
+    try:
+        return load_runs([folder])[0]
+    except (ValueError, FileNotFoundError):
+        return []
+
+
+def measure_results(root: Path, claim: Claim, contrast: Contrast) -> tuple[Outcome, list[Run]]:
+    """The contrast over the first study folder holding its variant; bases may come from any of the claim's
+    folders, paired by seed among runs of the same experiment (config without dropout)."""
+    studies = contrast.studies or claim.studies
+    loaded = {s: _load(root, s) for s in studies}
+    everything = [r for rs in loaded.values() for r in rs]
+    for study in studies:
+        variants = [r for r in loaded[study] if _matches(r, contrast.variant)]
+        if variants:
+            break
+    else:
+        return Outcome(contrast.label, "not run", reason="no committed run of this setting",
+                       unit=contrast.unit), []
+    fp = _base_fingerprint(variants[0])
+    variants = [r for r in variants if _base_fingerprint(r) == fp]
+    bases = [r for r in everything if _matches(r, contrast.base) and _base_fingerprint(r) == fp]
+    if not bases:
+        return Outcome(contrast.label, "not run", reason=f"no base run of the same experiment as {study}",
+                       unit=contrast.unit), variants
+    involved = variants + bases
+    for protocol in PROTOCOL_ORDER:
+        metric = protocol_metric(protocol, "psnr")
+        sets = set.intersection(*(set(r.results.get(protocol, {})) for r in involved))
+        cols = [(s, d) for s in sorted(sets) for d in contrast.degradations
+                if all(not math.isnan(r.value(s, d, metric, protocol)) for r in involved)]
+        if cols:
+            break
+    else:
+        why = f"{study} has no score on {', '.join(contrast.degradations)}"
+        return Outcome(contrast.label, "not run", reason=why, unit=contrast.unit), involved
+    by_seed_v = {r.seed: r for r in variants}
+    by_seed_b = {r.seed: r for r in bases}
+    common = sorted(set(by_seed_v) & set(by_seed_b), key=str)
+    if len(common) >= 2 or not (len(variants) >= 2 and len(bases) >= 2):
+        diffs = [_run_mean(by_seed_v[s], cols, metric, protocol) - _run_mean(by_seed_b[s], cols, metric, protocol)
+                 for s in common]
+        iv, seeds = t_interval(diffs, LEVEL), common
+        col_gain = np.mean([[by_seed_v[s].value(c, d, metric, protocol) - by_seed_b[s].value(c, d, metric, protocol)
+                             for c, d in cols] for s in common], axis=0) if common else np.array([])
+    else:  # seeds that do not pair: independent samples
+        iv = welch_interval([_run_mean(r, cols, metric, protocol) for r in bases],
+                            [_run_mean(r, cols, metric, protocol) for r in variants], LEVEL)
+        seeds = sorted({r.seed for r in involved}, key=str)
+        col_gain = np.array([np.mean([r.value(c, d, metric, protocol) for r in variants])
+                             - np.mean([r.value(c, d, metric, protocol) for r in bases]) for c, d in cols])
+    v, why = verdict(iv, contrast.direction)
+    sets_txt = "+".join(sorted({s for s, _ in cols}))
+    detail = f"{protocol} protocol, {metric}, {sets_txt}"
+    if len(cols) > 1 and col_gain.size:
+        detail += f"; {int((col_gain > 0).sum())} of {len(cols)} columns higher"
+    return Outcome(contrast.label, v, iv, why, contrast.unit, seeds, detail), involved
+
+
+def _seed_of(model: str) -> str:
+    m = re.search(r"seed-(\d+)", model)
+    return m.group(1) if m else model
+
+
+def measure_interp(root: Path, claim: Claim, contrast: Contrast) -> Outcome:
+    """The contrast over the per-model numbers of the pooled interpretation, paired by the seed in each model's
+    name."""
+    path = next((root / s / INTERP_MODELS for s in claim.studies if (root / s / INTERP_MODELS).is_file()), None)
+    if path is None:
+        return Outcome(contrast.label, "not run", reason=f"no {INTERP_MODELS}", unit=contrast.unit)
+    values: dict[str, dict[str, float]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["statistic"] == contrast.statistic:
+                values.setdefault(row["group"], {})[_seed_of(row["model"])] = float(row["value"])
+    v, b = values.get(contrast.variant[0], {}), values.get(contrast.base[0], {})
+    if not v or not b:
+        return Outcome(contrast.label, "not run", reason=f"{path.name} lacks {contrast.statistic} for "
+                       f"{contrast.variant[0]} or {contrast.base[0]}", unit=contrast.unit)
+    common = sorted(set(v) & set(b))
+    if len(common) >= 2 or not (len(v) >= 2 and len(b) >= 2):
+        iv, seeds = t_interval([v[s] - b[s] for s in common], LEVEL), common
+    else:
+        iv, seeds = welch_interval(list(b.values()), list(v.values()), LEVEL), sorted(set(v) | set(b))
+    word, why = verdict(iv, contrast.direction)
+    detail = f"{contrast.statistic}: {np.mean(list(b.values())):.4g} -> {np.mean(list(v.values())):.4g}"
+    return Outcome(contrast.label, word, iv, why, contrast.unit, seeds, detail)
+
+
+def read_length_table(path: Path) -> list[tuple[int, Interval]]:
+    """[(step, interval of the gain)] of a training-length table, the mean over its sets and degradations."""
+    out = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("set") != "all":
+                continue
+            fl = {k: float(row[k]) if row[k] not in ("", "nan") else math.nan for k in ("mean", "low", "high", "p")}
+            out.append((int(row["step"]), Interval(fl["mean"], fl["low"], fl["high"], fl["p"], int(row["n"]),
+                                                   row.get("kind", ""))))
+    return sorted(out)
+
+
+def measure_length(root: Path, claim: Claim) -> list[Outcome]:
+    path = next((root / s / LENGTH_TABLE for s in claim.studies if (root / s / LENGTH_TABLE).is_file()), None)
+    if path is None:
+        return [Outcome("gain at every kept step", "not run", reason=f"no {LENGTH_TABLE}")]
+    out = []
+    for step, iv in read_length_table(path):
+        word, why = verdict(iv, 1)
+        out.append(Outcome(f"step {step:,}", word, iv, why, "dB", list(range(iv.n)), f"Set5+Set14, from {path.name}"))
+    return out or [Outcome("gain at every kept step", "not run", reason=f"{path} has no rows")]
+
+
+# --- the card ---------------------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    claim: Claim
+    outcomes: list[Outcome]
+    verdict: str
+    note: str
+    here: str
+    paper: str
+
+
+def score(root: os.PathLike) -> list[Row]:
+    """One row per claim of CLAIMS, measured from the committed files under `root`."""
+    root = Path(root)
+    rows = []
+    for claim in CLAIMS:
+        runs: list[Run] = []
+        if claim.source == "length":
+            outcomes = measure_length(root, claim)
+        elif claim.source == "interp":
+            outcomes = [measure_interp(root, claim, c) for c in claim.contrasts]
+        else:
+            outcomes = []
+            for c in claim.contrasts:
+                o, involved = measure_results(root, claim, c)
+                outcomes.append(o)
+                runs = runs or involved
+        word, note = combine(outcomes)
+        here = size_text(runs[0].size) if runs else claim.here
+        rows.append(Row(claim, outcomes, word, note, here, paper_setting(claim.backbone)))
+    return rows
+
+
+def _fmt(o: Outcome) -> str:
+    if o.interval is None:
+        return f"{o.contrast}: not run ({o.reason})"
+    iv = o.interval
+    unit = f" {o.unit}" if o.unit else ""
+    ci = (f"[{iv.low:+.3f}, {iv.high:+.3f}]" if iv.kind else "no interval")
+    return f"{o.contrast}: {iv.mean:+.3f}{unit}, 95% CI {ci} ({iv.kind or 'n = ' + str(iv.n)}); {o.verdict}" + \
+        (f" ({o.detail})" if o.detail else "")
+
+
+def _seeds_text(outcomes: list[Outcome]) -> str:
+    ns = sorted({o.interval.n for o in outcomes if o.interval is not None})
+    if not ns:
+        return "-"
+    return "/".join(map(str, ns)) + (" pair" if ns == [1] else " pairs")
+
+
+def render(rows: list[Row], root: os.PathLike) -> str:
+    counts = {v: sum(r.verdict == v for r in rows) for v in VERDICTS}
+    md = ["# Reproduction scorecard", "",
+          f"Each finding of the paper beside what this suite measured at reduced scale (built by `make report` from "
+          f"the committed files under `{root}`; `python -m src.report scorecard {root}`). "
+          + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + f" ({len(rows)} rows).", "",
+          "**Verdict rules.** Effects are variant minus base, one value per seed, paired by seed, with a "
+          f"{LEVEL:.0%} Student t interval over the seed pairs (Welch's interval when the seeds do not pair). "
+          "*reproduced*: the interval excludes zero in the paper's direction; *contradicted*: it excludes zero in "
+          "the opposite direction; *inconclusive*: it contains zero, or fewer than 2 seed pairs. For a \"does not "
+          f"affect\" claim: *reproduced* when the lower end is at or above -{MARGIN_DB:g} dB, *contradicted* when "
+          f"the upper end is below -{MARGIN_DB:g} dB. A claim is reproduced when all its measured parts are, "
+          "contradicted when some part is and none is reproduced, inconclusive otherwise; *not run* means nothing "
+          "is committed, and the row gives the command that runs it. PSNR is the paper's protocol (RGB PSNR) where "
+          "the runs were scored under it, else PSNR-Y (literature).", "",
+          "| # | claim (paper) | setting | study (sweep) | here / paper | seeds | measured effect, 95% CI | verdict |",
+          "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        c = r.claim
+        cmds = sorted({next((x.command for x in c.contrasts if x.label == o.contrast), "") or c.command
+                       for o in r.outcomes if o.verdict == "not run"})
+        if r.verdict == "not run":
+            measured = "not run: " + "; ".join(f"`{x}`" for x in cmds)
+        else:
+            measured = "<br>".join(_fmt(o) for o in r.outcomes)
+            if cmds:
+                measured += "<br>to fill the rest: " + "; ".join(f"`{x}`" for x in cmds)
+        study = ", ".join(f"`{s}`" for s in c.studies[:1]) + f" ({c.sweep})"
+        size = f"{r.here or '-'} / {r.paper}"
+        word = f"**{r.verdict}**" + (f" ({r.note})" if r.note else "")
+        md.append(f"| {c.number} | {c.text} ({c.where}) | {c.setting} | {study} | {size} | {_seeds_text(r.outcomes)} "
+                  f"| {measured} | {word} |")
+    return "\n".join(md) + "\n"
+
+
+def to_csv(rows: list[Row]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["claim", "contrast", "verdict", "mean", "low", "high", "p", "n", "kind", "reason", "claim_verdict"])
+    for r in rows:
+        for o in r.outcomes:
+            iv = o.interval
+            nums = [f"{x:.6g}" for x in (iv.mean, iv.low, iv.high, iv.p)] + [iv.n, iv.kind] if iv else [""] * 6
+            w.writerow([r.claim.number, o.contrast, o.verdict, *nums, o.reason, r.verdict])
+    return buf.getvalue()
+
+
+def write_scorecard(root: os.PathLike, out: os.PathLike | None = None) -> list[Path]:
+    """Write <out>/scorecard.md and scorecard.csv (out defaults to root); returns their paths."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"scorecard: results root {root} is not a folder")
+    out = Path(out) if out else root
+    rows = score(root)
+    return [atomic_write_text(out / "scorecard.md", render(rows, root)),
+            atomic_write_text(out / "scorecard.csv", to_csv(rows))]

@@ -1,0 +1,206 @@
+"""The reproduction scorecard (src.reports.scorecard): its verdict rules, and a card built from a fixture results
+root whose effects are known, checked against intervals computed here from the t formula."""
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from src import report
+from src.reports import scorecard as S
+from src.reports.stats import Interval, t_interval
+
+SETS = ("Set5", "Set14")
+BASE_PSNR = {"Set5": 25.0, "Set14": 23.0}
+
+
+def t_ci(x, level=0.95):
+    """Student t interval of the mean, written out: mean +- t_{(1+level)/2, n-1} * s / sqrt(n)."""
+    x = np.asarray(x, float)
+    half = stats.t.ppf((1 + level) / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
+    return x.mean(), x.mean() - half, x.mean() + half
+
+
+# --- the rules ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("diffs, direction, expected", [
+    ([0.30, 0.35, 0.40], 1, "reproduced"),        # CI [0.226, 0.474] excludes 0 in the paper's direction
+    ([0.30, 0.35, 0.40], -1, "contradicted"),     # the same interval against a "lowers" claim
+    ([-0.30, -0.35, -0.40], -1, "reproduced"),
+    ([0.10, 0.20, 0.30], 1, "inconclusive"),      # CI [-0.048, 0.448] contains 0
+    ([0.30], 1, "inconclusive"),                  # one seed pair: no interval
+    ([-0.01, 0.00, 0.01], 0, "reproduced"),       # no harm: lower end -0.025 >= -0.05
+    ([-0.30, -0.35, -0.32], 0, "contradicted"),   # harm: upper end below -0.05
+    ([-0.10, 0.00, 0.05], 0, "inconclusive"),     # lower end below -0.05, upper end above it
+])
+def test_verdict_rules(diffs, direction, expected):
+    word, reason = S.verdict(t_interval(diffs), direction)
+    assert word == expected
+    if len(diffs) == 1:
+        assert "1 seed pair(s)" in reason
+
+
+def test_the_no_harm_margin_is_applied_at_its_edge():
+    at_edge = Interval(0.0, -S.MARGIN_DB, 0.1, 0.5, 3, "paired t")
+    below = Interval(0.0, -S.MARGIN_DB - 1e-9, 0.1, 0.5, 3, "paired t")
+    assert S.verdict(at_edge, 0)[0] == "reproduced" and S.verdict(below, 0)[0] == "inconclusive"
+    assert S.verdict(None, 1) == ("not run", "no committed result")
+
+
+def test_combine_rules():
+    o = lambda v: S.Outcome("x", v)  # noqa: E731
+    assert S.combine([o("not run"), o("not run")]) == ("not run", "")
+    assert S.combine([o("reproduced"), o("reproduced")]) == ("reproduced", "")
+    assert S.combine([o("reproduced"), o("not run")]) == ("reproduced", "1 of 2 parts not run")
+    assert S.combine([o("contradicted"), o("inconclusive")])[0] == "contradicted"
+    word, note = S.combine([o("contradicted"), o("reproduced")])
+    assert word == "inconclusive" and note == "parts: reproduced 1, contradicted 1"
+
+
+# --- a fixture results root -------------------------------------------------------------------------------------
+def write_run(folder, position, p, seed, gains, dim="channel", degradation="RealESRGANPipeline", protocols=("official",)):
+    """A committed run: config.yaml and results files whose PSNR is BASE_PSNR + gains[deg] on every set."""
+    folder.mkdir(parents=True)
+    folder.joinpath("config.yaml").write_text(
+        f"backbone:\n  _target_: src.models.srresnet.MSRResNet\n  num_feat: 32\n  num_block: 4\n"
+        f"degradation:\n  _target_: src.data.pipelines.{degradation}\n  scale: 4\n"
+        f"dropout:\n  position: {position}\n  dim: {dim}\n  p: {p}\n"
+        f"seed: {seed}\ntrainer:\n  max_steps: 2000\ndata:\n  train_sets: [T91]\n  batch_size: 16\n")
+    key = {"official": "psnr_rgb", "literature": "psnr"}
+    for protocol in protocols:
+        results = {s: {d: {key[protocol]: BASE_PSNR[s] + g, "n_images": 5} for d, g in gains.items()} for s in SETS}
+        name = "results_official.json" if protocol == "official" else "results.json"
+        folder.joinpath(name).write_text(json.dumps(results))
+
+
+def real_study(root, seed_gains, degs=S.EIGHT + ("motion", "impulse")):
+    """repro_small: p=0 and p=0.7 per seed; seed_gains[seed] = {degradation: gain of p=0.7 over p=0}."""
+    for seed, gains in seed_gains.items():
+        write_run(root / "repro_small" / f"p0_seed{seed}", "none", 0.0, seed, {d: 0.0 for d in degs})
+        write_run(root / "repro_small" / f"p07_seed{seed}", "last", 0.7, seed, {d: gains.get(d, 0.0) for d in degs})
+
+
+@pytest.fixture
+def results_root(tmp_path):
+    root = tmp_path / "results"
+    # Table 1 pair: +0.20/+0.30/+0.25 on the 8 columns, impulse -0.40/-0.50/-0.45, motion +0.3/-0.3/0
+    g = {0: 0.20, 1: 0.30, 2: 0.25}
+    imp = {0: -0.40, 1: -0.50, 2: -0.45}
+    mot = {0: 0.3, 1: -0.3, 2: 0.0}
+    real_study(root, {s: {**{d: g[s] for d in S.EIGHT}, "impulse": imp[s], "motion": mot[s]} for s in g})
+    # bicubic setting: all channel p=0.1 gains (against "harms"), last p=0.1 no harm, last p=0.7 harms
+    for seed, (a, l1, l7) in enumerate([(0.30, -0.01, -0.30), (0.35, 0.00, -0.35), (0.40, 0.01, -0.32)]):
+        kw = dict(degradation="BicubicPipeline")
+        study = root / "repro_bicubic"
+        write_run(study / f"none{seed}", "none", 0.0, seed, {"clean": 0.0}, **kw)
+        write_run(study / f"all{seed}", "all", 0.1, seed, {"clean": a}, **kw)
+        write_run(study / f"last01_{seed}", "last", 0.1, seed, {"clean": l1}, **kw)
+        write_run(study / f"last07_{seed}", "last", 0.7, seed, {"clean": l7}, **kw)
+    # probability study: one seed of p=0.9, whose baseline is repro_small's seed 0
+    write_run(root / "repro_probabilities" / "p09", "last", 0.9, 0, {d: 0.5 for d in S.EIGHT})
+    # interpretation: DDR CHI lower with dropout on every seed
+    (root / "interp_seeds").mkdir()
+    with open(root / "interp_seeds" / "groups_models.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["group", "model", "checkpoint", "statistic", "value"])
+        for seed, (b, v) in enumerate([(2.0, 1.5), (2.4, 1.8), (2.2, 1.8)]):
+            w.writerow(["p0", f"p0/dropout.p-0.0_seed-{seed}", "x", "ddr.chi", b])
+            w.writerow(["p0.7", f"p0.7/dropout.p-0.7_seed-{seed}", "x", "ddr.chi", v])
+    # training length: ahead at both steps
+    (root / "training_length").mkdir()
+    (root / "training_length" / "gain_vs_steps.csv").write_text(
+        "set,step,n,mean,low,high,p,kind\nall,250,3,0.1,0.05,0.15,0.01,paired t\n"
+        "Set5,250,3,0.1,-0.5,0.7,0.5,paired t\nall,500,3,0.2,0.1,0.3,0.01,paired t\n")
+    return root
+
+
+def by_number(rows):
+    out = {}
+    for r in rows:
+        out[r.claim.number] = r
+    return out
+
+
+def test_card_from_fixture(results_root):
+    rows = by_number(S.score(results_root))
+    assert sorted(rows) == list(range(1, 13))
+
+    # claim 5: the paired interval over seeds of the mean over 8 degradations x 2 sets, as computed here
+    five = rows[5].outcomes[0]
+    mean, low, high = t_ci([0.20, 0.30, 0.25])
+    assert five.interval.n == 3 and five.interval.kind == "paired t"
+    assert (five.interval.mean, five.interval.low, five.interval.high) == pytest.approx((mean, low, high), abs=1e-9)
+    assert five.verdict == "reproduced" and "16 of 16 columns higher" in five.detail
+    assert rows[5].outcomes[1].verdict == "not run"               # the RRDB part
+    assert (rows[5].verdict, rows[5].note) == ("reproduced", "1 of 2 parts not run")
+
+    # claim 4: the clean column reproduces; nearest was not scored
+    assert [o.verdict for o in rows[4].outcomes] == ["reproduced", "not run"]
+    # claim 6: motion's interval contains 0, impulse's lies below 0, jpeg15 not scored
+    six = {o.contrast.split(", ")[-1]: o for o in rows[6].outcomes}
+    assert six["motion"].verdict == "inconclusive" and six["impulse"].verdict == "contradicted"
+    assert six["jpeg15"].verdict == "not run"
+    assert six["impulse"].interval.mean == pytest.approx(-0.45)
+    assert rows[6].verdict == "contradicted"
+
+    # bicubic setting: claim 1 (all harms) contradicted; claim 2 one part no-harm, one harmed
+    assert rows[1].verdict == "contradicted"
+    assert [o.verdict for o in rows[2].outcomes] == ["reproduced", "contradicted"]
+    assert rows[2].verdict == "inconclusive"
+    # claim 3: only the p contrast has both sides (last p=0.1 vs p=0.7): +0.32 on average -> reproduced
+    three = [o for o in rows[3].outcomes if o.verdict != "not run"]
+    assert [o.contrast for o in three] == ["last p=0.1 - p=0.7, clean"]
+    assert three[0].interval.mean == pytest.approx(np.mean([-0.01 + 0.30, 0.00 + 0.35, 0.01 + 0.32]))
+
+    # claim 7: one seed pair (the p=0.9 run against repro_small's seed 0): no interval
+    seven = [o for o in rows[7].outcomes if o.verdict != "not run"]
+    assert len(seven) == 1 and seven[0].interval.n == 1 and seven[0].interval.mean == pytest.approx(0.5)
+    assert rows[7].verdict == "inconclusive"
+
+    # claims 8, 9: nothing committed -> not run
+    assert rows[8].verdict == rows[9].verdict == "not run"
+
+    # claim 10: both steps' intervals (the "all" rows) exclude 0
+    assert [o.contrast for o in rows[10].outcomes] == ["step 250", "step 500"]
+    assert rows[10].verdict == "reproduced"
+
+    # claim 12: CHI lower on all 3 seeds: -0.5, -0.6, -0.4
+    iv = rows[12].outcomes[0].interval
+    mean, low, high = t_ci([-0.5, -0.6, -0.4])
+    assert (iv.mean, iv.low, iv.high) == pytest.approx((mean, low, high))
+    assert rows[12].verdict == "reproduced"
+    assert rows[11].verdict == "not run"  # the fixture has no ablation statistic
+
+
+def test_unpaired_seeds_use_welch(tmp_path):
+    root = tmp_path / "r"
+    for seed in (0, 1):
+        write_run(root / "repro_small" / f"b{seed}", "none", 0.0, seed, {"clean": 0.0 + 0.1 * seed})
+    for seed in (5, 6):
+        write_run(root / "repro_small" / f"v{seed}", "last", 0.7, seed, {"clean": 0.5 + 0.1 * seed})
+    four = by_number(S.score(root))[4].outcomes[0]
+    assert four.interval.kind == "Welch t" and four.interval.n == 2
+    assert four.interval.mean == pytest.approx(np.mean([0.5 + 0.5, 0.5 + 0.6]) - np.mean([0.0, 0.1]))
+
+
+def test_written_card_names_commands_and_rules(results_root):
+    md_path, csv_path = S.write_scorecard(results_root)
+    md = md_path.read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == 12
+    row9 = next(r for r in rows if r.startswith("| 9 |"))
+    assert "not run: `python -m src.train -m experiment=repro_small backbone=swinir_small" in row9
+    row6 = next(r for r in rows if r.startswith("| 6 |"))
+    assert "degradations=unseen" in row6                     # how to fill jpeg15
+    assert "excludes zero in the paper's direction" in md     # the rules are on the page
+    with open(csv_path, newline="") as f:
+        table = list(csv.DictReader(f))
+    assert {r["verdict"] for r in table} == set(S.VERDICTS)
+
+
+def test_cli_writes_the_card(results_root, capsys):
+    assert report.main(["scorecard", str(results_root)]) == 0
+    assert (results_root / "scorecard.md").is_file()
+    with pytest.raises(SystemExit, match="one results folder"):
+        report.main(["scorecard", "a", "b"])
