@@ -28,6 +28,7 @@ def check_values(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
             raise ValueError(f"{key}={value!r}: must be an integer >= 1 ({meaning}){extra}")
     check_training_crops(cfg)
     check_added_keys(cfg, overrides)
+    check_constructor_args(cfg)
     if "channels_last" in cfg:
         from src.utils import use_channels_last
 
@@ -79,6 +80,43 @@ def check_added_keys(cfg: DictConfig, overrides: Sequence[str]) -> None:
         hint = f"; did you mean {parent_key + '.' if parent_key else ''}{close[0]}=...?" if close else ""
         raise ValueError(f"{item}: {key!r} is not a setting (nothing reads it); the keys of "
                          f"{parent_key or 'the root config'} are: {', '.join(known)}{hint}")
+
+
+def _targets(node, path: str = ""):
+    """(dotted path, node) of every dict with a `_target_` below `node` (a plain container), Hydra's own left out."""
+    if isinstance(node, dict):
+        if isinstance(node.get("_target_"), str):
+            yield path, node
+        for k, v in node.items():
+            if not (path == "" and k == "hydra"):
+                yield from _targets(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _targets(v, f"{path}[{i}]")
+
+
+def check_constructor_args(cfg: DictConfig) -> None:
+    """Every `_target_` node's keys must be arguments its target takes: an experiment that pins a key of one
+    degradation (`degradation.jpeg`) composed with another (`degradation=bicubic`) fails here, naming the key, instead
+    of as a TypeError once training starts. Targets taking **kwargs accept anything; unimportable ones are left to
+    the build, which reports them."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    tree = OmegaConf.to_container(cfg, resolve=False)  # keys only: interpolations need not resolve here
+    for path, node in _targets(tree):
+        try:
+            params = inspect.signature(get_object(node["_target_"])).parameters
+        except Exception:  # noqa: BLE001 - not importable or no signature: the build itself will say why
+            continue
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            continue
+        unknown = [k for k in node if not str(k).startswith("_") and k not in params]
+        if unknown:
+            takes = ", ".join(k for k in params if k != "self")
+            raise ValueError(f"{path}.{unknown[0]}: {node['_target_']} takes no argument {unknown[0]!r} (it takes: "
+                             f"{takes}); remove the key, or pick the {path} option it belongs to")
 
 
 def build_model_cheaply(cfg: DictConfig) -> None:

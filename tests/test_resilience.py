@@ -140,7 +140,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
 
 
 SWEEP_JOBS = {"positions": 9, "probabilities": 6, "dimensions": 48, "backbones": 6, "repro_small": 6,
-              "repro_probabilities": 4, "repro_rrdb": 2, "repro_positions": 9}
+              "repro_probabilities": 4, "repro_rrdb": 2, "repro_positions": 9, "repro_bicubic": 48}
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml")))

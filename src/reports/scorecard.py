@@ -99,8 +99,13 @@ def _sweep_command(sweep: str, seeds: str = "0,1,2") -> str:
 _UNSEEN_EVAL = ("for r in docs/results/repro_small/*/; do python -m src.eval ckpt=$r/checkpoints/step-002000.safetensors "
                 "out_dir=$r degradations=unseen protocol=both; done")
 _LAST = ("last", "channel")
-_BICUBIC = ("make sweep SWEEP=repro_bicubic && python -m src.report runs/repro_bicubic "
-            "publish=docs/results/repro_bicubic out=docs/results")
+# The reduced subset of the Fig. 4 grid that sweeps/repro_bicubic.yaml names, as its three commands.
+_BICUBIC = " && ".join(
+    [f"make sweep SWEEP=repro_bicubic ARGS=\"{a} seed=0,1,2\"" for a in (
+        "dropout.position=last,all dropout.dim=channel,element dropout.p=0.1",
+        "dropout.position=b8 dropout.dim=channel dropout.p=0.1",
+        "dropout.position=last dropout.dim=channel dropout.p=0.0,0.7")]
+    + ["python -m src.report runs/repro_bicubic publish=docs/results/repro_bicubic out=docs/results"])
 _INTERP_MODELS = "the Table 1 pair's models (interp_seeds/analysis.json)"
 
 CLAIMS = (
