@@ -110,8 +110,8 @@ def results_root(tmp_path):
     # training length: ahead at both steps
     (root / "training_length").mkdir()
     (root / "training_length" / "gain_vs_steps.csv").write_text(
-        "set,step,n,mean,low,high,p,kind\nall,250,3,0.1,0.05,0.15,0.01,paired t\n"
-        "Set5,250,3,0.1,-0.5,0.7,0.5,paired t\nall,500,3,0.2,0.1,0.3,0.01,paired t\n")
+        "setting,set,step,n,mean,low,high,p,kind\nlast channel p=0.7,all,250,3,0.1,0.05,0.15,0.01,paired t\n"
+        "last channel p=0.7,Set5,250,3,0.1,-0.5,0.7,0.5,paired t\nlast channel p=0.7,all,500,3,0.2,0.1,0.3,0.01,paired t\n")
     return root
 
 
@@ -162,7 +162,7 @@ def test_card_from_fixture(results_root):
     assert rows[8].verdict == rows[9].verdict == "not run"
 
     # claim 10: both steps' intervals (the "all" rows) exclude 0
-    assert [o.contrast for o in rows[10].outcomes] == ["step 250", "step 500"]
+    assert [o.contrast for o in rows[10].outcomes] == ["last channel p=0.7, step 250", "last channel p=0.7, step 500"]
     assert rows[10].verdict == "reproduced"
 
     # claim 12: CHI lower on all 3 seeds: -0.5, -0.6, -0.4

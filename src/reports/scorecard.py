@@ -213,7 +213,7 @@ def combine(outcomes: list[Outcome]) -> tuple[str, str]:
 
 
 # --- measuring --------------------------------------------------------------------------------------------------
-def _base_fingerprint(run: Run) -> str:
+def base_fingerprint(run: Run) -> str:
     """The run's experiment without its dropout: runs equal here differ only in dropout and seed, so they pair."""
     cfg = json.loads(run.fingerprint)
     cfg.pop("dropout", None)
@@ -256,9 +256,9 @@ def measure_results(root: Path, claim: Claim, contrast: Contrast) -> tuple[Outco
     else:
         return Outcome(contrast.label, "not run", reason="no committed run of this setting",
                        unit=contrast.unit), []
-    fp = _base_fingerprint(variants[0])
-    variants = [r for r in variants if _base_fingerprint(r) == fp]
-    bases = [r for r in everything if _matches(r, contrast.base) and _base_fingerprint(r) == fp]
+    fp = base_fingerprint(variants[0])
+    variants = [r for r in variants if base_fingerprint(r) == fp]
+    bases = [r for r in everything if _matches(r, contrast.base) and base_fingerprint(r) == fp]
     if not bases:
         return Outcome(contrast.label, "not run", reason=f"no base run of the same experiment as {study}",
                        unit=contrast.unit), variants
@@ -326,17 +326,18 @@ def measure_interp(root: Path, claim: Claim, contrast: Contrast) -> Outcome:
     return Outcome(contrast.label, word, iv, why, contrast.unit, seeds, detail)
 
 
-def read_length_table(path: Path) -> list[tuple[int, Interval]]:
-    """[(step, interval of the gain)] of a training-length table, the mean over its sets and degradations."""
+def read_length_table(path: Path) -> list[tuple[str, int, Interval]]:
+    """[(dropout setting, step, interval of its gain)] of a training-length table (src.reports.training_length),
+    the rows that average every set and degradation (`set=all`)."""
     out = []
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             if row.get("set") != "all":
                 continue
             fl = {k: float(row[k]) if row[k] not in ("", "nan") else math.nan for k in ("mean", "low", "high", "p")}
-            out.append((int(row["step"]), Interval(fl["mean"], fl["low"], fl["high"], fl["p"], int(row["n"]),
-                                                   row.get("kind", ""))))
-    return sorted(out)
+            out.append((row.get("setting", ""), int(row["step"]),
+                        Interval(fl["mean"], fl["low"], fl["high"], fl["p"], int(row["n"]), row.get("kind", ""))))
+    return sorted(out, key=lambda t: (t[0], t[1]))
 
 
 def measure_length(root: Path, claim: Claim) -> list[Outcome]:
@@ -344,9 +345,10 @@ def measure_length(root: Path, claim: Claim) -> list[Outcome]:
     if path is None:
         return [Outcome("gain at every kept step", "not run", reason=f"no {LENGTH_TABLE}")]
     out = []
-    for step, iv in read_length_table(path):
+    for setting, step, iv in read_length_table(path):
         word, why = verdict(iv, 1)
-        out.append(Outcome(f"step {step:,}", word, iv, why, "dB", list(range(iv.n)), f"Set5+Set14, from {path.name}"))
+        label = f"{setting + ', ' if setting else ''}step {step:,}"
+        out.append(Outcome(label, word, iv, why, "dB", list(range(iv.n)), f"all sets and degradations of {path.name}"))
     return out or [Outcome("gain at every kept step", "not run", reason=f"{path} has no rows")]
 
 
