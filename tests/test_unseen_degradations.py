@@ -120,3 +120,18 @@ def test_eval_selects_them():
     assert resolve_degradations(["clean", "nearest"]) == ["clean", "nearest"]
     with pytest.raises(ValueError, match="allowed: all, unseen"):
         resolve_degradations(["nearst"])
+
+
+def test_evaluation_scores_them_beside_the_eight(tmp_path):
+    from src.evaluation import BicubicUpsampler, evaluate
+
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"im{i}.png")
+        cv2.imwrite(str(paths[-1]), synthetic(48, 64, seed=i)[..., ::-1])
+    res = evaluate(BicubicUpsampler(4, "official"), {"toy": paths}, ["clean", "nearest", "impulse"],
+                   protocol="official", cache_dir=tmp_path / "cache")
+    assert list(res["toy"]) == ["clean", "nearest", "impulse"]
+    assert res["toy"]["nearest"]["n_images"] == 2 and set(res["toy"]["nearest"]["per_image"]) == {"im0", "im1"}
+    # salt-and-pepper costs PSNR against the clean LR's enlargement
+    assert res["toy"]["impulse"]["psnr_rgb"] < res["toy"]["clean"]["psnr_rgb"]
