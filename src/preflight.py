@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 # (key, smallest allowed value, what it means): integers that must be positive.
 _POSITIVE = (("trainer.max_steps", "training steps; the run trains this many optimizer steps"),
-             ("data.batch_size", "LR patches per step and device"),
+             ("data.batch_size", "LR patches per step over all devices"),
              ("data.lr_patch_size", "side of an LR training patch in px (HR = lr_patch_size * scale)"))
 
 
@@ -27,6 +27,7 @@ def check_values(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
             extra = " (-1 would mean 'train forever' to Lightning)" if key == "trainer.max_steps" else ""
             raise ValueError(f"{key}={value!r}: must be an integer >= 1 ({meaning}){extra}")
     check_training_crops(cfg)
+    check_batch_split(cfg)
     check_added_keys(cfg, overrides)
     if "channels_last" in cfg:
         from src.utils import use_channels_last
@@ -36,6 +37,17 @@ def check_values(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_batch_split(cfg: DictConfig) -> None:
+    """data.batch_size (global) splits evenly over trainer.devices x trainer.num_nodes, where both are known now
+    (devices=-1 or auto is known only once Lightning has counted the GPUs; the datamodule checks again then)."""
+    from src.data.datamodule import per_device_batch
+
+    batch, devices = OmegaConf.select(cfg, "data.batch_size"), OmegaConf.select(cfg, "trainer.devices")
+    nodes = OmegaConf.select(cfg, "trainer.num_nodes", default=1)
+    if _is_int(batch) and _is_int(devices) and devices > 0 and _is_int(nodes) and nodes > 0:
+        per_device_batch(batch, devices * nodes)
 
 
 def check_training_crops(cfg: DictConfig) -> None:

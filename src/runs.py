@@ -176,9 +176,10 @@ def training_done(run_dir: str | os.PathLike) -> dict | None:
     return read_state(Path(run_dir) / DONE)
 
 
-def mark_trained(run_dir: str | os.PathLike, global_step: int, fit_seconds: float) -> Path:
+def mark_trained(run_dir: str | os.PathLike, global_step: int, fit_seconds: float, **facts: Any) -> Path:
+    """`train_done.json`: the step reached and the fit time, plus `facts` about how it trained (the batch split)."""
     return atomic_write_json(Path(run_dir) / DONE, {"global_step": int(global_step),
-                                                     "fit_seconds": round(float(fit_seconds), 1)})
+                                                     "fit_seconds": round(float(fit_seconds), 1), **facts})
 
 
 def invalidate(run_dir: str | os.PathLike, checkpoint: bool = False) -> list[Path]:

@@ -290,7 +290,9 @@ def fit_and_evaluate(cfg: DictConfig, run_dir: Path, module, datamodule, loggers
         raise RuntimeError("training was interrupted; rerun the same command to resume")
     if not trainer.is_global_zero:
         return {}
-    runs.mark_trained(run_dir, trainer.global_step, time.time() - start)
+    runs.mark_trained(run_dir, trainer.global_step, time.time() - start,
+                      batch={"global": datamodule.batch_size, "devices": trainer.world_size,
+                             "per_device": datamodule.device_batch})
 
     from src.evaluation import evaluate, format_table, resolve_protocols, write_results
 
