@@ -49,8 +49,13 @@ def write_sweep_report(config: DictConfig, sweep_dir: Path) -> None:
     wandb_cfg = (config.get("logger") or {}).get("wandb")
     run = None
     try:
-        if wandb_cfg is not None:  # one report run per sweep folder: a rebuilt report replaces it
-            run = start_report_run(wandb_cfg, config.get("name", "sweep"), sweep_dir)
+        if wandb_cfg is not None:  # one report run per sweep folder, in its jobs' group; a rebuilt one replaces it
+            from src.loggers import wandb_names
+
+            runs_root = OmegaConf.select(config, "paths.runs", default=".")
+            group = wandb_cfg.get("group") or wandb_names(sweep_dir, runs_root, in_sweep=False)[0]
+            run = start_report_run({**OmegaConf.to_container(wandb_cfg), "group": group},
+                                   config.get("name", "sweep"), sweep_dir)
         build_report([sweep_dir])
     except Exception as e:  # a report is a convenience: it must not turn a finished sweep into a failure
         print(f"[sweep] could not build the report for {sweep_dir}: {type(e).__name__}: {e}", file=sys.stderr)

@@ -211,7 +211,7 @@ def _train(cfg: DictConfig, run_dir: Path, owner: bool) -> dict:
     if cfg.compile:
         module.net.compile()  # in place: state-dict keys stay BasicSR-compatible
 
-    loggers = build_loggers(cfg)
+    loggers = build_loggers(cfg, run_dir)
     try:
         return fit_and_evaluate(cfg, run_dir, module, datamodule, loggers)
     finally:
