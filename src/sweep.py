@@ -152,6 +152,17 @@ class ManifestCallback(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         _exit_unless_writable(config)
+        # A single run is checked as a sweep's jobs are, and before Hydra makes its folder: a run that cannot
+        # start leaves nothing behind. Its data and device too, which a sweep checks on the machine that trains.
+        from src.cli import exit_with
+        from src.preflight import check_device, check_inputs, check_job
+
+        try:
+            check_job(config, list(config.hydra.overrides.task))
+            check_device(config)
+            check_inputs(config)
+        except Exception as e:  # noqa: BLE001 - every kind of invalid run gets its one-line message
+            exit_with(e)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _exit_unless_writable(config)
