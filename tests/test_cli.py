@@ -16,7 +16,7 @@ ENV.pop("HYDRA_FULL_ERROR", None)
 def train(tmp_path, *args, env=None):
     cmd = [sys.executable, "-m", "src.train", f"paths.runs={tmp_path / 'runs'}", f"paths.cache={tmp_path / 'cache'}",
            *args]
-    return subprocess.run(cmd, cwd=REPO, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, cwd=REPO, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=900)
 
 
 def one_error_line(proc):
