@@ -106,7 +106,10 @@ def build_loggers(cfg: DictConfig, run_dir: str | Path | None = None) -> list:
             init = getattr(logger, "_wandb_init", {})
             if init.get("anonymous", "") is None:
                 del init["anonymous"]
-            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # the whole composed config
+            from src.runs import git_state
+
+            # the whole composed config, and the code it ran: {commit, dirty}
+            logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "git": git_state()})
             loggers.append(logger)
         else:
             loggers.append(build(logger_cfg))

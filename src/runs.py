@@ -7,7 +7,7 @@ A run folder (one training job) holds:
     checkpoints/last.ckpt    the latest full training state (resuming starts here)
     train_done.json          training reached trainer.max_steps (global_step, fit seconds)
     results.json / .csv      scores under the literature protocol; results_official.json / .csv: the paper's own
-    job.json                 the command-line overrides, status (running / completed / failed) and error
+    job.json                 the command-line overrides, status (running / completed / failed), error, git commit
     identity.json            the fingerprint of what the run learns from and how it is scored
     metrics.csv              training curves (CSV logger)
     .lock                    held by the one process writing the folder (PID and command inside)
@@ -378,6 +378,28 @@ def temporary_name(path: str | os.PathLike) -> Path:
 
 
 # --- job status and manifests -------------------------------------------------------------------------------
+_GIT: dict | None = None
+
+
+def git_state() -> dict | None:
+    """{commit, dirty} of the checkout the suite runs from (dirty: tracked files differ from the commit), or None
+    outside a git checkout; asked once per process."""
+    global _GIT
+    if _GIT is None:
+        import subprocess
+
+        repo = Path(__file__).resolve().parents[1]
+        try:
+            commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                    timeout=10, check=True).stdout.strip()
+            changes = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                                     capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+            _GIT = {"commit": commit, "dirty": bool(changes)}
+        except (OSError, subprocess.SubprocessError):
+            _GIT = {}
+    return _GIT or None
+
+
 def write_job_status(run_dir: str | os.PathLike, overrides: Sequence[str], status: str = "completed",
                      error: BaseException | str | None = None) -> Path:
     """`job.json`: the run's overrides and status (and error). One file per job, so parallel launchers never
@@ -385,7 +407,7 @@ def write_job_status(run_dir: str | os.PathLike, overrides: Sequence[str], statu
     if status not in ("running", "completed", "failed"):
         raise ValueError(f"status={status!r}; allowed: running, completed, failed")
     entry = {"overrides": list(overrides), "dir": Path(run_dir).name, "status": status,
-             "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
+             "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "git": git_state()}
     if status == "running":
         entry["pid"] = os.getpid()
     if error is not None:

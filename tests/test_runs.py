@@ -86,3 +86,18 @@ def test_sweep_folder_named_by_its_command_and_jobs_by_what_varies():
         "sweep-backbone-srresnet_dropout.p-0.1+0.5"
     jobs = [["dropout.p=0.1", "backbone=srresnet", "seed=1"], ["dropout.p=0.5", "backbone=srresnet", "seed=2"]]
     assert shared_keys(jobs) == ["backbone"]
+
+
+def test_job_json_records_the_git_commit_and_dirty_flag(tmp_path):
+    import json
+    import subprocess
+
+    from conftest import REPO
+    from src import runs
+
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True).stdout.strip())
+    runs.write_job_status(tmp_path, ["seed=1"], "running")
+    job = json.loads((tmp_path / "job.json").read_text())
+    assert len(head) == 40 and job["git"] == {"commit": head, "dirty": dirty}
