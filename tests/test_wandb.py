@@ -37,6 +37,8 @@ def test_offline_wandb_run_holds_config_curves_panels_and_results(tmp_path, monk
     config = {i.key: json.loads(i.value_json) for r in recs if r.WhichOneof("record_type") == "config"
               for i in r.config.update}
     assert config["dropout"] == {"position": "last", "dim": "channel", "p": 0.3}
+    assert config["git"] == json.loads((run_folder / "job.json").read_text())["git"]  # the code that ran
+    assert len(config["git"]["commit"]) == 40
 
     history = {}
     for r in recs:
@@ -52,7 +54,13 @@ def test_offline_wandb_run_holds_config_curves_panels_and_results(tmp_path, monk
     assert "test/skimage_holdout/clean/psnr" not in history
 
     panels = sorted((run_dir / "files" / "media" / "images" / "val").glob("panel_*.png"))
-    assert len(panels) == 2 * 3  # 3 validation crops at each of the 2 validations
+    assert len(panels) == 2  # one labelled image of the 3 validation crops at each of the 2 validations
+    saved = sorted(p.name for p in (run_folder / "visualization").glob("*.png"))
+    assert saved == ["step-000002.png", "step-000004.png"]  # the same images on disk
+    from PIL import Image
+
+    # 3 crops of 64 HR px (data.val_crop=64), each under a 14 px label band; LR | SR | HR side by side
+    assert Image.open(run_folder / "visualization" / saved[0]).size == (3 * 64, 3 * (14 + 64))
     (table,) = (run_dir / "files" / "media" / "table" / "test").glob("results_*.table.json")
     table = json.loads(table.read_text())
     assert table["columns"][:3] == ["set", "degradation", "psnr"]
