@@ -465,7 +465,8 @@ def publish(target: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
 
     A run without results.json, or one whose process still holds its folder (it may be writing the other protocol's
     results and its job.json still says running), is left out with a warning naming it; a file over 500 KB is
-    refused, naming it. Files are written atomically; copying again replaces them. Returns the published folders."""
+    refused, naming it. Files are written atomically; copying again replaces them; config.yaml and identity.json
+    carry no path of this machine (`portable_file`). Returns the published folders."""
     out = []
     for run_dir in find_runs(target):
         if not (run_dir / RESULTS["literature"]).is_file() and not (run_dir / RESULTS["official"]).is_file():
@@ -482,9 +483,26 @@ def publish(target: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
             raise ValueError(f"not publishing files over {PUBLISH_MAX_BYTES:,} bytes: {', '.join(big)}")
         folder = Path(dest) / run_dir.name
         for f in files:
-            atomic_write_bytes(folder / f.name, f.read_bytes())
+            atomic_write_bytes(folder / f.name, portable_file(f, run_dir))
         out.append(folder)
     return out
+
+
+def portable_file(path: Path, run_dir: Path) -> bytes:
+    """A run's file as it is published: config.yaml and identity.json with the run's own paths (the loggers'
+    save_dir) relative to the run folder and the machine's other paths (data root, cache, runs folder) left out;
+    other files as they are."""
+    from src.utils import portable_tree
+
+    if path.name == CONFIG:
+        import yaml
+        from omegaconf import OmegaConf
+
+        tree = portable_tree(yaml.safe_load(path.read_text()), run_dir)
+        return OmegaConf.to_yaml(OmegaConf.create(tree)).encode()
+    if path.name == IDENTITY:
+        return (json.dumps(portable_tree(json.loads(path.read_text()), run_dir), indent=2) + "\n").encode()
+    return path.read_bytes()
 
 
 # --- finding runs --------------------------------------------------------------------------------------------
