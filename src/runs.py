@@ -10,6 +10,7 @@ A run folder (one training job) holds:
     job.json                 the command-line overrides, status (running / completed / failed), error, git commit
     identity.json            the fingerprint of what the run learns from and how it is scored
     metrics.csv              training curves (CSV logger)
+    visualization/           labelled LR / SR / HR validation crops, one image per validation
     .lock                    held by the one process writing the folder (PID and command inside)
 
 A sweep folder holds one folder per job and `manifest.json` (the sweep's jobs and their status).
