@@ -94,7 +94,7 @@ def run_eval(cfg: DictConfig) -> dict[Path, dict]:
     backbone = cfg.get("backbone")
     if isinstance(backbone, (DictConfig, ListConfig)):
         backbone = OmegaConf.to_container(backbone, resolve=True)
-    out, failed = {}, []
+    out, failed, scored = {}, [], {}
     for i, (ckpt, run_dir) in enumerate(runs, 1):
         print(f"[eval] ({i}/{len(runs)}) {ckpt}")
         try:
@@ -114,10 +114,12 @@ def run_eval(cfg: DictConfig) -> dict[Path, dict]:
                 new = evaluate(net, sets, degradations, scale=scale, seed=cfg.seed, device=device, tile=cfg.tile,
                                cache_dir=cfg.get("cache_dir"), overlap=cfg.overlap, done=existing,
                                protocol=protocol, round_y=cfg.get("round_y", True), given_lr=given_lr)
-                json_path, csv_path = write_results(run_dir, merge_results(existing, new), protocol)
+                merged = merge_results(existing, new)
+                json_path, csv_path = write_results(run_dir, merged, protocol)
                 print(format_table(new))
                 print(f"[eval] wrote {json_path} and {csv_path.name}")
                 out.setdefault(run_dir, {})[protocol] = new
+                scored.setdefault(protocol, {})[run_dir] = merged
         except Exception as e:  # noqa: BLE001 - any per-run failure (corrupt file, wrong weights, OOM)
             if len(runs) == 1:
                 raise
@@ -125,9 +127,25 @@ def run_eval(cfg: DictConfig) -> dict[Path, dict]:
             print(f"[eval] FAILED {ckpt}: {type(e).__name__}: {e}")
             failed.append(f"{ckpt}: {e}")
             continue
+    if len(runs) > 1:  # many models: one table to compare them, each row a model's set
+        for protocol, per_run in scored.items():
+            print(f"[eval] all {len(per_run)} models, {protocol} protocol:")
+            print(format_table(combined_rows(per_run)))
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(runs)} runs could not be evaluated:\n" + "\n".join(failed))
     return out
+
+
+def combined_rows(per_run: dict[Path, dict]) -> dict[str, dict]:
+    """The results of several runs as the rows of one table: `<run folder name> <set>` (the path below their
+    common folder when two runs share a name)."""
+    folders = list(per_run)
+    names = [f.name for f in folders]
+    if len(set(names)) < len(names):
+        common = Path(os.path.commonpath([str(f) for f in folders]))
+        names = [f.relative_to(common).as_posix() for f in folders]
+    return {f"{name} {set_name}": row for name, results in zip(names, per_run.values())
+            for set_name, row in results.items()}
 
 
 if __name__ == "__main__":

@@ -6,14 +6,13 @@ first job trains, so an invalid combination fails in seconds, not after hours of
 """
 from __future__ import annotations
 
-import difflib
 from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 # (key, smallest allowed value, what it means): integers that must be positive.
 _POSITIVE = (("trainer.max_steps", "training steps; the run trains this many optimizer steps"),
-             ("data.batch_size", "LR patches per step and device"),
+             ("data.batch_size", "LR patches per step over all devices"),
              ("data.lr_patch_size", "side of an LR training patch in px (HR = lr_patch_size * scale)"))
 
 
@@ -27,6 +26,7 @@ def check_values(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
             extra = " (-1 would mean 'train forever' to Lightning)" if key == "trainer.max_steps" else ""
             raise ValueError(f"{key}={value!r}: must be an integer >= 1 ({meaning}){extra}")
     check_training_crops(cfg)
+    check_batch_split(cfg)
     check_added_keys(cfg, overrides)
     check_constructor_args(cfg)
     if "channels_last" in cfg:
@@ -37,6 +37,17 @@ def check_values(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_batch_split(cfg: DictConfig) -> None:
+    """data.batch_size (global) splits evenly over trainer.devices x trainer.num_nodes, where both are known now
+    (devices=-1 or auto is known only once Lightning has counted the GPUs; the datamodule checks again then)."""
+    from src.data.datamodule import per_device_batch
+
+    batch, devices = OmegaConf.select(cfg, "data.batch_size"), OmegaConf.select(cfg, "trainer.devices")
+    nodes = OmegaConf.select(cfg, "trainer.num_nodes", default=1)
+    if _is_int(batch) and _is_int(devices) and devices > 0 and _is_int(nodes) and nodes > 0:
+        per_device_batch(batch, devices * nodes)
 
 
 def check_training_crops(cfg: DictConfig) -> None:
@@ -60,6 +71,61 @@ def check_training_crops(cfg: DictConfig) -> None:
                          f"sub-image (the official recipe: 480 for a 400 px crop)")
 
 
+def config_keys(cfg) -> list[str]:
+    """Every key of a config as a dotted path (nodes and leaves; Hydra's own node left out): what did-you-mean
+    suggestions are chosen from."""
+    tree = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg
+    keys = []
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            if not prefix and k == "hydra":
+                continue
+            keys.append(prefix + str(k))
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+
+    walk(tree, "")
+    return keys
+
+
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance: insertions, deletions and substitutions that turn a into b."""
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
+    return row[-1]
+
+
+def suggest_key(key: str, known: Sequence[str], same_parent: bool = True) -> str | None:
+    """The known key a mistyped `key` most likely means, or None. Keys of the same parent node come first (with
+    `same_parent`); then an abbreviation of a key's last part (`dropout.pos` -> dropout.position, not dropout.p),
+    a last part that holds the given one (`steps` -> trainer.max_steps), one held by it (`dropout.prob` ->
+    dropout.p), the smallest edit distance; ties go to the nearest last part."""
+    parent, _, leaf = key.rpartition(".")
+    best, best_rank = None, None
+    for candidate in known:
+        c_parent, _, c_leaf = candidate.rpartition(".")
+        if candidate == key or c_parent.startswith("hydra"):
+            continue
+        if c_leaf.startswith(leaf):
+            tier = 0
+        elif leaf in c_leaf:
+            tier = 1
+        elif c_leaf in leaf:  # a longer spelling of a key: `prob` -> p
+            tier = 2
+        elif _edits(key, candidate) <= max(2, len(key) // 4):
+            tier = 3
+        else:
+            continue
+        rank = (same_parent and c_parent != parent, tier, _edits(leaf, c_leaf), _edits(key, candidate), candidate)
+        if best_rank is None or rank < best_rank:
+            best, best_rank = candidate, rank
+    return best
+
+
 def check_added_keys(cfg: DictConfig, overrides: Sequence[str]) -> None:
     """Reject `+a.b=v` where `a` is a plain settings node: the key did not exist (else `+` fails in Hydra), and no
     code reads it, so `+dropout.prob=0.5` would train with the default dropout.p. Nodes with a `_target_` are
@@ -68,18 +134,46 @@ def check_added_keys(cfg: DictConfig, overrides: Sequence[str]) -> None:
     for item in overrides:
         if not item.startswith("+") or item.startswith("++"):
             continue
-        key = item[1:].partition("=")[0]
+        key, _, value = item[1:].partition("=")
         if key in choices or "/" in key or key.startswith("hydra"):
             continue
         parent_key, _, leaf = key.rpartition(".")
         parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
         if not isinstance(parent, DictConfig) or "_target_" in parent:
             continue
+        close = suggest_key(key, [k for k in config_keys(cfg) if k != key])
+        hint = f" Did you mean {close}={value}?" if close else ""
         known = sorted(k for k in parent.keys() if k != leaf and k != "hydra")
-        close = difflib.get_close_matches(leaf, known, n=1) or [k for k in known if leaf.startswith(k)][:1]
-        hint = f"; did you mean {parent_key + '.' if parent_key else ''}{close[0]}=...?" if close else ""
-        raise ValueError(f"{item}: {key!r} is not a setting (nothing reads it); the keys of "
-                         f"{parent_key or 'the root config'} are: {', '.join(known)}{hint}")
+        raise ValueError(f"{item}: {key!r} is not a setting (nothing reads it).{hint} The keys of "
+                         f"{parent_key or 'the root config'}: {', '.join(known)}")
+
+
+def check_device(cfg: DictConfig) -> None:
+    """A GPU trainer on a machine without one fails here with the fix, not in Lightning's accelerator lookup."""
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator")
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"trainer.accelerator={accelerator} but there is no GPU here (torch.cuda.is_available() "
+                               f"is False); use trainer=cpu (a CPU trial of a GPU preset: add size=cpu)")
+
+
+def check_inputs(cfg: DictConfig) -> None:
+    """Every file a run reads exists, before a run folder is made for it: the train, validation and test sets
+    where data.root says, and the init_from weights."""
+    from pathlib import Path
+
+    from src.data.datasets import default_data_root, resolve_set
+
+    init_from = OmegaConf.select(cfg, "init_from")
+    if init_from and not Path(str(init_from)).expanduser().is_file():
+        raise FileNotFoundError(f"init_from={init_from}: no such file (a suite .ckpt, a BasicSR .pth or a .safetensors "
+                                f"file, relative to the folder the command runs in)")
+    root = OmegaConf.select(cfg, "data.root") or default_data_root()
+    for key in ("train_sets", "val_sets", "test_sets"):
+        for name in OmegaConf.select(cfg, f"data.{key}") or ():
+            resolve_set(name, root)
 
 
 def _targets(node, path: str = ""):

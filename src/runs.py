@@ -7,9 +7,10 @@ A run folder (one training job) holds:
     checkpoints/last.ckpt    the latest full training state (resuming starts here)
     train_done.json          training reached trainer.max_steps (global_step, fit seconds)
     results.json / .csv      scores under the literature protocol; results_official.json / .csv: the paper's own
-    job.json                 the command-line overrides, status (running / completed / failed) and error
+    job.json                 the command-line overrides, status (running / completed / failed), error, git commit
     identity.json            the fingerprint of what the run learns from and how it is scored
     metrics.csv              training curves (CSV logger)
+    visualization/           labelled LR / SR / HR validation crops, one image per validation
     .lock                    held by the one process writing the folder (PID and command inside)
 
 A sweep folder holds one folder per job and `manifest.json` (the sweep's jobs and their status).
@@ -176,9 +177,10 @@ def training_done(run_dir: str | os.PathLike) -> dict | None:
     return read_state(Path(run_dir) / DONE)
 
 
-def mark_trained(run_dir: str | os.PathLike, global_step: int, fit_seconds: float) -> Path:
+def mark_trained(run_dir: str | os.PathLike, global_step: int, fit_seconds: float, **facts: Any) -> Path:
+    """`train_done.json`: the step reached and the fit time, plus `facts` about how it trained (the batch split)."""
     return atomic_write_json(Path(run_dir) / DONE, {"global_step": int(global_step),
-                                                     "fit_seconds": round(float(fit_seconds), 1)})
+                                                     "fit_seconds": round(float(fit_seconds), 1), **facts})
 
 
 def invalidate(run_dir: str | os.PathLike, checkpoint: bool = False) -> list[Path]:
@@ -377,6 +379,28 @@ def temporary_name(path: str | os.PathLike) -> Path:
 
 
 # --- job status and manifests -------------------------------------------------------------------------------
+_GIT: dict | None = None
+
+
+def git_state() -> dict | None:
+    """{commit, dirty} of the checkout the suite runs from (dirty: tracked files differ from the commit), or None
+    outside a git checkout; asked once per process."""
+    global _GIT
+    if _GIT is None:
+        import subprocess
+
+        repo = Path(__file__).resolve().parents[1]
+        try:
+            commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                    timeout=10, check=True).stdout.strip()
+            changes = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                                     capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+            _GIT = {"commit": commit, "dirty": bool(changes)}
+        except (OSError, subprocess.SubprocessError):
+            _GIT = {}
+    return _GIT or None
+
+
 def write_job_status(run_dir: str | os.PathLike, overrides: Sequence[str], status: str = "completed",
                      error: BaseException | str | None = None) -> Path:
     """`job.json`: the run's overrides and status (and error). One file per job, so parallel launchers never
@@ -384,7 +408,7 @@ def write_job_status(run_dir: str | os.PathLike, overrides: Sequence[str], statu
     if status not in ("running", "completed", "failed"):
         raise ValueError(f"status={status!r}; allowed: running, completed, failed")
     entry = {"overrides": list(overrides), "dir": Path(run_dir).name, "status": status,
-             "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
+             "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "git": git_state()}
     if status == "running":
         entry["pid"] = os.getpid()
     if error is not None:
@@ -442,7 +466,8 @@ def publish(target: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
 
     A run without results.json, or one whose process still holds its folder (it may be writing the other protocol's
     results and its job.json still says running), is left out with a warning naming it; a file over 500 KB is
-    refused, naming it. Files are written atomically; copying again replaces them. Returns the published folders."""
+    refused, naming it. Files are written atomically; copying again replaces them; config.yaml and identity.json
+    carry no path of this machine (`portable_file`). Returns the published folders."""
     out = []
     for run_dir in find_runs(target):
         if not (run_dir / RESULTS["literature"]).is_file() and not (run_dir / RESULTS["official"]).is_file():
@@ -459,9 +484,26 @@ def publish(target: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
             raise ValueError(f"not publishing files over {PUBLISH_MAX_BYTES:,} bytes: {', '.join(big)}")
         folder = Path(dest) / run_dir.name
         for f in files:
-            atomic_write_bytes(folder / f.name, f.read_bytes())
+            atomic_write_bytes(folder / f.name, portable_file(f, run_dir))
         out.append(folder)
     return out
+
+
+def portable_file(path: Path, run_dir: Path) -> bytes:
+    """A run's file as it is published: config.yaml and identity.json with the run's own paths (the loggers'
+    save_dir) relative to the run folder and the machine's other paths (data root, cache, runs folder) left out;
+    other files as they are."""
+    from src.utils import portable_tree
+
+    if path.name == CONFIG:
+        import yaml
+        from omegaconf import OmegaConf
+
+        tree = portable_tree(yaml.safe_load(path.read_text()), run_dir)
+        return OmegaConf.to_yaml(OmegaConf.create(tree)).encode()
+    if path.name == IDENTITY:
+        return (json.dumps(portable_tree(json.loads(path.read_text()), run_dir), indent=2) + "\n").encode()
+    return path.read_bytes()
 
 
 # --- finding runs --------------------------------------------------------------------------------------------

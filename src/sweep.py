@@ -15,6 +15,29 @@ def register_resolvers() -> None:
     # A run without overrides still needs a stable folder name so that rerunning it resumes.
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", runs.run_id)
+    if not OmegaConf.has_resolver("sets_present"):
+        OmegaConf.register_new_resolver("sets_present", sets_present)
+
+
+_NOTED: set[str] = set()
+
+
+def sets_present(sets: Sequence[str], optional: Sequence[str], root: str | None) -> list[str]:
+    """`sets` plus each of `optional` whose `<root>/<set>/HR` exists (`${sets_present:[...],[Manga109],${data.root}}`
+    in a data option): the paper's presets score Manga109 where it can be had (it is not freely downloadable) and
+    say once, in one line, when it is left out."""
+    from src.data.datasets import default_data_root
+
+    folder = Path(root) if root else default_data_root()
+    kept = list(sets)
+    for name in optional:
+        if (folder / name / "HR").is_dir():
+            kept.append(name)
+        elif name not in _NOTED:
+            _NOTED.add(name)
+            print(f"[data] note: {name} is not scored ({folder / name / 'HR'} does not exist); put its HR images "
+                  f"there to add it to data.test_sets", file=sys.stderr)
+    return kept
 
 
 def write_sweep_report(config: DictConfig, sweep_dir: Path) -> None:
@@ -26,8 +49,13 @@ def write_sweep_report(config: DictConfig, sweep_dir: Path) -> None:
     wandb_cfg = (config.get("logger") or {}).get("wandb")
     run = None
     try:
-        if wandb_cfg is not None:  # one report run per sweep folder: a rebuilt report replaces it
-            run = start_report_run(wandb_cfg, config.get("name", "sweep"), sweep_dir)
+        if wandb_cfg is not None:  # one report run per sweep folder, in its jobs' group; a rebuilt one replaces it
+            from src.loggers import wandb_names
+
+            runs_root = OmegaConf.select(config, "paths.runs", default=".")
+            group = wandb_cfg.get("group") or wandb_names(sweep_dir, runs_root, in_sweep=False)[0]
+            run = start_report_run({**OmegaConf.to_container(wandb_cfg), "group": group},
+                                   config.get("name", "sweep"), sweep_dir)
         build_report([sweep_dir])
     except Exception as e:  # a report is a convenience: it must not turn a finished sweep into a failure
         print(f"[sweep] could not build the report for {sweep_dir}: {type(e).__name__}: {e}", file=sys.stderr)
@@ -124,6 +152,17 @@ class ManifestCallback(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         _exit_unless_writable(config)
+        # A single run is checked as a sweep's jobs are, and before Hydra makes its folder: a run that cannot
+        # start leaves nothing behind. Its data and device too, which a sweep checks on the machine that trains.
+        from src.cli import exit_with
+        from src.preflight import check_device, check_inputs, check_job
+
+        try:
+            check_job(config, list(config.hydra.overrides.task))
+            check_device(config)
+            check_inputs(config)
+        except Exception as e:  # noqa: BLE001 - every kind of invalid run gets its one-line message
+            exit_with(e)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _exit_unless_writable(config)

@@ -217,7 +217,7 @@ def upscale_image(model: nn.Module, img: np.ndarray, scale: int, tile: int | Non
                 if c0y >= e1y or c0x >= e1x:
                     bar.update()
                     continue
-                x = torch.from_numpy(np.ascontiguousarray(img[w0y:w1y, w0x:w1x]))
+                x = torch.from_numpy(np.array(img[w0y:w1y, w0x:w1x]))  # a copy: the image may be a read-only map
                 x = x.to(device).permute(2, 0, 1)[None].float().div_(maxval)
                 y = _run(model, x, scale)[0]
                 oy, ox = (c0y - w0y) * scale, (c0x - w0x) * scale

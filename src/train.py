@@ -26,7 +26,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ProgressBar
 from src.cluster import PREEMPTED_EXIT_CODE, PreemptionCheckpoint, global_rank_from_env, parse_signal, slurm_plugins
 from src.loggers import build_loggers, finish_wandb, log_results
 from src import runs
-from src.preflight import check_values
+from src.preflight import check_device, check_values
 from src.sweep import register_resolvers
 from src.utils import apply_memory_format, build, resolve_device
 
@@ -79,8 +79,18 @@ class AtomicCheckpoint(pl.Callback):
         self.save(trainer)
 
 
+def clock(seconds: float) -> str:
+    """A duration as h:mm:ss (d+h:mm:ss past a day): what a log line needs to read at a glance."""
+    seconds = max(int(round(seconds)), 0)
+    days, rest = divmod(seconds, 86400)
+    text = f"{rest // 3600}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+    return f"{days}d+{text}" if days else text
+
+
 class LineProgress(pl.Callback):
-    """One line per validation (step, loss, val PSNR, speed): progress for logs that are not a terminal."""
+    """One line per validation (step, loss, val PSNR, speed, elapsed time and ETA): progress for logs that are not a
+    terminal (SLURM). Speed and ETA count the steps of this process only, so a resumed run is not credited with the
+    steps it loaded."""
 
     def __init__(self):
         self.start, self.start_step = time.time(), None
@@ -88,15 +98,19 @@ class LineProgress(pl.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self.start, self.start_step = time.time(), trainer.global_step
 
+    def line(self, step: int, max_steps: int, metrics: dict, elapsed: float) -> str:
+        done = step - (self.start_step or 0)
+        rate = done / max(elapsed, 1e-9)
+        parts = [f"step {step}/{max_steps}"] + [f"{k} {float(metrics[k]):.4g}" for k in
+                                                ("train/loss", "val/psnr", "val/psnr_rgb") if k in metrics]
+        eta = clock((max_steps - step) / rate) if rate > 0 else "?"
+        return f"[train] {', '.join(parts)}, {rate:.2f} it/s, elapsed {clock(elapsed)}, ETA {eta}"
+
     def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero or trainer.sanity_checking:
             return
-        m = trainer.callback_metrics
-        done = trainer.global_step - (self.start_step or 0)
-        rate = done / max(time.time() - self.start, 1e-9)
-        parts = [f"step {trainer.global_step}/{trainer.max_steps}"]
-        parts += [f"{k} {float(m[k]):.4g}" for k in ("train/loss", "val/psnr", "val/psnr_rgb") if k in m]
-        print(f"[train] {', '.join(parts)}, {rate:.2f} it/s", flush=True)
+        print(self.line(trainer.global_step, trainer.max_steps, trainer.callback_metrics, time.time() - self.start),
+              flush=True)
 
 
 def build_callbacks(cfg: DictConfig, loggers: list, interactive: bool) -> list[pl.Callback]:
@@ -167,6 +181,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
     run_dir = Path(run_dir)
     quiet_known_noise()
     check_values(cfg, task_overrides())
+    check_device(cfg)
     owner = is_rank_zero()
     with runs.lock(run_dir) if owner else contextlib.nullcontext():
         if owner:
@@ -211,7 +226,7 @@ def _train(cfg: DictConfig, run_dir: Path, owner: bool) -> dict:
     if cfg.compile:
         module.net.compile()  # in place: state-dict keys stay BasicSR-compatible
 
-    loggers = build_loggers(cfg)
+    loggers = build_loggers(cfg, run_dir)
     try:
         return fit_and_evaluate(cfg, run_dir, module, datamodule, loggers)
     finally:
@@ -290,7 +305,9 @@ def fit_and_evaluate(cfg: DictConfig, run_dir: Path, module, datamodule, loggers
         raise RuntimeError("training was interrupted; rerun the same command to resume")
     if not trainer.is_global_zero:
         return {}
-    runs.mark_trained(run_dir, trainer.global_step, time.time() - start)
+    runs.mark_trained(run_dir, trainer.global_step, time.time() - start,
+                      batch={"global": datamodule.batch_size, "devices": trainer.world_size,
+                             "per_device": datamodule.device_batch})
 
     from src.evaluation import evaluate, format_table, resolve_protocols, write_results
 
@@ -317,14 +334,18 @@ def main(cfg: DictConfig) -> float | None:
         results = train(cfg, output_dir)
     except runs.RunFolderBusy as error:  # the folder and its job.json belong to the other process
         if hydra_cfg.mode != RunMode.MULTIRUN:
-            raise
+            from src.cli import exit_with
+
+            exit_with(error)
         log.error("job %s skipped: %s", output_dir, error)
         return None
     except Exception as error:
         if is_rank_zero():
             runs.write_job_status(output_dir, overrides, "failed", error)
         if hydra_cfg.mode != RunMode.MULTIRUN:
-            raise
+            from src.cli import exit_with
+
+            exit_with(error)
         # In a sweep, one bad job must not cost the others: record it, and the sweep exits non-zero at the end.
         log.exception("job %s failed", output_dir)
         return None
@@ -336,4 +357,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    from src.cli import run
+
+    run(main, "train")

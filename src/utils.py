@@ -101,3 +101,31 @@ def apply_memory_format(net: torch.nn.Module, setting: Any, device: torch.device
     """
     fmt = torch.channels_last if use_channels_last(setting, device) else torch.contiguous_format
     return net.to(memory_format=fmt)
+
+
+def portable_path(path: str | os.PathLike | None, folder: str | os.PathLike) -> str | None:
+    """`path` as committed files hold it: relative to `folder` (POSIX, `.` for the folder itself) when inside it,
+    else None (a path on the machine that wrote the file means nothing elsewhere and exposes its layout)."""
+    if path is None:
+        return None
+    try:
+        return Path(os.path.abspath(path)).relative_to(Path(os.path.abspath(folder))).as_posix() or "."
+    except ValueError:
+        return None
+
+
+def portable_tree(tree: Any, folder: str | os.PathLike) -> Any:
+    """A JSON/YAML tree with every absolute path made `portable_path`; entries whose path lies outside `folder`
+    are left out."""
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            v2 = portable_tree(v, folder)
+            if v2 is not None or v is None:
+                out[k] = v2
+        return out
+    if isinstance(tree, list):
+        return [v2 for v in tree if (v2 := portable_tree(v, folder)) is not None or v is None]
+    if isinstance(tree, str) and os.path.isabs(tree):
+        return portable_path(tree, folder)
+    return tree

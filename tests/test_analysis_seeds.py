@@ -83,6 +83,8 @@ def test_groups_of_tiny_models_end_to_end(tmp_path):
             assert got["n"] == 2 and got["mean"] == pytest.approx(vals.mean()), (g, stat)
             assert got["std"] == pytest.approx(vals.std(ddof=1)), (g, stat)
     assert doc["groups"] == {"p0": ["p0/s0", "p0/s1"], "p0.7": ["p0.7/s0", "p0.7/s1"]}
+    # checkpoints relative to the output folder (these files are committed), never the machine's absolute paths
+    assert doc["checkpoints"] == {f"{g}/s{k}": f"{g}/s{k}.pth" for g in ("p0", "p0.7") for k in range(2)}
     assert doc["options"]["ablation"]["rescale"] == "l1" and "largest single-channel drop" in \
         doc["definitions"]["ablation.max_drop"] and "ddof=1" in doc["definitions"]["std"]
     with open(tmp_path / "groups.csv") as f:

@@ -126,3 +126,48 @@ def test_data_options_share_one_base(tmp_path):
         assert not repeated, f"conf/data/{option}.yaml repeats {repeated} from _base.yaml"
         cfg = compose_train([f"data={option}"], tmp_path).data
         assert set(cfg) == set(base) and cfg.val_crop == base.val_crop
+
+
+def _compose_sweep(name, overrides=()):
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.types import RunMode
+
+    from src.sweep import register_resolvers
+
+    register_resolvers()
+    search_path = create_config_search_path(str(CONF))
+    search_path.prepend("sweeps", f"file://{CONF.parent / 'sweeps'}")
+    return ConfigLoaderImpl(config_search_path=search_path).load_configuration(name, overrides=list(overrides),
+                                                                              run_mode=RunMode.RUN)
+
+
+PAPER_SETS = ["Set5", "Set14", "BSD100", "Urban100"]
+
+
+@pytest.mark.parametrize("preset", ["experiment=paper", "experiment=official", "sweeps/backbones"])
+@pytest.mark.parametrize("manga", [True, False], ids=["with-manga109", "without-manga109"])
+def test_paper_presets_score_both_protocols_and_manga109_when_present(tmp_path, preset, manga, capsys):
+    import src.sweep
+
+    root = tmp_path / "data"
+    (root / ("Manga109" if manga else "Set5") / "HR").mkdir(parents=True)
+    src.sweep._NOTED.clear()
+    if preset.startswith("sweeps/"):
+        cfg = _compose_sweep(preset.split("/")[1], [f"data.root={root}"])
+    else:
+        cfg = compose_train([preset, f"data.root={root}"], tmp_path)
+    assert cfg.eval.protocol == "both"
+    assert list(cfg.data.test_sets) == PAPER_SETS + (["Manga109"] if manga else [])
+    note = capsys.readouterr().err
+    assert ("Manga109 is not scored" in note) == (not manga)
+    assert note.count("\n") == (0 if manga else 1)  # one line, said once however often the list is read
+    assert str(root / "Manga109" / "HR") in note or manga
+
+
+def test_sets_present_falls_back_to_the_default_data_root(tmp_path, monkeypatch):
+    from src.sweep import sets_present
+
+    monkeypatch.setenv("SR_DATA_ROOT", str(tmp_path))
+    (tmp_path / "Manga109" / "HR").mkdir(parents=True)
+    assert sets_present(["Set5"], ["Manga109", "Absent"], None) == ["Set5", "Manga109"]

@@ -182,11 +182,31 @@ def test_offline_fails_fast_naming_the_url(tmp_path):
 
 
 def test_cli_errors(server, tmp_path, capsys):
-    assert main(["Manga109", "--root", str(tmp_path)]) == 2
+    assert main(["Manga109", f"root={tmp_path}"]) == 2
     assert "manga109.org" in capsys.readouterr().err
-    assert main(["NoSuchSet", "--root", str(tmp_path)]) == 2
+    assert main(["NoSuchSet", f"root={tmp_path}"]) == 2
     # the real table entry, served from the local mirror: a 404 is a clear error, not a hang
-    assert main(["Set5", "--root", str(tmp_path), "--base-url", server.base, "--timeout", "2"]) == 1
+    assert main(["Set5", f"root={tmp_path}", f"base_url={server.base}", "timeout=2"]) == 1
     err = capsys.readouterr().err
     assert f"{server.base}/benchmark.tar" in err and "404" in err
     assert not Path(tmp_path / "Set5").exists()
+
+
+def test_settings_are_key_value_and_old_flags_get_the_new_spelling(tmp_path, monkeypatch):
+    import src.data.download as D
+
+    calls = []
+    monkeypatch.setattr(D, "fetch", lambda source, root, base_url, timeout, force, keep: calls.append(
+        (source.name if hasattr(source, "name") else source, root, base_url, timeout, force, keep)))
+    assert main(["Set5", f"root={tmp_path}", "timeout=3", "force=true", "delete_archives=true"]) == 0
+    assert [c[1:] for c in calls] == [(tmp_path, None, 3.0, True, False)]
+    with pytest.raises(SystemExit, match=rf"'--root': settings are key=value, not --flags; write root={tmp_path}$"):
+        main(["Set5", "--root", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"'--delete-archives': .* write delete_archives=true$"):
+        main(["Set5", "--delete-archives"])
+    with pytest.raises(SystemExit, match=r"'--base-url=http://m': .* write base_url=http://m$"):
+        main(["Set5", "--base-url=http://m"])
+    with pytest.raises(SystemExit, match=r"force='yes': allowed values are true and false"):
+        main(["Set5", "force=yes"])
+    with pytest.raises(SystemExit, match=r"'rot' is not a setting; settings: root, base_url, timeout"):
+        main(["Set5", "rot=/x"])

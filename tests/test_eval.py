@@ -191,7 +191,15 @@ def test_eval_sweep_folder_and_force(toy_set, tmp_path, capsys):
     for i in range(2):
         r = json.loads((sweep / f"job{i}" / "results.json").read_text())
         assert set(r["Toy"]) == {"clean", "noise"} and r["Toy"]["clean"]["n_images"] == 2
-    assert "PSNR (dB, Y channel)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "PSNR (dB, Y channel)" in printed
+    # ... and ends with one table of both models, a row per model and set, the numbers of their results files
+    combined = printed.split("[eval] all 2 models, literature protocol:\n")[1].splitlines()
+    assert combined[0] == "PSNR (dB, Y channel), literature protocol" and combined[1].split()[:3] == ["set", "clean", "noise"]
+    for i, line in enumerate(combined[2:4]):
+        r = json.loads((sweep / f"job{i}" / "results.json").read_text())["Toy"]
+        assert line.split() == [f"job{i}", "Toy", f"{r['clean']['psnr']:.2f}", f"{r['noise']['psnr']:.2f}", "2"]
+    assert len(combined) == 4
     # rerun: everything is reused; force recomputes
     before = (sweep / "job0" / "results.json").stat().st_mtime_ns
     out = run_eval(_eval_cfg(root, sweep / "job0" / "checkpoints" / "last.ckpt"))

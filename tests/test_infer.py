@@ -355,3 +355,18 @@ def test_one_failing_image_never_stops_the_folder(ckpt, mixed_folder, tmp_path, 
     assert sorted(p.name for p in summary.failed) == ["corrupt.png", "deep.png", "deepgray.png", "truncated.jpg"]
     assert "deep.png: RuntimeError: DefaultCPUAllocator" in summary.failed[mixed_folder / "deep.png"]
     assert len(summary.written) == 4
+
+
+def test_upscaling_a_read_only_image_warns_about_nothing():
+    import warnings
+
+    import numpy as np
+
+    from src.tiling import upscale_image
+
+    img = np.random.default_rng(0).integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    img.setflags(write=False)  # as a memory-mapped cache file reads
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = upscale_image(nn.Upsample(scale_factor=2, mode="nearest"), img, 2)
+    assert np.array_equal(out, img.repeat(2, 0).repeat(2, 1))

@@ -440,3 +440,24 @@ def test_datamodule_saves_and_restores_its_pool_per_rank(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         make().load_state_dict({"pool": state["pool"]})  # one process: rank 0's pool is its own, no warning
+
+
+@pytest.mark.parametrize("batch,world,per_device", [(16, 1, 16), (16, 8, 2), (12, 4, 3)])
+def test_global_batch_splits_over_devices(batch, world, per_device):
+    from src.data.datamodule import per_device_batch
+
+    assert per_device_batch(batch, world) == per_device
+    assert per_device * world == batch
+
+
+def test_a_batch_that_does_not_split_is_refused_before_training(tmp_path):
+    from src.data.datamodule import per_device_batch
+    from src.preflight import check_values
+
+    with pytest.raises(ValueError, match=r"data.batch_size=16 is the global batch .* does not split over 6 devices .*"
+                                         r"e.g. data.batch_size=18"):
+        per_device_batch(16, 6)
+    cfg = compose_train(["trainer=ddp_cpu", "data.batch_size=3"], tmp_path)
+    with pytest.raises(ValueError, match=r"data.batch_size=3 .* over 2 devices .* data.batch_size=4$"):
+        check_values(cfg)
+    check_values(compose_train(["trainer=ddp_cpu", "data.batch_size=4"], tmp_path))

@@ -169,7 +169,11 @@ def test_gain_axes_include_zero_and_do_not_zoom_into_noise(tmp_path, monkeypatch
 
 
 def test_wandb_tags_of_the_baseline_come_from_the_config_that_ran():
+    from hydra.core.hydra_config import HydraConfig
+
     from src.loggers import wandb_tags
+
+    HydraConfig.instance().cfg = None  # a bare config outside Hydra (an earlier test may have left one set)
 
     cfg = OmegaConf.create({"backbone": {"_target_": "src.models.srresnet.MSRResNet"},
                             "degradation": {"_target_": "src.data.pipelines.RealESRGANPipeline"},

@@ -39,7 +39,11 @@ def test_ddp_cpu_two_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Starting with 2 processes" in proc.stdout + proc.stderr
     job = only_job(tmp_path, "ddp")
-    assert json.loads((job / "train_done.json").read_text())["global_step"] == 4
+    done = json.loads((job / "train_done.json").read_text())
+    assert done["global_step"] == 4
+    # data.batch_size=2 (TINY) is the global batch: one patch on each of the 2 processes
+    assert done["batch"] == {"global": 2, "devices": 2, "per_device": 1}
+    assert proc.stdout.count("[train] batch: 2 LR patches per step = 2 device(s) x 1") == 1  # rank 0 only
     assert json.loads((job / "results.json").read_text())["skimage_holdout"]["clean"]["n_images"] == 3
 
 

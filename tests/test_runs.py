@@ -86,3 +86,46 @@ def test_sweep_folder_named_by_its_command_and_jobs_by_what_varies():
         "sweep-backbone-srresnet_dropout.p-0.1+0.5"
     jobs = [["dropout.p=0.1", "backbone=srresnet", "seed=1"], ["dropout.p=0.5", "backbone=srresnet", "seed=2"]]
     assert shared_keys(jobs) == ["backbone"]
+
+
+def test_job_json_records_the_git_commit_and_dirty_flag(tmp_path):
+    import json
+    import subprocess
+
+    from conftest import REPO
+    from src import runs
+
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True).stdout.strip())
+    runs.write_job_status(tmp_path, ["seed=1"], "running")
+    job = json.loads((tmp_path / "job.json").read_text())
+    assert len(head) == 40 and job["git"] == {"commit": head, "dirty": dirty}
+
+
+def test_published_files_carry_no_path_of_this_machine(tmp_path):
+    import json
+
+    import yaml
+
+    from src import runs
+    from src.utils import portable_path
+
+    run = tmp_path / "runs" / "train" / "sweep" / "seed-1"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({
+        "seed": 1, "data": {"root": "/data/sr", "test_sets": ["Set5"], "cache_dir": str(tmp_path / "cache")},
+        "logger": {"csv": {"save_dir": str(run), "name": None},
+                   "wandb": {"save_dir": str(run), "dir": str(run / "wandb")}},
+        "paths": {"runs": str(tmp_path / "runs"), "cache": "/home/me/.cache"}}))
+    (run / "identity.json").write_text(json.dumps({"config": {"seed": 1}, "data_root": "/data/sr"}))
+    (run / "results.json").write_text("{}")
+    (folder,) = runs.publish(run, tmp_path / "docs")
+    published = yaml.safe_load((folder / "config.yaml").read_text())
+    assert published == {"seed": 1, "data": {"test_sets": ["Set5"]},
+                         "logger": {"csv": {"save_dir": ".", "name": None},
+                                    "wandb": {"save_dir": ".", "dir": "wandb"}}, "paths": {}}
+    assert json.loads((folder / "identity.json").read_text()) == {"config": {"seed": 1}}
+    assert str(tmp_path) not in "".join(p.read_text() for p in folder.iterdir())
+    assert portable_path(run / "checkpoints" / "last.ckpt", run.parent) == "seed-1/checkpoints/last.ckpt"
+    assert portable_path("/elsewhere/last.ckpt", run) is None and portable_path(None, run) is None

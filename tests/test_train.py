@@ -202,6 +202,23 @@ def test_tensorboard_logger_and_lr_monitor_record_a_run(tmp_path):
                           "eval.degradations=[clean]"])
     events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = EventAccumulator(str(events[0].parent), size_guidance={"images": 0})
+    tb.Reload()
+    assert [e.step for e in tb.Images("val/panel")] == [3]  # the validation crops, as W&B gets them
+    assert [p.name for p in (tmp_path / "visualization").glob("*.png")] == ["step-000003.png"]
     header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
     lr_columns = [c for c in header if c.startswith("lr-")]  # LearningRateMonitor's column, beside the module's own
     assert lr_columns and "train/lr" in header
+
+
+def test_progress_lines_carry_elapsed_time_and_eta():
+    from src.train import LineProgress, clock
+
+    assert clock(0) == "0:00:00" and clock(3599.6) == "1:00:00" and clock(90061) == "1d+1:01:01"
+    progress = LineProgress()
+    progress.start_step = 100  # resumed at step 100: speed counts this process's steps only
+    line = progress.line(300, 1100, {"train/loss": torch.tensor(0.05), "val/psnr": torch.tensor(27.5)}, 100.0)
+    # 200 steps in 100 s = 2 it/s; 800 steps left = 400 s
+    assert line == "[train] step 300/1100, train/loss 0.05, val/psnr 27.5, 2.00 it/s, elapsed 0:01:40, ETA 0:06:40"

@@ -21,7 +21,7 @@ from torch import nn
 
 from src.analysis.common import pyplot, save_figure, write_csv
 from src.analysis.pipeline import DEFINITIONS, analyze, model_label
-from src.utils import atomic_write_text
+from src.utils import atomic_write_text, portable_path
 
 # Statistics shown in groups_stats.png (all numeric ones are in groups.csv/json).
 MAIN_STATS = ("ablation.baseline_psnr", "ablation.max_drop", "ablation.mean_drop", "ablation.psnr_half_ablated",
@@ -124,11 +124,14 @@ def write_group_files(out: Path, stats: dict, per_model: dict, labels: dict[str,
             rows.append([group, name, _fmt(s["mean"]), _fmt(s["std"]), s["n"], _fmt(s["min"]), _fmt(s["max"]),
                          values])
     write_csv(out / "groups.csv", ["group", "statistic", "mean", "std", "n", "min", "max", "values"], rows)
+    # Checkpoints relative to `out` when inside it; elsewhere left out: these files are meant for committing, and
+    # a path of the machine that ran the analysis means nothing on another.
+    where = {lab: portable_path(p, out) for lab, (_, p) in labels.items()}
     write_csv(out / "groups_models.csv", ["group", "model", "checkpoint", "statistic", "value"],
-              [[g, lab, str(p), name, v] for lab, (g, p) in labels.items()
+              [[g, lab, where[lab] or "", name, v] for lab, (g, p) in labels.items()
                for name, v in sorted(per_model[lab].items())])
     doc = {"groups": {g: [lab for lab, (gg, _) in labels.items() if gg == g] for g in stats},
-           "checkpoints": {lab: str(p) for lab, (_, p) in labels.items()},
+           "checkpoints": where,
            "stats": stats, "options": options,
            "definitions": {**DEFINITIONS, **GROUP_DEFINITIONS}}
     atomic_write_text(out / "groups.json", json.dumps(doc, indent=2, allow_nan=False) + "\n")
@@ -277,7 +280,8 @@ def merge_groups(sources: Sequence[str | Path], out: str | Path) -> dict:
             for lab in members:
                 if lab in labels:
                     raise ValueError(f"{src}: model {lab!r} is also in an earlier source; each model once")
-                labels[lab] = (group, Path(doc["checkpoints"][lab]))
+                where = doc["checkpoints"].get(lab)
+                labels[lab] = (group, src / where if where else None)
         summary.update({lab: v for lab, v in json.loads((src / "summary.json").read_text()).items()
                         if lab in labels})
         for name in PER_MODEL_CSVS:

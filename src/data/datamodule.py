@@ -28,6 +28,19 @@ def _check_val_degradations(names: list[str]) -> None:
                          f"; allowed: {', '.join(ALL_TEST_DEGRADATIONS)}")
 
 
+def per_device_batch(batch_size: int, world_size: int) -> int:
+    """The share of the global batch `data.batch_size` that each of `world_size` processes trains on per step.
+
+    The batch is global so that the paper's batch 16 stays 16 however many GPUs run it (the lr and the step count
+    are tuned to it); a size that does not split evenly is refused rather than rounded."""
+    if world_size < 1 or batch_size % world_size:
+        up = -(-batch_size // world_size) * world_size
+        raise ValueError(f"data.batch_size={batch_size} is the global batch (LR patches per step over all devices) and "
+                         f"does not split over {world_size} devices (trainer.devices x trainer.num_nodes): use a "
+                         f"multiple of {world_size}, e.g. data.batch_size={up}")
+    return batch_size // world_size
+
+
 class SRDataModule(pl.LightningDataModule):
     """Training crops degraded on the batch's device; fixed validation pairs.
 
@@ -37,7 +50,8 @@ class SRDataModule(pl.LightningDataModule):
         root: data root holding `<Set>/HR/*`; None means `default_data_root()` (SR_DATA_ROOT).
         train_sets / val_sets / test_sets: set names under the root, or the bundled `skimage` /
             `skimage_holdout` photos.
-        batch_size, lr_patch_size: per-device batch of LR patches of this size (HR = lr_patch_size * scale).
+        batch_size, lr_patch_size: the global batch of LR patches of this size (HR = lr_patch_size * scale), split
+            evenly over the devices: 16 on 4 GPUs is 4 per GPU (`per_device_batch`).
         total_steps: the run's length (trainer.max_steps); the sampler serves exactly that many batches.
         val_degradations: test degradations applied to the validation images (on the host, noise from the
             `validation` stream); every (val set, degradation) pair is one validation loader, named `<set>/<name>`.
@@ -85,9 +99,13 @@ class SRDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", None) and not hasattr(self, "train_data"):
+            self.device_batch = per_device_batch(self.batch_size, self._world_size())
+            if self.trainer is not None and self.trainer.is_global_zero:
+                print(f"[train] batch: {self.batch_size} LR patches per step = {self._world_size()} device(s) x "
+                      f"{self.device_batch}", flush=True)
             items = cut_all(self.train_paths, self.subimages, self.cache_dir)
             self.train_data = HRPatches(items, self.degrade_size or self.lr_patch_size * self.scale,
-                                        length=self._total_batches() * self.batch_size * self._world_size(),
+                                        length=self._total_batches() * self.batch_size,
                                         seed=self.seed, cache_dir=self.cache_dir, augment=self.augment,
                                         pad=bool(self.degrade_size))
         if stage in ("fit", "validate", None) and not hasattr(self, "val_data"):
@@ -124,10 +142,12 @@ class SRDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         # Starting the sampler at the restored global step is what makes a resumed run see the same batches.
-        sampler = StepSampler(self._total_batches(), self.batch_size,
+        # Batch s of rank r holds items (s * world + r) * device_batch..: together the ranks read exactly the items
+        # one process would read with the whole global batch.
+        sampler = StepSampler(self._total_batches(), self.device_batch,
                               start_step=trainer.global_step * self._accumulate() if trainer else 0,
                               rank=trainer.global_rank if trainer else 0, world_size=self._world_size())
-        return DataLoader(self.train_data, batch_size=self.batch_size, sampler=sampler, drop_last=True,
+        return DataLoader(self.train_data, batch_size=self.device_batch, sampler=sampler, drop_last=True,
                           num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
                           persistent_workers=self.num_workers > 0)
 

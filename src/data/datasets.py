@@ -62,7 +62,7 @@ def resolve_set(name: str, root: str | os.PathLike) -> list[Path]:
         return sample_image_paths(SAMPLE_SETS[name])
     folder = Path(root) / name / "HR"
     if not folder.is_dir():
-        hint = (f"run `python -m src.data.download {name} --root {root}`" if name in DOWNLOADABLE
+        hint = (f"run `python -m src.data.download {name} root={root}`" if name in DOWNLOADABLE
                 else f"put its HR images in {folder}")
         raise FileNotFoundError(
             f"dataset '{name}' not found: {folder} does not exist (data.root={root}; set data.root=... or the "

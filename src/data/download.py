@@ -1,6 +1,6 @@
 """Download training and benchmark sets into `<root>/<name>/HR/`.
 
-    python -m src.data.download DIV2K_train [DIV2K_valid Flickr2K Set5 ...] [--root DIR] [--base-url URL]
+    python -m src.data.download DIV2K_train [DIV2K_valid Flickr2K Set5 ...] [root=DIR] [base_url=URL]
     python -m src.data.download benchmarks          # Set5, Set14, BSD100, Urban100 (one archive)
 
 Archives go to `<root>/downloads/` and are resumed with HTTP Range requests when a transfer breaks. Before
@@ -24,7 +24,6 @@ Manga109 cannot be downloaded: its licence requires an application at manga109.o
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import http.client
 import os
@@ -123,7 +122,7 @@ def download(url: str, dest: str | os.PathLike, size: int | None = None, timeout
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise DownloadError(f"cannot reach {url} ({reason}); are you offline? Fetch it by other means into "
-                                f"{dest} and rerun, or point {BASE_URL_ENV} / --base-url at a mirror") from e
+                                f"{dest} and rerun, or point {BASE_URL_ENV} / base_url= at a mirror") from e
         with resp:
             resumed = resp.status == 206 and resp.headers.get("Content-Range", "").startswith(f"bytes {start}-")
             if start and not resumed:
@@ -287,20 +286,29 @@ def fetch(source: Source, root: str | os.PathLike, base_url: str | None = None, 
     return hr
 
 
+OPTIONS = {"root": (str, None, "data root (default: SR_DATA_ROOT, else ../shared/datasets or ./data)"),
+           "base_url": (str, None, f"mirror holding the archives by file name (or ${BASE_URL_ENV})"),
+           "timeout": (float, 10.0, "seconds to wait for the server"),
+           "force": (bool, False, "extract again even if the HR folder exists"),
+           "delete_archives": (bool, False, "remove archives once every set in them is out")}
+
+
 def main(argv: list[str] | None = None) -> int:
+    from src.cli import key_values
     from src.data.datasets import default_data_root
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     names = sorted(SOURCES) + sorted(ALIASES) + sorted(NOT_DOWNLOADABLE)
-    ap = argparse.ArgumentParser(prog="python -m src.data.download", description=__doc__.split("\n\n")[0])
-    ap.add_argument("names", nargs="+", metavar="name", help=f"one or more of: {', '.join(names)}")
-    ap.add_argument("--root", default=None, help="data root (default: SR_DATA_ROOT, else ../shared/datasets or ./data)")
-    ap.add_argument("--base-url", default=None, help=f"mirror holding the archives by file name (or ${BASE_URL_ENV})")
-    ap.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server")
-    ap.add_argument("--force", action="store_true", help="extract again even if the HR folder exists")
-    ap.add_argument("--delete-archives", action="store_true", help="remove archives once every set in them is out")
-    args = ap.parse_args(argv)
-    root = Path(args.root) if args.root else default_data_root()
-    wanted = [n for name in args.names for n in ALIASES.get(name, [name])]
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: python -m src.data.download NAME [NAME ...] [key=value ...]\n{__doc__.split(chr(10) * 2)[0]}\n"
+              f"names: {', '.join(names)}\n" + "\n".join(f"  {k}={d}: {h}" for k, (_, d, h) in OPTIONS.items()))
+        return 0 if argv else 2
+    wanted, args = key_values(argv, OPTIONS, "src.data.download")
+    root = Path(args["root"]) if args["root"] else default_data_root()
+    wanted = [n for name in wanted for n in ALIASES.get(name, [name])]
+    if not wanted:
+        print(f"error: name a dataset: {', '.join(names)}", file=sys.stderr)
+        return 2
     for name in wanted:
         if name in NOT_DOWNLOADABLE:
             print(f"error: {NOT_DOWNLOADABLE[name].format(root=root)}", file=sys.stderr)
@@ -310,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     for name in wanted:
         try:
-            fetch(SOURCES[name], root, args.base_url, args.timeout, args.force, not args.delete_archives)
+            fetch(SOURCES[name], root, args["base_url"], args["timeout"], args["force"], not args["delete_archives"])
         except DownloadError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

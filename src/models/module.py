@@ -36,6 +36,30 @@ def panel_strip(lr: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor, crop: int)
     return torch.cat([lr_up, sr[:, top:top + c, left:left + c], hr[:, top:top + c, left:left + c]], dim=-1).clamp(0, 1)
 
 
+PANEL_LABELS = ("LR (nearest)", "SR", "HR")
+_LABEL_HEIGHT = 14  # px: one line of PIL's default bitmap font
+
+
+def labelled_panel(strips: list[torch.Tensor], title: str = "") -> "np.ndarray":
+    """Strips of `panel_strip` stacked into one uint8 (H, W, 3) image, each under a band naming its thirds (LR, SR,
+    HR) and `title` (the step): readable as a file, in TensorBoard and in W&B alike."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    width = max(s.shape[-1] for s in strips)
+    rows = []
+    for i, strip in enumerate(strips):
+        band = Image.new("RGB", (width, _LABEL_HEIGHT), "white")
+        draw, third = ImageDraw.Draw(band), strip.shape[-1] // 3
+        for k, label in enumerate(PANEL_LABELS):
+            draw.text((k * third + 3, 1), label + (f"  {title} #{i}" if k == 0 and title else ""), fill="black")
+        pixels = (strip.permute(1, 2, 0).float().cpu().numpy() * 255).round().astype(np.uint8)
+        canvas = np.full((pixels.shape[0], width, 3), 255, np.uint8)
+        canvas[:, :pixels.shape[1]] = pixels
+        rows += [np.asarray(band), canvas]
+    return np.concatenate(rows, axis=0)
+
+
 class NonFiniteLossError(RuntimeError):
     pass
 
@@ -144,9 +168,9 @@ class SRModule(pl.LightningModule):
             self.val_psnr.append(MeanMetric().to(self.device))
         self.val_psnr[dataloader_idx].update(peak_signal_noise_ratio(
             pred[..., b:-b, b:-b], target[..., b:-b, b:-b], data_range=1.0, reduction="none", dim=(1, 2, 3)))
-        # Panels only where a logger can show images (W&B), not for CSV-only runs.
-        if (dataloader_idx == 0 and batch_idx < self.hparams.panel_images
-                and any(hasattr(lg, "log_image") for lg in self.loggers)):
+        # The same few crops at every validation (the first loader's first images), so they show how the output
+        # evolves; on disk for every run, in W&B and TensorBoard when they log.
+        if dataloader_idx == 0 and batch_idx < self.hparams.panel_images:
             self._panel.append(panel_strip(lr[0], sr[0], hr[0], self.hparams.panel_crop))
 
     def on_validation_epoch_end(self) -> None:
@@ -164,12 +188,31 @@ class SRModule(pl.LightningModule):
             self.log(f"val/{suffix}", torch.stack(means).mean(), prog_bar=True, sync_dist=True,
                      add_dataloader_idx=False)
         panel, self._panel = self._panel, []
+        if panel and self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            self.save_panel(panel)
+
+    def save_panel(self, strips: list[torch.Tensor]) -> None:
+        """`<run>/visualization/step-000100.png` (BasicSR users look there), and the same image in W&B and
+        TensorBoard."""
+        from src.utils import atomic_write_bytes
+
+        step = self.global_step
+        image = labelled_panel(strips, f"step {step}")
+        folder = self.trainer.default_root_dir
+        if folder:
+            import io
+
+            from PIL import Image
+
+            buffer = io.BytesIO()
+            Image.fromarray(image).save(buffer, format="PNG")
+            atomic_write_bytes(f"{folder}/visualization/step-{step:06d}.png", buffer.getvalue())
         for logger in self.loggers:
-            if panel and hasattr(logger, "log_image") and self.trainer.is_global_zero:
-                # The same validation crops every time, so the panel shows how the output evolves.
-                images = [(p.permute(1, 2, 0).float().cpu().numpy() * 255).round().astype("uint8") for p in panel]
-                logger.log_image("val/panel", images, step=self.global_step,
-                                 caption=[f"LR | SR | HR #{i}" for i in range(len(images))])
+            if hasattr(logger, "log_image"):  # W&B: one wide image, as large as its panel shows it
+                logger.log_image("val/panel", [image], step=step,
+                                 caption=[f"step {step}: " + " | ".join(PANEL_LABELS) + " (rows: validation crops)"])
+            elif type(logger).__name__ == "TensorBoardLogger":
+                logger.experiment.add_image("val/panel", image, step, dataformats="HWC")
 
     def configure_optimizers(self):
         # The configs say `_partial_: true` (they are completed here with params/optimizer); drop it and pass
