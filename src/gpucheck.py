@@ -152,8 +152,9 @@ def compose(overrides: Sequence[str] = ()):
         return hydra_compose("train", overrides=["logger=none", *overrides])
 
 
-def photos(names: Sequence[str] | None = None, n: int = 3) -> list[np.ndarray]:
-    """Colour uint8 photos: the first n of Set5+Set14 under the data root when it has them, else the bundled ones."""
+def photos(names: Sequence[str] | None = None, n: int = 3) -> dict[str, np.ndarray]:
+    """The first n colour uint8 photos of the named sets under the data root when it has them, else of the bundled
+    ones, by file name."""
     from src.data.datasets import SAMPLE_HOLDOUT, SAMPLE_TRAIN, default_data_root, sample_image_paths
     from src.data.imageio import read_image
 
@@ -161,11 +162,11 @@ def photos(names: Sequence[str] | None = None, n: int = 3) -> list[np.ndarray]:
     paths = [p for s in (names or ()) for p in sorted((root / s / "HR").glob("*.png"))]
     if not paths:
         paths = sample_image_paths(SAMPLE_TRAIN + SAMPLE_HOLDOUT)
-    out = []
+    out = {}
     for p in paths:
         img = read_image(p)
         if img.ndim == 3 and img.shape[2] == 3:
-            out.append(np.ascontiguousarray(img))
+            out[p.name] = np.ascontiguousarray(img)
         if len(out) == n:
             break
     return out
@@ -197,7 +198,8 @@ def check_jpeg(ctx: Context) -> Result:
     res = Result()
     # Whole photos even at the tiny size: at q 95 the gap is a few hundredths of a dB, and crops of a few blocks
     # move it by more than that.
-    imgs = photos(None if ctx.tiny else ("Set5", "Set14"), ctx.size(8, 3))
+    named = photos(None if ctx.tiny else ("Set5", "Set14"), ctx.size(8, 3))
+    imgs = list(named.values())
     qualities = (30, 50, 70, 95)
     worst, differing, total = 0.0, 0, 0
     gaps = {q: [] for q in qualities}
@@ -215,7 +217,7 @@ def check_jpeg(ctx: Context) -> Result:
     for q in qualities:
         res.add(f"opencv_gap_q{q}", float(np.mean(np.abs(gaps[q]))), "<=", 0.02, "dB",
                 f"mean |PSNR(ours) - PSNR(OpenCV)| over {len(imgs)} images")
-    res.detail = {"images": len(imgs), "sizes": [list(i.shape[:2]) for i in imgs],
+    res.detail = {"images": {k: list(i.shape[:2]) for k, i in named.items()},
                   "signed_gap_db": {q: float(np.mean(gaps[q])) for q in qualities}}
     return res
 
@@ -288,7 +290,7 @@ def check_pipeline(ctx: Context) -> Result:
     dm = build(data, degradation=degradation)
     rng = np.random.default_rng(0)
     crops = []
-    for img in itertools.islice(itertools.cycle(photos(n=batch)), batch):
+    for img in itertools.islice(itertools.cycle(photos(n=batch).values()), batch):
         img = fill(img, max(size, img.shape[0]), max(size, img.shape[1]))
         top, left = rng.integers(0, img.shape[0] - size + 1), rng.integers(0, img.shape[1] - size + 1)
         crops.append(img[top:top + size, left:left + size])
@@ -669,7 +671,7 @@ def check_tiled(ctx: Context) -> Result:
         return apply_memory_format(copy.deepcopy(base).to(device), "auto", device)
 
     model = on(ctx.device)
-    img = fill(photos(n=1)[0], h, w)
+    img = fill(next(iter(photos(n=1).values())), h, w)
     window = tile + 2 * overlap
     estimate = bytes_per_pixel(model, ctx.device) * window**2
     if ctx.device.type == "cuda":
