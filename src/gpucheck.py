@@ -512,9 +512,7 @@ def kill_at_checkpoint(cmd: list[str], env: dict, runs: Path, name: str, at_step
             time.sleep(0.05)
     finally:
         killed = proc.poll() is None
-        if killed:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        stop_group(proc)
     if not killed:
         raise RuntimeError(f"the run ended (exit {proc.returncode}) before a checkpoint of step {at_step}: "
                            f"{log.read_text(errors='replace').strip()[-300:]}")
@@ -523,11 +521,23 @@ def kill_at_checkpoint(cmd: list[str], env: dict, runs: Path, name: str, at_step
     return step
 
 
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a process started with start_new_session and everything it started (DDP ranks, loader workers)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def run_train(cmd: list[str], env: dict, timeout_s: float) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    finally:
+        stop_group(proc)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[2:4])} ... exited {proc.returncode}: {proc.stderr.strip()[-600:]}")
-    return proc
+        raise RuntimeError(f"{' '.join(cmd[2:4])} ... exited {proc.returncode}: {err.strip()[-600:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def max_weight_diff(a: Path, b: Path) -> tuple[float, int]:
@@ -564,15 +574,13 @@ def check_resume(ctx: Context) -> Result:
     ref_log = ref_runs / "ref.log"
     with open(ref_log, "w") as out:
         ref = subprocess.Popen(train_command(ref_runs, "resume", overrides), cwd=REPO, env=env, stdout=out,
-                               stderr=subprocess.STDOUT)
+                               stderr=subprocess.STDOUT, start_new_session=True)
     try:
         killed_step = kill_at_checkpoint(train_command(killed_runs, "resume", overrides), env, killed_runs,
                                          "resume", at_step, timeout)
         ref.wait(timeout=timeout)
     finally:
-        if ref.poll() is None:
-            ref.kill()
-            ref.wait()
+        stop_group(ref)
     err = ref_log.read_text(errors="replace")
     if ref.returncode != 0:
         raise RuntimeError(f"uninterrupted run exited {ref.returncode}: {err.strip()[-600:]}")
