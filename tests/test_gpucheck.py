@@ -75,7 +75,7 @@ def test_make_gpu_check_on_cpu_runs_every_check(tmp_path):
     proc = subprocess.Popen([*MAKE, "device=cpu", f"ARGS=out={out} ddp=true"], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        stdout, stderr = proc.communicate(timeout=1800)
+        stdout, stderr = proc.communicate(timeout=3600)
     finally:
         G.stop_group(proc)  # the check's own training processes too, if the timeout struck
     assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
