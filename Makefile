@@ -8,7 +8,7 @@ ARGS   ?=
 # The torch a fresh .venv gets (pyproject accepts any torch>=2.4, so a venv that already has one keeps it).
 TORCH  ?= torch==2.13.0
 
-.PHONY: install quickstart test test-full sweep bench report repro clean
+.PHONY: install quickstart test test-full sweep bench gpu-check report repro clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,6 +32,9 @@ sweep: $(STAMP)        ## a study of the paper: make sweep SWEEP=positions ARGS=
 
 bench: $(STAMP)        ## speed figures as ratios, written to bench.json
 	$(PY) -m src.bench $(ARGS)
+
+gpu-check: $(STAMP)    ## every GPU-only path against its bound, < 8 min (make gpu-check; device=cpu: the tiny CPU self-check)
+	$(PY) -m src.gpucheck $(if $(device),device=$(device)) $(ARGS)
 
 RESULTS := docs/results
 STUDIES := $(RESULTS)/repro_small $(wildcard $(RESULTS)/repro_probabilities)
