@@ -20,17 +20,21 @@ options (key=value):
   fig5=[WITHOUT,WITH,IMG] checkpoints without and with dropout and an HR image: the visual comparison grid
   fig5_degradations=[..]  rows of that grid (default: [clean,noise])
   backbone=NAME           conf/backbone name, for BasicSR .pth checkpoints in fig5
+  readme=FILE             also write the comparisons' summary (out/summary.md) between the
+                          `<!-- results:begin -->` and `<!-- results:end -->` lines of FILE (make report: README.md)
 
 examples:
   python -m src.report runs/positions
   python -m src.report runs/positions runs/probabilities out=docs/positions metric=ssim
-  python -m src.report docs/results/repro_small out=docs/results       # what `make report` runs
+  python -m src.report docs/results/repro_small_kornia out=docs/results readme=README.md   # as `make report`
   python -m src.report runs/repro_small/sweep publish=docs/results/repro_small out=docs/results
   python -m src.report runs/main fig5=[runs/main/a/checkpoints/last.ckpt,runs/main/b/checkpoints/last.ckpt,img.png]
 
 Outputs in DIR: table1 / table_b3_* / table_a2_* as .md, .tex and .csv (suffix _official for the paper's
-protocol, which also shows the paper's published rows), comparison*.csv, fig4_*.png, gains_*.png, curves_*.png,
-fig5_visual.png, and report.md gathering everything.
+protocol, which also shows the paper's published rows), comparison*.csv (seed-level gain per comparison: t interval
+over seed pairs, two-level bootstrap, column counts, per-image tests), comparison_columns*.csv (per set x
+degradation), fig4_*.png, gains_*.png, curves_*.png, fig5_visual.png, summary.md (every number the README's
+results section quotes) and report.md gathering everything.
 """
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ from typing import Sequence
 from src import runs
 from src.reports import build_report
 
-OPTIONS = ("out", "publish", "metric", "bicubic", "fig4", "fig5", "fig5_degradations", "backbone")
+OPTIONS = ("out", "publish", "metric", "bicubic", "fig4", "fig5", "fig5_degradations", "backbone", "readme")
 METRICS = ("psnr", "ssim", "psnr_rgb", "ssim_rgb")
 
 
