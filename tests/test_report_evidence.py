@@ -133,11 +133,21 @@ def test_papers_published_rows_match_the_paper_text():
 def test_publish_copies_small_files_of_finished_runs_and_reports_from_them(tmp_path, capsys):
     import shutil
 
+    import torch
+
+    from src.models.loading import build_backbone
+
+    backbone = {"_target_": "src.models.srresnet.MSRResNet", "num_feat": 8, "num_block": 1}
+    torch.manual_seed(0)
+    net = build_backbone(backbone, scale=4)
     sweep = tmp_path / "runs" / "sweep"
     for job in sorted((FIXTURE / "mini").iterdir()):
         shutil.copytree(job, sweep / job.name)
         (sweep / job.name / "checkpoints").mkdir()
-        (sweep / job.name / "checkpoints" / "last.ckpt").write_bytes(b"x" * 600_000)  # never published
+        # the checkpoint itself is never published: its weights are, exported to safetensors
+        torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+                    "hyper_parameters": {"backbone": backbone}, "optimizer_states": [b"x" * 600_000]},
+                   sweep / job.name / "checkpoints" / "last.ckpt")
     unfinished = sweep / "p0.7_seed-9"
     unfinished.mkdir()
     (unfinished / "config.yaml").write_text((sweep / job.name / "config.yaml").read_text())
@@ -145,9 +155,14 @@ def test_publish_copies_small_files_of_finished_runs_and_reports_from_them(tmp_p
     with pytest.warns(UserWarning, match="p0.7_seed-9: no results file yet"):
         assert main([str(sweep), f"publish={dest}", f"out={out}", f"bicubic={FIXTURE / 'bicubic'}"]) == 0
     assert sorted(p.name for p in dest.iterdir()) == sorted(p.name for p in (FIXTURE / "mini").iterdir())
+    from src.models.loading import load
+
     for job in (FIXTURE / "mini").iterdir():
-        assert {p.name for p in (dest / job.name).iterdir()} == {p.name for p in job.iterdir()}
+        assert {p.name for p in (dest / job.name).iterdir()} == {p.name for p in job.iterdir()} | {
+            "weights.safetensors"}
         assert (dest / job.name / "results.json").read_bytes() == (job / "results.json").read_bytes()
+        weights = load(dest / job.name / "weights.safetensors").model.state_dict()
+        assert all(torch.equal(weights[k], v) for k, v in net.state_dict().items())
     assert "published:" in capsys.readouterr().out and (out / "table1.md").is_file()
     assert f"# Report: {dest}" in (out / "report.md").read_text()  # built from the published copy
 

@@ -12,7 +12,7 @@ from typing import Sequence
 
 from src.reports.collect import (METRIC_LABEL, Setting, columns, find_reference, load_runs, groups, merge_seeds,
                                  protocol_metric, size_text, sort_key)
-from src.reports.figures import fig_curves, fig_dropout_bars, fig_gains, fig_visual
+from src.reports.figures import fig_control, fig_curves, fig_dropout_bars, fig_gains, fig_visual
 from src.reports.paper import paper_gains, paper_setting
 from src.reports.prose import (column_rows, columns_line, control_paragraph, evidence_row, evidence_section,
                                 headline, paper_line, secondary_line, weighting)
@@ -87,7 +87,7 @@ def build_report(sweeps: Sequence[os.PathLike], out: os.PathLike | None = None, 
                             for k in ("gain", "ci_low", "ci_high", "p", "wilcoxon_p")})
             blocks[protocol] = (table_main(scored, [c for c in cols if c[0] == SUMMARY_SET], metric, protocol,
                                            reference), comps, control)
-        written["figures"] += _protocol_figures(scored, cols, metric, protocol, fig4, out)
+        written["figures"] += _protocol_figures(scored, cols, metric, protocol, fig4, out, comps, reference)
     for group in groups(settings):
         val = next((st.size.get("val") for st in settings if st.group == group), "")
         p = fig_curves(settings, group, out / f"curves_{slug(group)}.png", val_set=val)
@@ -220,7 +220,12 @@ def _control_md(comps: list[Comparison], reference, cols, metric: str, protocol:
     return "\n\n".join(out)
 
 
-def _protocol_figures(settings, cols, metric, protocol, fig4, out: Path) -> list[Path]:
+def comparisons_of(comps: list[Comparison], base: Setting) -> list[Comparison]:
+    """The comparisons of dropout against `base` and against the controls made from it."""
+    return [c for c in comps if c.base is base or (c.base.control and c.base.family == base.family)]
+
+
+def _protocol_figures(settings, cols, metric, protocol, fig4, out: Path, comps=(), reference=None) -> list[Path]:
     suffix = "" if protocol == "literature" else f"_{protocol}"
     if fig4:
         s, d = fig4.split("/", 1)
@@ -230,12 +235,19 @@ def _protocol_figures(settings, cols, metric, protocol, fig4, out: Path) -> list
     m = protocol_metric(protocol, metric)
     for group in groups(settings):
         rs = sorted((r for r in settings if r.group == group), key=sort_key)
-        published = paper_gains(rs[0].backbone, [(r.position, r.p) for r in rs if not r.control], protocol, m)
-        for p in (fig_dropout_bars(settings, group, s, d, metric, out / f"fig4_{slug(group)}{suffix}.png", protocol),
-                  fig_gains(settings, group, cols, metric, out / f"gains_{slug(group)}{suffix}.png", protocol,
-                            published)):
-            if p:
-                figures.append(p)
+        bases = [r for r in rs if r.baseline]
+        for base in bases:
+            # two campaigns of one group (e.g. two JPEG codecs) get a figure each, named by the campaign's folder
+            tag = "" if len(bases) == 1 else "_" + slug(base.runs[0].dir.parent.name)
+            published = paper_gains(base.backbone, [(r.position, r.p) for r in rs if r.dropout
+                                                    and r.family == base.family] + [("none", 0.0)], protocol, m)
+            name = f"{slug(group)}{tag}{suffix}.png"
+            for p in (fig_dropout_bars(settings, group, s, d, metric, out / f"fig4_{name}", protocol, base),
+                      fig_gains(settings, group, cols, metric, out / f"gains_{name}", protocol, published, base),
+                      fig_control(comparisons_of(comps, base), reference, cols, m, out / f"control_{name}",
+                                  protocol)):
+                if p:
+                    figures.append(p)
     return figures
 
 

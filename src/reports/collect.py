@@ -211,7 +211,7 @@ def read_run(run_dir: Path) -> Run | None:
     return Run(run_dir, name, prefix + name + (f"[{arch}]" if arch else ""), position,
                str(_select(cfg, "dropout.dim", "channel")), p, results, seed=seed, size=size,
                fingerprint=_fingerprint(cfg), config_file=str(cfg_path.relative_to(run_dir)), control=str(control),
-               family=_fingerprint(cfg, ("dropout", "control")))
+               family=_fingerprint(cfg, ("dropout", "module.dropout", "control")))
 
 
 # Keys that do not change what a run learns; runs equal in everything else are seeds of one experiment.

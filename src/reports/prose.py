@@ -203,7 +203,7 @@ def control_paragraph(drop_name: str, vs_base: Evidence, vs_controls: dict[str, 
         out.append(text)
     if vs_controls:
         base_iv = vs_base.overall
-        if base_iv.mean and not math.isnan(base_iv.mean):
+        if direction(base_iv) == "above zero":  # a share of a gain that may be zero says nothing
             shares = {label: 1 - ev.overall.mean / base_iv.mean for label, ev in vs_controls.items()}
             out.append("Share of dropout's overall gain over p=0 that the blend alone reaches (1 - gain over "
                        "blend / gain over p=0): " + ", ".join(f"{label} {num(s * 100, 0, signed=False)} %"
