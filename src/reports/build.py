@@ -145,6 +145,9 @@ def summary_md(blocks: dict, out: Path, relative_to: Path, digits: int = 2) -> s
         lines += ["", weighting(first) + " " + secondary_line(first)]
         if control:
             lines += ["", "**Shrinkage control.** " + control]
+    if not any(control for _, _, control in blocks.values()):
+        lines += ["", "**Shrinkage control**: none in these folders (the blends toward bicubic are made from a "
+                  "published run's weights: `python -m src.report blend=<campaign> val=[<validation set>]`)."]
     return "\n".join(lines)
 
 
