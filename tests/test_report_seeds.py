@@ -160,3 +160,35 @@ def test_readme_without_markers_is_refused(tmp_path):
     readme.write_text("# x\n")
     with pytest.raises(ValueError, match=r"readme=.*README.md: needs one <!-- results:begin --> line"):
         build_report([FIXTURE / "mini"], tmp_path / "out", readme=readme, bicubic=FIXTURE / "bicubic")
+
+
+def test_two_campaigns_of_one_setting_are_compared_each_with_its_own_baseline(tmp_path):
+    """A retrained campaign beside the old one (another codec, here another step count): each dropout setting is
+    compared with the baseline of its own experiment, and rows are named by their campaign folder."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    shutil.copytree(FIXTURE / "mini", old)
+    shutil.copytree(FIXTURE / "mini", new)
+    for job in new.iterdir():
+        cfg = job / "config.yaml"
+        cfg.write_text(cfg.read_text().replace("max_steps: 2000", "max_steps: 4000"))
+        if job.name.startswith("p0.7"):  # the new campaign's dropout runs gain 0.5 dB more on every image
+            res = json.loads((job / "results_official.json").read_text())
+            for degs in res.values():
+                for cell in degs.values():
+                    cell["psnr_rgb"] += 0.5
+                    for v in cell["per_image"].values():
+                        v["psnr_rgb"] += 0.5
+            (job / "results_official.json").write_text(json.dumps(res))
+    out = tmp_path / "out"
+    build_report([old, new], out, bicubic=FIXTURE / "bicubic")
+    rows = {r["comparison"]: float(r["gain"]) for r in csv.DictReader((out / "comparison_official.csv").open())}
+    base = _t_formula(list(_pair_gains(FIXTURE / "mini", "results_official.json", "psnr_rgb").values()))[0]
+    assert rows == pytest.approx({"Real-SRResNet (p=0.7) [mean of 3 seeds] [old] vs p=0": base,
+                                  "Real-SRResNet (p=0.7) [mean of 3 seeds] [new] vs p=0": base + 0.5})
+    table = list(csv.reader((out / "table1_official.csv").open()))
+    improvements = [r for r in table if r[0] == "Improvement"]
+    col = table[0].index("Set5/clean")
+    assert len(improvements) == 2 and float(improvements[1][col]) - float(improvements[0][col]) == pytest.approx(
+        0.5, abs=1e-3)
+    assert {p.name for p in out.glob("gains_*_official.png")} == {"gains_Real_SRResNet_old_official.png",
+                                                                  "gains_Real_SRResNet_new_official.png"}

@@ -312,13 +312,16 @@ def merge_seeds(runs: list[Run]) -> list[Setting]:
     by = defaultdict(list)
     for r in runs:
         by[(r.group, r.position, r.dim, r.p, r.control, r.fingerprint)].append(r)
-    clash = defaultdict(int)
-    for key in by:
-        clash[key[:5]] += 1
+    clash = defaultdict(list)
+    for key, rs in by.items():
+        clash[key[:5]].append(rs[0].dir.parent.name)
     out = []
     for key, rs in by.items():  # same row label, different experiments: tell them apart by folder
         rs = sorted(rs, key=lambda r: (r.seed is None, r.seed if isinstance(r.seed, (int, float)) else 0, str(r.dir)))
-        out.append(Setting(rs, tag=rs[0].dir.name if clash[key[:5]] > 1 else ""))
+        parents = clash[key[:5]]
+        # two campaigns (folders) of one setting are named by their campaign, else by the run's own folder
+        name = rs[0].dir.parent.name if len(set(parents)) == len(parents) else rs[0].dir.name
+        out.append(Setting(rs, tag=name if len(parents) > 1 else ""))
     return out
 
 

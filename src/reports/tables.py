@@ -131,9 +131,11 @@ def table_main(settings: list[Setting], cols, metric: str, protocol: str = "lite
     notes = []
     for group in groups(settings):
         rs = sorted((r for r in settings if r.group == group), key=sort_key)
-        base = rs[0] if rs[0].baseline else None
+        bases = [r for r in rs if r.baseline]
         for r in rs:
             rows.append(_row(r, cols, m, protocol))
+            # the Improvement is over the baseline of the same experiment (two campaigns are not crossed)
+            base = next((b for b in bases if b.family == r.family), bases[0] if bases else None)
             if base is not None and r.dropout:
                 rows.append(_delta(r, base, cols, m, protocol))
         paper = paper_rows("table1", rs[0].backbone, [(r.position, r.p) for r in rs], protocol, m)
