@@ -37,13 +37,14 @@ gpu-check: $(STAMP)    ## every GPU-only path against its bound, < 8 min (make g
 	$(PY) -m src.gpucheck $(if $(device),device=$(device)) $(ARGS)
 
 RESULTS := docs/results
-STUDIES := $(RESULTS)/repro_small $(wildcard $(RESULTS)/repro_probabilities)
+# The kornia-codec campaign (committed without weights) and, once published, the real-codec one with its weights.
+STUDIES := $(RESULTS)/repro_small_kornia $(wildcard $(RESULTS)/repro_small) $(wildcard $(RESULTS)/repro_probabilities)
 # Interpretation of the campaign's models, one folder per sitting (docs/results/interp/<seeds>), pooled by merge.
 comma   := ,
 space   := $(subst ,, )
 INTERP  := $(subst $(space),$(comma),$(strip $(sort $(wildcard $(RESULTS)/interp/*))))
 report: $(STAMP)       ## rebuild every table and figure of docs/results from the committed result files (no training)
-	$(PY) -m src.report $(STUDIES) out=$(RESULTS)
+	$(PY) -m src.report $(STUDIES) out=$(RESULTS) readme=README.md
 	$(if $(INTERP),$(PY) -m src.analyze merge sources=[$(INTERP)] out=$(RESULTS)/interp_seeds hydra.output_subdir=null)
 	$(PY) -m src.report scorecard $(RESULTS)
 

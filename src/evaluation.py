@@ -159,6 +159,16 @@ def _image_keys(paths: Sequence[Path]) -> list[str]:
     return [p.stem if stems.count(p.stem) == 1 else p.name for p in paths]
 
 
+def results_entry(per_image: Mapping[str, Mapping[str, float]], skipped: int, scale: int, seed: int, protocol: str,
+                  round_y: bool) -> dict:
+    """One set x degradation of a results dict: the mean of each metric over the images, what it was made with,
+    and the per-image scores."""
+    entry = {m: (float(np.mean([v[m] for v in per_image.values()])) if per_image else math.nan) for m in METRICS}
+    entry.update(n_images=len(per_image), skipped=skipped, scale=scale, seed=seed, protocol=protocol,
+                 round_y=round_y, per_image=dict(per_image))
+    return entry
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, sets: Mapping[str, Sequence[os.PathLike]],
              degradations: Sequence[str] = TEST_DEGRADATIONS, scale: int = 4, seed: int = 0, device="cpu",
@@ -230,10 +240,7 @@ def evaluate(model: nn.Module, sets: Mapping[str, Sequence[os.PathLike]],
                     if sr.shape != hr.shape:
                         raise ValueError(f"{path}: SR output is {sr.shape}, HR is {hr.shape}; is the model x{scale}?")
                     per_image[keys[path]] = score_image(sr, hr, scale, round_y, path in gray)
-                entry = {m: (float(np.mean([v[m] for v in per_image.values()])) if per_image else math.nan)
-                         for m in METRICS}
-                entry.update(n_images=len(per_image), skipped=len(rejected), scale=scale, seed=seed,
-                             protocol=protocol, round_y=round_y, per_image=per_image)
+                entry = results_entry(per_image, len(rejected), scale, seed, protocol, round_y)
                 results[set_name][d] = entry
                 log.info("%s/%s (%s): PSNR-Y %.2f dB, PSNR-RGB %.2f dB, SSIM-Y %.4f over %d images (%d skipped) "
                          "in %.1f s", set_name, d, protocol, entry["psnr"], entry["psnr_rgb"], entry["ssim"],

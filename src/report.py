@@ -1,20 +1,25 @@
 """Rebuild the paper's tables and figures from the result files of sweeps, run folders or committed results.
 
 usage: python -m src.report FOLDER [FOLDER ...] [key=value ...]
-       python -m src.report scorecard [RESULTS]     # RESULTS/scorecard.md: each claim of the paper, its interval
-                                                    # and verdict, from the committed files (default docs/results)
+       python -m src.report scorecard [RESULTS]               RESULTS/scorecard.md: each claim of the paper, its
+                                                              interval and verdict (default docs/results)
+       python -m src.report rescore=RUN [sets=[Set5]]         check committed weights against committed scores
+       python -m src.report blend=FOLDER [val=[SET,...]]      the shrinkage control of every p=0 model in FOLDER
 
 FOLDER is a sweep folder, a run folder, or a folder of committed results (docs/results/<campaign>); every run
 folder below it with a config (config.yaml, the config the run actually used) and results.json (literature
 protocol) / results_official.json (the paper's protocol) is read. Runs that differ only in their seed are one
-setting: mean +- std over the seeds, with the seed count. Each dropout setting is compared with its baseline
-image by image (needs per_image in the results files) and against the seeds' spread.
+setting: mean +- std over the seeds, with the seed count. Each dropout setting is compared with the baseline of
+its experiment (and with the blends made from it, see blend=) by seed-level intervals over seed pairs (needs
+per_image in the results files), with per-image tests as a secondary line.
 
 options (key=value):
   out=DIR                 output folder (default: <first FOLDER>/report)
-  publish=DIR             first copy each finished run's small result files (config, job, results, metrics; no
-                          checkpoints) to DIR/<run folder>, then report from DIR: how a campaign's results are
-                          committed (docs/results/<campaign>) and grow run by run
+  publish=DIR             first copy each finished run's small result files (config, job, results, metrics) and
+                          its weights (weights.safetensors exported from checkpoints/last.ckpt, and the
+                          checkpoints/step-*.safetensors it kept; 2 MB cap per weights file, 500 KB per result
+                          file) to DIR/<run folder>, then report from DIR: how a campaign's results are committed
+                          (docs/results/<campaign>) and grow run by run
   metric=NAME             psnr | ssim | psnr_rgb | ssim_rgb (default: psnr; psnr means each protocol's own:
                           PSNR-Y for the literature protocol, RGB PSNR for the paper's official one)
   bicubic=DIR             results of the bicubic reference (default: a bicubic/ folder in or beside FOLDER)
@@ -22,17 +27,34 @@ options (key=value):
   fig5=[WITHOUT,WITH,IMG] checkpoints without and with dropout and an HR image: the visual comparison grid
   fig5_degradations=[..]  rows of that grid (default: [clean,noise])
   backbone=NAME           conf/backbone name, for BasicSR .pth checkpoints in fig5
+  rescore=[RUN,...]       re-score published runs from their weights (weights.safetensors, else last.ckpt) under
+                          the protocols, seeds and degradations their results files record, and compare every
+                          per-image score with the committed one (exit 1 on a mismatch); sets=[..] limits the sets
+  blend=[FOLDER,...]      the shrinkage control of every p=0 run in FOLDER (run, sweep or published campaign):
+                          its output blended with the protocol's bicubic, a*SR + (1-a)*bicubic, a on a 0.05 grid
+                          chosen on val=[SET,...] (default: the run's data.val_sets; never a test set), blind (one
+                          a) and oracle (one a per degradation), scored on the run's own test columns; written
+                          beside the run as <run>.blend-blind/ and <run>.blend-oracle/, which the report then
+                          compares with dropout. Costs one forward and two scorings per test image, degradation
+                          and protocol: about the run's own evaluation time again, plus the validation images
+  device=cpu|cuda         for rescore and blend (default cpu); cache_dir=DIR keeps their LR images
+  readme=FILE             also write the comparisons' summary (out/summary.md) between the
+                          `<!-- results:begin -->` and `<!-- results:end -->` lines of FILE (make report: README.md)
 
 examples:
   python -m src.report runs/positions
   python -m src.report runs/positions runs/probabilities out=docs/positions metric=ssim
-  python -m src.report docs/results/repro_small out=docs/results       # what `make report` runs
+  python -m src.report docs/results/repro_small_kornia out=docs/results readme=README.md   # as `make report`
   python -m src.report runs/repro_small/sweep publish=docs/results/repro_small out=docs/results
+  python -m src.report rescore=docs/results/repro_small/dropout.p-0.0_seed-0 sets=[Set5]
+  python -m src.report blend=docs/results/repro_small val=[skimage_holdout]
   python -m src.report runs/main fig5=[runs/main/a/checkpoints/last.ckpt,runs/main/b/checkpoints/last.ckpt,img.png]
 
 Outputs in DIR: table1 / table_b3_* / table_a2_* as .md, .tex and .csv (suffix _official for the paper's
-protocol, which also shows the paper's published rows), comparison*.csv, fig4_*.png, gains_*.png, curves_*.png,
-fig5_visual.png, and report.md gathering everything.
+protocol, which also shows the paper's published rows), comparison*.csv (seed-level gain per comparison: t interval
+over seed pairs, two-level bootstrap, column counts, per-image tests), comparison_columns*.csv (per set x
+degradation), fig4_*.png, gains_*.png, curves_*.png, fig5_visual.png, summary.md (every number the README's
+results section quotes) and report.md gathering everything.
 """
 from __future__ import annotations
 
@@ -42,7 +64,8 @@ from typing import Sequence
 from src import runs
 from src.reports import build_report
 
-OPTIONS = ("out", "publish", "metric", "bicubic", "fig4", "fig5", "fig5_degradations", "backbone")
+OPTIONS = ("out", "publish", "metric", "bicubic", "fig4", "fig5", "fig5_degradations", "backbone", "readme",
+           "rescore", "sets", "blend", "val", "device", "cache_dir")
 METRICS = ("psnr", "ssim", "psnr_rgb", "ssim_rgb")
 
 
@@ -64,7 +87,10 @@ def parse_args(argv: Sequence[str]) -> tuple[list[str], dict]:
                              "(see python -m src.report --help)")
         else:
             folders.append(arg)
-    if not folders:
+    for key in ("rescore", "sets", "blend", "val"):
+        if key in opts:
+            opts[key] = _list(opts[key])
+    if not folders and not {"rescore", "blend"} & set(opts):
         raise SystemExit("src.report: no FOLDER given (see python -m src.report --help)")
     if opts.get("metric", "psnr") not in METRICS:
         raise SystemExit(f"src.report: metric={opts['metric']} is not one of {', '.join(METRICS)}")
@@ -92,10 +118,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"[report] scorecard: {p}")
         return 0
     folders, opts = parse_args(argv)
+    tool = {k: opts.pop(k) for k in ("rescore", "sets", "blend", "val", "device", "cache_dir") if k in opts}
+    device, cache = tool.get("device", "cpu"), tool.get("cache_dir")
+    if "rescore" in tool:
+        from src.reports.rescore import format_checks, rescore
+
+        bad = 0
+        for run in tool["rescore"]:
+            checks = rescore(run, tool.get("sets"), device=device, cache_dir=cache)
+            print(format_checks(run, checks))
+            bad += sum(not c.ok for c in checks)
+        if bad or not folders:
+            return int(bad > 0)
+    if "blend" in tool:
+        from src.reports.blend import baselines, blend_run
+
+        for target in tool["blend"]:
+            for run in baselines(target):
+                for folder in blend_run(run, tool.get("val"), device=device, cache_dir=cache):
+                    print(f"[report] control: {folder}")
+        if not folders:
+            return 0
     if "publish" in opts:
+        from src.models.loading import export_safetensors
+
         dest = opts.pop("publish")
         for folder in folders:
-            for run in runs.publish(folder, dest):
+            for run in runs.publish(folder, dest, export=export_safetensors):
                 print(f"[report] published: {run}")
         folders = [dest]
     written = build_report(folders, **opts)

@@ -32,7 +32,7 @@ import uuid
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from src.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -108,6 +108,21 @@ def checkpoint(run_dir: str | os.PathLike) -> Path:
 def step_weights(run_dir: str | os.PathLike, step: int) -> Path:
     """The weights kept at an intermediate step (`ckpt_keep_steps`): `checkpoints/step-000250.safetensors`."""
     return Path(run_dir) / CKPT.parent / f"step-{int(step):06d}.safetensors"
+
+
+def final_weights(run_dir: str | os.PathLike) -> Path:
+    """A published run's final weights (`publish` exports them from checkpoints/last.ckpt)."""
+    return Path(run_dir) / WEIGHTS
+
+
+def model_file(run_dir: str | os.PathLike) -> Path:
+    """The weights that stand for a run: its checkpoint, else (a published run) its exported final weights;
+    a FileNotFoundError naming both when neither is there."""
+    for path in (checkpoint(run_dir), final_weights(run_dir)):
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{run_dir}: neither {CKPT} nor {WEIGHTS}; a run folder after training, or a published "
+                            f"run with its weights, is needed")
 
 
 def results_file(run_dir: str | os.PathLike, protocol: str = "literature") -> Path:
@@ -458,16 +473,25 @@ def load_run_config(run_dir: str | os.PathLike):
 PUBLISHED = (CONFIG, JOB, DONE, IDENTITY, METRICS, RESULTS["literature"], "results.csv", RESULTS["official"],
              "results_official.csv")
 PUBLISH_MAX_BYTES = 500_000
+# A published run's final weights (safetensors exported from its checkpoint) and the intermediate ones it kept
+# (`ckpt_keep_steps`): the reduced-scale SRResNet is 0.6 MB, so 2 MB per file admits it and refuses a full model.
+WEIGHTS = "weights.safetensors"
+WEIGHTS_MAX_BYTES = 2_000_000
 
 
-def publish(target: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
+def publish(target: str | os.PathLike, dest: str | os.PathLike,
+            export: Callable[[Path, Path], Path] | None = None) -> list[Path]:
     """Copy the small result files of every finished run in `target` (a run or sweep folder, see `find_runs`) to
     `dest/<run folder name>/`, so results can be committed and reports rebuilt without the runs.
 
+    With `export` (`src.models.loading.export_safetensors`), the run's final weights go along as `WEIGHTS`,
+    exported from its checkpoint, and so do the safetensors it kept at chosen steps (checkpoints/step-*.safetensors):
+    a published run can be re-scored and analysed without the machine that trained it.
+
     A run without results.json, or one whose process still holds its folder (it may be writing the other protocol's
-    results and its job.json still says running), is left out with a warning naming it; a file over 500 KB is
-    refused, naming it. Files are written atomically; copying again replaces them; config.yaml and identity.json
-    carry no path of this machine (`portable_file`). Returns the published folders."""
+    results and its job.json still says running), is left out with a warning naming it; a result file over 500 KB
+    or a weights file over 2 MB is refused, naming it. Files are written atomically; copying again replaces them;
+    config.yaml and identity.json carry no path of this machine (`portable_file`). Returns the published folders."""
     out = []
     for run_dir in find_runs(target):
         if not (run_dir / RESULTS["literature"]).is_file() and not (run_dir / RESULTS["official"]).is_file():
@@ -479,12 +503,24 @@ def publish(target: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
                           "again when it has finished")
             continue
         files = [run_dir / name for name in PUBLISHED if (run_dir / name).is_file()]
+        steps = sorted((run_dir / CKPT.parent).glob("step-*.safetensors")) if export is not None else []
         big = [f"{f} ({f.stat().st_size:,} bytes)" for f in files if f.stat().st_size > PUBLISH_MAX_BYTES]
+        big += [f"{f} ({f.stat().st_size:,} bytes)" for f in steps if f.stat().st_size > WEIGHTS_MAX_BYTES]
         if big:
-            raise ValueError(f"not publishing files over {PUBLISH_MAX_BYTES:,} bytes: {', '.join(big)}")
+            raise ValueError(f"not publishing files over {PUBLISH_MAX_BYTES:,} bytes (results) or "
+                             f"{WEIGHTS_MAX_BYTES:,} bytes (weights): {', '.join(big)}")
         folder = Path(dest) / run_dir.name
+        if export is not None and checkpoint(run_dir).is_file():
+            weights = export(checkpoint(run_dir), final_weights(folder))
+            if weights.stat().st_size > WEIGHTS_MAX_BYTES:
+                size = weights.stat().st_size
+                weights.unlink()
+                raise ValueError(f"not publishing {checkpoint(run_dir)}: its weights are {size:,} bytes, over "
+                                 f"{WEIGHTS_MAX_BYTES:,}")
         for f in files:
             atomic_write_bytes(folder / f.name, portable_file(f, run_dir))
+        for f in steps:
+            atomic_write_bytes(folder / CKPT.parent / f.name, f.read_bytes())
         out.append(folder)
     return out
 

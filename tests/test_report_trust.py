@@ -1,4 +1,4 @@
-"""Reports a researcher can trust: marks on unrounded values beyond the seed spread, no -0.00, labels from the config
+"""Reports a researcher can trust: marks on unrounded values where seed-level intervals separate, no -0.00, labels from the config
 that ran, seeds as mean +- std, the bicubic and the paper's rows, axes that do not exaggerate, W&B report runs."""
 from __future__ import annotations
 
@@ -18,29 +18,42 @@ from src.reports.tables import Row, Table, rank
 DEGS = ("clean", "blur", "noise", "jpeg", "b+n", "b+j", "n+j", "b+n+j")
 
 
-def _table(values, stds=None):
-    rows = [Row(f"m{i}", [v], "model", [] if stds is None else [stds[i]]) for i, v in enumerate(values)]
+def _table(values, stds=None, seeds=None):
+    rows = [Row(f"m{i}", [v], "model", [] if stds is None else [stds[i]], seeds=[] if seeds is None else [seeds[i]])
+            for i, v in enumerate(values)]
     return Table("t", "caption.", ["Set5"], ["clean"], rows)
 
 
-def test_marks_on_a_synthetic_tie_use_unrounded_values():
-    # 25.004 and 24.996 both print as 25.00: the old marks made both "best"; unrounded, one is ahead
-    md = to_markdown(_table([25.004, 24.996, 24.0]))
+def _seeds(mean, offsets):
+    return {k: mean + o for k, o in enumerate(offsets)}
+
+
+def test_marks_on_unrounded_values_and_never_with_one_seed():
+    # 25.004 and 24.996 both print as 25.00; seeds that agree to 1e-4 separate them on unrounded values
+    tight = [(0.0, 1e-4, -1e-4), (0.0, 2e-4, -1e-4), (0.0, 1e-4, 0.0)]
+    seeds = [_seeds(v, o) for v, o in zip([25.004, 24.996, 24.0], tight)]
+    md = to_markdown(_table([25.004, 24.996, 24.0], seeds=seeds))
     assert "| m0 | **25.00** |" in md and "| m1 | *25.00* |" in md and "| m2 | 24.00 |" in md
-    # an exact tie has no winner, and nothing below it is "second"
-    assert rank([25.0, 25.0, 24.0]) == {}
-    assert "| m0 | 25.00 |" in to_markdown(_table([25.0, 25.0, 24.0]))
-    # a tie for second: the best is marked, the second is not
-    assert rank([26.0, 25.0, 25.0]) == {0: "best"}
+    # one seed per row (or none given): no interval, so nothing is ranked however far apart
+    assert rank([26.0, 25.0, 24.0]) == {}
+    assert rank([26.0, 25.0, 24.0], [{0: 26.0}, {0: 25.0}, {0: 24.0}]) == {}
+    assert "| m0 | 26.00 |" in to_markdown(_table([26.0, 25.0, 24.0]))
 
 
-def test_marks_only_where_the_gap_exceeds_the_seed_spread():
-    assert rank([25.03, 25.00, 24.0], [0.05, 0.04, 0.02]) == {}          # 0.03 apart, seeds vary by 0.05
-    assert rank([25.30, 25.00, 24.0], [0.05, 0.04, 0.02]) == {0: "best", 1: "second"}
-    assert rank([25.30, 25.00, 24.98], [0.05, 0.04, 0.02]) == {0: "best"}
-    assert rank([25.3, 25.0], []) == {}                                     # two rows: nothing to rank
-    tex = to_latex(_table([25.30, 25.00, 24.0], [0.05, 0.04, 0.02]))
-    assert "\\textcolor{red}{25.30$\\pm$0.05}" in tex and "\\textcolor{blue}{25.00$\\pm$0.04}" in tex
+def test_marks_only_where_the_seed_level_interval_separates():
+    # paired over seeds 0-2: lead 0.03 with per-seed leads (0.10, -0.05, 0.04) -> the interval spans zero
+    a, b, c = _seeds(25.03, (0.05, -0.05, 0.0)), _seeds(25.00, (-0.05, 0.0, -0.04)), _seeds(24.0, (0.0, 0.01, 0.0))
+    assert rank([25.03, 25.00, 24.0], [a, b, c]) == {}
+    # a steady lead of 0.30 +- 0.01 over the seeds, the second 1.0 ahead of the third: both marked
+    a = _seeds(25.30, (0.01, -0.01, 0.0))
+    b = _seeds(25.00, (0.0, -0.005, 0.005))
+    assert rank([25.30, 25.00, 24.0], [a, b, c]) == {0: "best", 1: "second"}
+    # the second only 0.02 ahead of a third whose seeds vary by 0.1: best only
+    c2 = _seeds(24.98, (0.1, -0.1, 0.0))
+    assert rank([25.30, 25.00, 24.98], [a, b, c2]) == {0: "best"}
+    assert rank([25.3, 25.0], [a, b]) == {}                                  # two rows: nothing to rank
+    tex = to_latex(_table([25.30, 25.00, 24.0], [0.01, 0.005, 0.005], [a, b, c]))
+    assert "\\textcolor{red}{25.30$\\pm$0.01}" in tex and "\\textcolor{blue}{25.00$\\pm$0.01}" in tex
 
 
 @pytest.mark.parametrize("v,expected", [(-0.004, "0.00"), (-0.0049999, "0.00"), (0.004, "0.00"), (-0.006, "-0.01"),

@@ -279,6 +279,13 @@ def save_safetensors(model: nn.Module, cfg: Mapping[str, Any] | None, out: str |
     return atomic_write_bytes(out, save(tensors, metadata=metadata))
 
 
+def export_safetensors(path: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """The weights a tool would load from `path` (any file `load` reads: for a suite checkpoint, the evaluated
+    ones) as a self-describing safetensors file: what a published run commits instead of its checkpoint."""
+    loaded = load(path, channels_last=False)
+    return save_safetensors(loaded.model, loaded.config, out, scale=loaded.scale)
+
+
 # ---------------------------------------------------------------------------------------------------- key layouts
 # The suite's keys are BasicSR's (and official SwinIR's). Other layouts of the same weights are renamings:
 # `to_ours` maps a file's keys to ours, `from_ours` back (for writing files in that layout and for tests).

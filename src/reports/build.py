@@ -5,22 +5,27 @@ import csv
 import io
 import math
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from src.reports.collect import (METRIC_LABEL, Setting, columns, find_reference, load_runs, groups, merge_seeds,
                                  protocol_metric, size_text, sort_key)
-from src.reports.figures import fig_curves, fig_dropout_bars, fig_gains, fig_visual
-from src.reports.paper import paper_rows, paper_setting
+from src.reports.figures import fig_control, fig_curves, fig_dropout_bars, fig_gains, fig_visual
+from src.reports.paper import paper_gains, paper_setting
+from src.reports.prose import (column_rows, columns_line, control_paragraph, evidence_row, evidence_section,
+                                headline, paper_line, secondary_line, weighting)
 from src.reports.render import to_csv, to_latex, to_markdown
-from src.reports.stats import paired, spread
+from src.reports.stats import Evidence, PaperEffect, evidence, paper_effect
 from src.reports.tables import slug, table_main, table_positions, table_probabilities
 from src.reports.wandb_report import log_report
 from src.utils import atomic_write_text
 
 READING_GUIDE = (
     "**How to read.** Columns are test sets x degradations (clean = bicubic x4 only; b+n+j = blur, bicubic, noise, "
-    "JPEG), higher is better; Improvement = with dropout minus without; +- is the std over seeds. The bicubic row "
+    "JPEG), higher is better; Improvement = with dropout minus without; +- in the tables is the std over seeds "
+    "(the comparisons give 95% intervals over seeds). The bicubic row "
     "is plain interpolation: a model trained on Real-ESRGAN degradations can score below it on *clean* inputs, "
     "because it learned to remove blur and noise that clean images do not have; for the same reason its "
     "validation PSNR on clean images can fall during training while it learns the harder degradations.")
@@ -32,10 +37,12 @@ PROTOCOL_NOTE = {
 
 def build_report(sweeps: Sequence[os.PathLike], out: os.PathLike | None = None, metric: str = "psnr",
                  fig4: str | None = None, fig5: Sequence[str] | None = None, fig5_degradations=("clean", "noise"),
-                 backbone=None, bicubic: os.PathLike | None = None) -> dict[str, list[Path]]:
+                 backbone=None, bicubic: os.PathLike | None = None, readme: os.PathLike | None = None
+                 ) -> dict[str, list[Path]]:
     """Write tables and figures of the runs under `sweeps` to `out` (default <first sweep>/report); returns
     {"tables": [...], "figures": [...]} paths. `bicubic` is a folder with the bicubic reference's results files
-    (default: a `bicubic` folder inside or beside the first source)."""
+    (default: a `bicubic` folder inside or beside the first source). The comparisons' summary goes to
+    out/summary.md and, with `readme`, replaces the text between that file's results markers."""
     runs, notes = load_runs(sweeps)
     settings = merge_seeds(runs)
     reference = find_reference(sweeps, bicubic)
@@ -43,7 +50,7 @@ def build_report(sweeps: Sequence[os.PathLike], out: os.PathLike | None = None, 
     protocols = [p for p in ("literature", "official") if any(p in st.protocols() for st in settings)]
     digits = 4 if metric.startswith("ssim") else 2
     written = {"tables": [], "figures": []}
-    all_tables, summary = [], {}
+    all_tables, summary, blocks = [], {}, {}
     md = [f"# Report: {', '.join(map(str, sweeps))}", "",
           f"{len(runs)} trained model(s) in {len(settings)} setting(s); "
           f"{'bicubic reference from ' + str(reference.dir) if reference else 'no bicubic reference found'}.", "",
@@ -62,14 +69,25 @@ def build_report(sweeps: Sequence[os.PathLike], out: os.PathLike | None = None, 
                 written["tables"].append(atomic_write_text(out / f"{t.name}.{ext}", text))
             md += [f"### {t.name}", "", to_markdown(t, digits)]
         all_tables += tables
-        comparison_md, rows = _comparisons(scored, cols, m, protocol)
-        if rows:
-            md += [f"### Is the gain larger than the noise? ({protocol} protocol)", "", comparison_md, ""]
-            name = "comparison" + ("" if protocol == "literature" else f"_{protocol}")
-            written["tables"].append(atomic_write_text(out / f"{name}.csv", _csv(rows)))
+        comps = comparisons(scored, cols, m, protocol)
+        if comps:
+            suffix = "" if protocol == "literature" else f"_{protocol}"
+            md += [f"### Is the gain larger than the noise? ({protocol} protocol)", "", SEED_LEVEL_NOTE, "",
+                   _comparisons_md(comps), ""]
+            control = _control_md(comps, reference, cols, m, protocol)
+            if control:
+                md += [f"### Does dropout do more than shrink toward bicubic? ({protocol} protocol)", "",
+                       CONTROL_NOTE, "", control, ""]
+            rows = [evidence_row(c.name, c.evidence, c.paper) for c in comps]
+            written["tables"].append(atomic_write_text(out / f"comparison{suffix}.csv", _csv(rows)))
+            per_column = [r for c in comps for r in column_rows(c.name, c.evidence)]
+            if per_column:
+                written["tables"].append(atomic_write_text(out / f"comparison_columns{suffix}.csv", _csv(per_column)))
             summary.update({f"report/{protocol}/{r['comparison']}/{k}": r[k] for r in rows
-                            for k in ("mean_diff", "improved", "items", "wilcoxon_p")})
-        written["figures"] += _protocol_figures(scored, cols, metric, protocol, fig4, out)
+                            for k in ("gain", "ci_low", "ci_high", "p", "wilcoxon_p")})
+            blocks[protocol] = (table_main(scored, [c for c in cols if c[0] == SUMMARY_SET], metric, protocol,
+                                           reference), comps, control)
+        written["figures"] += _protocol_figures(scored, cols, metric, protocol, fig4, out, comps, reference)
     for group in groups(settings):
         val = next((st.size.get("val") for st in settings if st.group == group), "")
         p = fig_curves(settings, group, out / f"curves_{slug(group)}.png", val_set=val)
@@ -85,7 +103,65 @@ def build_report(sweeps: Sequence[os.PathLike], out: os.PathLike | None = None, 
         md += ["", "## Left out", ""] + [f"- {n}" for n in notes]
     log_report(all_tables, written["figures"], summary)
     written["tables"].append(atomic_write_text(out / "report.md", "\n".join(md) + "\n"))
+    if blocks:
+        written["tables"].append(atomic_write_text(out / "summary.md", summary_md(blocks, out, out, digits) + "\n"))
+        if readme is not None:
+            written["tables"].append(write_readme_block(readme, summary_md(blocks, out, Path(readme).parent,
+                                                                              digits)))
     return written
+
+
+SUMMARY_SET = "Set5"
+SEED_LEVEL_NOTE = (
+    "Each comparison leads with one number per seed pair (the two models trained from the same seed): its "
+    "image-weighted mean gain; the interval is over seed pairs, so it says whether another training run would "
+    "show the gain. Settings with different seeds are compared with Welch's interval over their per-seed means.")
+CONTROL_NOTE = (
+    "The control: the baseline's output blended with the protocol's own bicubic upscaling of the same LR, "
+    "a * SR + (1 - a) * bicubic, with `a` chosen on validation images, never on the test sets (blind: one `a` for "
+    "every degradation; oracle: one `a` per degradation). A model that only sits closer to interpolation gains "
+    "over the baseline the way the blend does.")
+README_BEGIN = "<!-- results:begin -->"
+README_END = "<!-- results:end -->"
+
+
+def summary_md(blocks: dict, out: Path, relative_to: Path, digits: int = 2) -> str:
+    """The README's results block: per protocol the Set5 table, each comparison's seed-level headline with its
+    columns, the paper beside it and the per-image line, and the control's paragraph; links relative to
+    `relative_to`."""
+    link = Path(os.path.relpath(out, relative_to)).as_posix()
+    lines = [f"<!-- written by `make report` (src.reports.build.summary_md) from the committed result files; "
+             f"edit the code, not this text -->"]
+    for protocol, (table, comps, control) in blocks.items():
+        suffix = "" if protocol == "literature" else f"_{protocol}"
+        lines += ["", f"**{PROTOCOL_NOTE.get(protocol, protocol).split(':')[0].capitalize()}** "
+                  f"([table1{suffix}.md]({link}/table1{suffix}.md), [comparison{suffix}.csv]({link}/"
+                  f"comparison{suffix}.csv), [per column]({link}/comparison_columns{suffix}.csv)).", "",
+                  to_markdown(table, digits).rstrip()]
+        for c in comps:
+            lines += ["", "- " + headline(c.name, c.evidence) + " " + columns_line(c.evidence)
+                      + (" " + paper_line(c.paper, c.evidence) if c.paper else "")]
+        first = comps[0].evidence
+        lines += ["", weighting(first) + " " + secondary_line(first)]
+        if control:
+            lines += ["", "**Shrinkage control.** " + control]
+    if not any(control for _, _, control in blocks.values()):
+        lines += ["", "**Shrinkage control**: none in these folders (the blends toward bicubic are made from a "
+                  "published run's weights: `python -m src.report blend=<campaign> val=[<validation set>]`)."]
+    return "\n".join(lines)
+
+
+def write_readme_block(readme: os.PathLike, text: str) -> Path:
+    """Replace what lies between the results markers of `readme` with `text` (a ValueError naming the file when
+    the markers are missing or out of order)."""
+    path = Path(readme)
+    body = path.read_text()
+    pattern = re.compile(re.escape(README_BEGIN) + r".*?" + re.escape(README_END), re.S)
+    if body.count(README_BEGIN) != 1 or body.count(README_END) != 1 or not pattern.search(body):
+        raise ValueError(f"readme={path}: needs one {README_BEGIN} line followed by one {README_END} line around "
+                         "the generated results block")
+    new = pattern.sub(lambda _: f"{README_BEGIN}\n{text}\n{README_END}", body)
+    return path if new == body else atomic_write_text(path, new)
 
 
 def _size_table(settings: list[Setting]) -> str:
@@ -97,43 +173,62 @@ def _size_table(settings: list[Setting]) -> str:
     return "\n".join(lines)
 
 
-def _comparisons(settings: list[Setting], cols, metric: str, protocol: str) -> tuple[str, list[dict]]:
-    """Each dropout setting against its group's baseline: paired per-image statistics and the seed spread."""
-    rows, verdicts = [], []
+def comparisons(settings: list[Setting], cols, metric: str, protocol: str) -> list[Comparison]:
+    """Per group: each dropout setting against the baseline of its own experiment (the same config but for
+    dropout: two campaigns in one report are not compared across), then against each control made from that
+    baseline (the blends toward bicubic), with seed-level evidence; the paper's gain beside the one over the
+    baseline."""
+    out = []
     for group in groups(settings):
         rs = sorted((r for r in settings if r.group == group), key=sort_key)
-        if not rs[0].baseline:
+        bases = [r for r in rs if r.baseline]
+        if not bases:
             continue
-        for v in rs[1:]:
-            pr, sp = paired(rs[0], v, cols, metric, protocol), spread(rs[0], v, cols, metric, protocol)
-            name = f"{v.label} vs p=0"
-            rows.append({"comparison": name, "seeds": f"{rs[0].n} vs {v.n}", "items": pr.items,
-                         "improved": pr.improved, "worse": pr.worse, "mean_diff": pr.mean_diff,
-                         "images": pr.images, "images_improved": pr.images_improved, "wilcoxon_p": pr.wilcoxon_p,
-                         "t_p": pr.t_p, "mean_gain": sp.gain, "seed_spread": sp.spread,
-                         "columns_beyond_spread": f"{sp.beyond}/{sp.cells}"})
-            per_set = ", ".join(f"{s} {a}/{n}" for s, (a, n) in pr.per_set.items())
-            verdicts.append(f"- **{name}**: {sp.verdict()}." + (
-                f" Per test image: {pr.improved} of {pr.items} image x degradation pairs improve ({per_set}); "
-                f"{pr.images_improved} of {pr.images} images improve on average over the degradations "
-                f"(Wilcoxon signed-rank p = {_p(pr.wilcoxon_p)}, paired t-test p = {_p(pr.t_p)}, one value "
-                "per image)." if pr.items else " No per-image scores in the results files: no paired test."))
-    if not rows:
-        return "", []
-    head = "| comparison | seeds | improved pairs | mean diff | images improved | Wilcoxon p | t-test p | " \
-           "gain vs seed std | columns beyond spread |"
-    lines = [head, "|---|---|---:|---:|---:|---:|---:|---|---:|"]
-    for r in rows:
-        lines.append(f"| {r['comparison']} | {r['seeds']} | {r['improved']}/{r['items']} | {_num(r['mean_diff'])} | "
-                     f"{r['images_improved']}/{r['images']} | {_p(r['wilcoxon_p'])} | {_p(r['t_p'])} | "
-                     f"{_num(r['mean_gain'])} vs {_num(r['seed_spread'], signed=False)} | "
-                     f"{r['columns_beyond_spread']} |")
-    caveat = ("The per-image tests hold the trained models fixed: they say whether these models differ on these "
-              "images, not whether another training seed would; the seeds' spread answers that.")
-    return "\n".join(lines) + "\n\n" + "\n".join(verdicts) + "\n\n" + caveat, rows
+        drops = [r for r in rs if r.dropout]
+        for v in drops:
+            base = next((b for b in bases if b.family == v.family), bases[0])
+            published = paper_gains(base.backbone, [(base.position, base.p), (v.position, v.p)], protocol, metric)
+            ev = evidence(base, v, cols, metric, protocol)
+            pe = paper_effect({c: iv.mean for c, iv in ev.by_column.items()}, published)
+            out.append(Comparison(f"{v.label} vs p=0", base, v, ev, pe))
+            for c in (r for r in rs if r.control and r.family == base.family):
+                out.append(Comparison(f"{v.label} vs {c.control}", c, v, evidence(c, v, cols, metric, protocol)))
+    return out
 
 
-def _protocol_figures(settings, cols, metric, protocol, fig4, out: Path) -> list[Path]:
+@dataclass
+class Comparison:
+    name: str
+    base: Setting
+    variant: Setting
+    evidence: Evidence
+    paper: PaperEffect | None = None
+
+
+def _comparisons_md(comps: list[Comparison]) -> str:
+    return "\n\n".join(f"#### {c.name}\n\n" + evidence_section(c.name, c.evidence, c.paper) for c in comps)
+
+
+def _control_md(comps: list[Comparison], reference, cols, metric: str, protocol: str) -> str:
+    """The shrinkage control's paragraph for each dropout setting that has controls beside its baseline."""
+    out = []
+    for c in comps:
+        if c.base.baseline:
+            controls = {k.base.control: k.evidence for k in comps if k.variant is c.variant and k.base.control}
+            if not controls:
+                continue
+            below = {(s, d): c.base.value(s, d, metric, protocol) - reference.value(s, d, metric, protocol)
+                     for s, d in cols} if reference is not None else {}
+            out.append(control_paragraph(c.variant.label, c.evidence, controls, below))
+    return "\n\n".join(out)
+
+
+def comparisons_of(comps: list[Comparison], base: Setting) -> list[Comparison]:
+    """The comparisons of dropout against `base` and against the controls made from it."""
+    return [c for c in comps if c.base is base or (c.base.control and c.base.family == base.family)]
+
+
+def _protocol_figures(settings, cols, metric, protocol, fig4, out: Path, comps=(), reference=None) -> list[Path]:
     suffix = "" if protocol == "literature" else f"_{protocol}"
     if fig4:
         s, d = fig4.split("/", 1)
@@ -143,28 +238,20 @@ def _protocol_figures(settings, cols, metric, protocol, fig4, out: Path) -> list
     m = protocol_metric(protocol, metric)
     for group in groups(settings):
         rs = sorted((r for r in settings if r.group == group), key=sort_key)
-        published = {}
-        for label, values, kind in paper_rows("table1", rs[0].backbone, [(r.position, r.p) for r in rs],
-                                              protocol, m):
-            if kind == "paper_delta":
-                published = {(a, b): v for a, degs in values.items() for b, v in degs.items()}
-        for p in (fig_dropout_bars(settings, group, s, d, metric, out / f"fig4_{slug(group)}{suffix}.png", protocol),
-                  fig_gains(settings, group, cols, metric, out / f"gains_{slug(group)}{suffix}.png", protocol,
-                            published)):
-            if p:
-                figures.append(p)
+        bases = [r for r in rs if r.baseline]
+        for base in bases:
+            # two campaigns of one group (e.g. two JPEG codecs) get a figure each, named by the campaign's folder
+            tag = "" if len(bases) == 1 else "_" + slug(base.runs[0].dir.parent.name)
+            published = paper_gains(base.backbone, [(r.position, r.p) for r in rs if r.dropout
+                                                    and r.family == base.family] + [("none", 0.0)], protocol, m)
+            name = f"{slug(group)}{tag}{suffix}.png"
+            for p in (fig_dropout_bars(settings, group, s, d, metric, out / f"fig4_{name}", protocol, base),
+                      fig_gains(settings, group, cols, metric, out / f"gains_{name}", protocol, published, base),
+                      fig_control(comparisons_of(comps, base), reference, cols, m, out / f"control_{name}",
+                                  protocol)):
+                if p:
+                    figures.append(p)
     return figures
-
-
-def _p(p: float) -> str:
-    return "-" if math.isnan(p) else f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
-
-
-def _num(v: float, signed: bool = True) -> str:
-    if v is None or math.isnan(v):
-        return "-"
-    s = f"{v:+.3f}" if signed else f"{v:.3f}"
-    return s.lstrip("+-") if float(s) == 0 else s
 
 
 def _csv(rows: list[dict]) -> str:

@@ -62,10 +62,16 @@ class Run:
     size: dict = field(default_factory=dict)       # width/depth, iterations, training data, batch
     fingerprint: str = ""           # the config without seed and bookkeeping keys: equal = same experiment
     config_file: str = "config.yaml"
+    control: str = ""               # a control made from a baseline model (e.g. "blind blend"), not trained
+    family: str = ""                # the fingerprint less dropout and control: runs that differ only in those
+
+    @property
+    def dropout(self) -> bool:
+        return not (self.position == "none" or self.p == 0)
 
     @property
     def baseline(self) -> bool:
-        return self.position == "none" or self.p == 0
+        return not self.dropout and not self.control
 
     def cell(self, protocol: str, s: str, d: str) -> dict:
         return self.results.get(protocol, {}).get(s, {}).get(d, {})
@@ -82,7 +88,8 @@ class Setting:
     tag: str = ""                   # set when same-looking rows come from different experiments
 
     def __getattr__(self, name):    # backbone, group, position, dim, p, size, dir: those of its runs
-        if name in ("backbone", "group", "position", "dim", "p", "size", "dir", "fingerprint", "baseline"):
+        if name in ("backbone", "group", "position", "dim", "p", "size", "dir", "fingerprint", "baseline", "dropout",
+                    "control", "family"):
             return getattr(self.runs[0], name)
         raise AttributeError(name)
 
@@ -97,6 +104,8 @@ class Setting:
     @property
     def label(self) -> str:
         extra = (f" [mean of {self.n} seeds]" if self.n > 1 else "") + (f" [{self.tag}]" if self.tag else "")
+        if self.control:
+            return f"{self.group} (p=0) {self.control}{extra}"
         if self.baseline or self.position == "last" and self.dim == "channel":  # the paper's naming
             return f"{self.group} (p={self.p:g}){extra}"
         return f"{self.group} {POSITION_LABEL.get(self.position, self.position)} {self.dim} (p={self.p:g}){extra}"
@@ -198,23 +207,26 @@ def read_run(run_dir: Path) -> Run | None:
     if position == "none" or p == 0:
         position, p = "none", 0.0
     seed = _select(cfg, "seed")
+    control = _select(cfg, "control.label", "")
     return Run(run_dir, name, prefix + name + (f"[{arch}]" if arch else ""), position,
                str(_select(cfg, "dropout.dim", "channel")), p, results, seed=seed, size=size,
-               fingerprint=_fingerprint(cfg), config_file=str(cfg_path.relative_to(run_dir)))
+               fingerprint=_fingerprint(cfg), config_file=str(cfg_path.relative_to(run_dir)), control=str(control),
+               family=_fingerprint(cfg, ("dropout", "module.dropout", "control")))
 
 
 # Keys that do not change what a run learns; runs equal in everything else are seeds of one experiment.
 _BOOKKEEPING = ("seed", "name", "paths", "logger", "callbacks", "resume", "force", "eval", "ckpt_every_n_steps",
                 "ckpt_keep_steps", "channels_last", "compile", "data.root",
                 "data.num_workers", "data.cache_dir", "data.seed", "module.seed", "trainer.devices",
-                "trainer.accelerator", "trainer.strategy", "trainer.enable_progress_bar", "hydra")
+                "trainer.accelerator", "trainer.strategy", "trainer.enable_progress_bar", "hydra",
+                "control.of", "control.a")
 
 
-def _fingerprint(cfg) -> str:
+def _fingerprint(cfg, also: tuple = ()) -> str:
     from omegaconf import OmegaConf
 
     c = OmegaConf.to_container(cfg, resolve=False)
-    for key in _BOOKKEEPING:
+    for key in _BOOKKEEPING + tuple(also):
         *parents, last = key.split(".")
         node = c
         for k in parents:
@@ -299,14 +311,17 @@ def merge_seeds(runs: list[Run]) -> list[Setting]:
     """Runs that differ only in seed become one Setting."""
     by = defaultdict(list)
     for r in runs:
-        by[(r.group, r.position, r.dim, r.p, r.fingerprint)].append(r)
-    clash = defaultdict(int)
-    for key in by:
-        clash[key[:4]] += 1
+        by[(r.group, r.position, r.dim, r.p, r.control, r.fingerprint)].append(r)
+    clash = defaultdict(list)
+    for key, rs in by.items():
+        clash[key[:5]].append(rs[0].dir.parent.name)
     out = []
     for key, rs in by.items():  # same row label, different experiments: tell them apart by folder
         rs = sorted(rs, key=lambda r: (r.seed is None, r.seed if isinstance(r.seed, (int, float)) else 0, str(r.dir)))
-        out.append(Setting(rs, tag=rs[0].dir.name if clash[key[:4]] > 1 else ""))
+        parents = clash[key[:5]]
+        # two campaigns (folders) of one setting are named by their campaign, else by the run's own folder
+        name = rs[0].dir.parent.name if len(set(parents)) == len(parents) else rs[0].dir.name
+        out.append(Setting(rs, tag=name if len(parents) > 1 else ""))
     return out
 
 
@@ -327,8 +342,9 @@ def groups(settings) -> list[str]:
 
 
 def sort_key(r):
+    """Baseline first, dropout settings by position, dimension and p, controls (made from the baseline) last."""
     pos = POSITION_ORDER.index(r.position) if r.position in POSITION_ORDER else len(POSITION_ORDER)
-    return (not r.baseline, pos, r.dim != "channel", r.p)
+    return (bool(r.control), not r.baseline, pos, r.dim != "channel", r.p, r.control)
 
 
 def read_curve(run_dir: Path, key: str = "val/psnr") -> tuple[list[float], list[float]]:

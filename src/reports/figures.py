@@ -1,5 +1,5 @@
 """The paper's figures, drawn so that they do not exaggerate: dropout gains (Fig. 4) as differences to the
-baseline on an axis that includes zero, with seed error bars; training curves (Fig. C.1) naming their validation
+baseline on an axis that includes zero, with 95% seed-level intervals as error bars (none with one seed); training curves (Fig. C.1) naming their validation
 set; the gain of each dropout setting per test column (with the paper's where the protocol matches); the visual
 comparison (Fig. 5)."""
 from __future__ import annotations
@@ -57,18 +57,49 @@ def _errors(stds):
     return None if all(math.isnan(s) for s in stds) else np.nan_to_num(stds)
 
 
+def gain_ci(base: Setting, variant: Setting, s: str, d: str, metric: str, protocol: str) -> tuple[float, float, float]:
+    """(gain, error below, error above) of `variant` over `base` in one column: the difference of the seed means
+    and its 95% seed-level interval (paired over seed pairs, else Welch); NaN errors with one seed."""
+    from src.reports.stats import seed_difference
+    from src.reports.tables import per_seed
+
+    iv = seed_difference(per_seed(base, s, d, metric, protocol), per_seed(variant, s, d, metric, protocol))
+    gain = variant.value(s, d, metric, protocol) - base.value(s, d, metric, protocol)
+    return gain, gain - iv.low, iv.high - gain
+
+
+def _ci_errors(lows, highs):
+    """A (2, n) yerr of asymmetric intervals, or None (no bars at all) when no interval was measured."""
+    if all(math.isnan(x) for x in lows):
+        return None
+    return np.nan_to_num(np.array([lows, highs], dtype=float))
+
+
+CI_NOTE = "error bars: 95% CI over seeds"
+
+
+def axis_label(metric: str, run) -> str:
+    """`PSNR-RGB (dB), 4 px border cropped`: the metric and the border the evaluation crops (its SR factor)."""
+    cell = next((c for res in run.results.values() for degs in res.values() for c in degs.values()
+                 if isinstance(c, dict) and "scale" in c), {})
+    crop = f", {cell['scale']} px border cropped" if "scale" in cell else ""
+    return f"{_unit(metric)}{crop}"
+
+
 def _unit(metric: str) -> str:
     return METRIC_LABEL.get(metric, metric)
 
 
 def fig_dropout_bars(settings: list[Setting], group: str, s: str, d: str, metric: str, path: Path,
-                     protocol: str = "literature") -> Path | None:
-    """Fig. 4: gain over the baseline per position x probability, one panel per dropout dimension; error bars
-    are the std over seeds where there are several."""
+                     protocol: str = "literature", base: Setting | None = None) -> Path | None:
+    """Fig. 4: gain over the baseline per position x probability, one panel per dropout dimension sharing one
+    zero-based axis; error bars the 95% seed-level interval of each gain. `base`: the baseline (default the
+    group's first); only settings of its experiment are drawn."""
     m = protocol_metric(protocol, metric)
     rs = [r for r in settings if r.group == group]
-    base = [r for r in rs if r.baseline]
-    drop = [r for r in rs if not r.baseline and not math.isnan(r.value(s, d, m, protocol))]
+    base = [base] if base is not None else [r for r in rs if r.baseline][:1]
+    drop = [r for r in rs if r.dropout and base and r.family == base[0].family
+            and not math.isnan(r.value(s, d, m, protocol))]
     if len({(r.position, r.dim, r.p) for r in drop}) < 2 or not base:  # one bar compares nothing
         return None
     b = base[0].value(s, d, m, protocol)
@@ -81,65 +112,108 @@ def fig_dropout_bars(settings: list[Setting], group: str, s: str, d: str, metric
     width = 0.8 / len(probs)
     colors = plt.cm.viridis(np.linspace(0.15, 0.85, len(probs)))
     all_v, all_e = [], []
+    measured = False
     for ax, dim in zip(axes[0], dims):
         for k, p in enumerate(probs):
-            ys, es = [], []
+            ys, lo, hi = [], [], []
             for pos in positions:
                 match = [r for r in drop if r.dim == dim and r.position == pos and r.p == p]
-                ys.append(match[0].value(s, d, m, protocol) - b if match else np.nan)
-                es.append(match[0].std(s, d, m, protocol) if match else np.nan)
+                g, el, eh = gain_ci(base[0], match[0], s, d, m, protocol) if match else (np.nan,) * 3
+                ys.append(g)
+                lo.append(el)
+                hi.append(eh)
             all_v += ys
-            all_e += es
+            all_e += [max(a, b) for a, b in zip(lo, hi)]
+            yerr = _ci_errors(lo, hi)
+            measured |= yerr is not None
             ax.bar(np.arange(len(positions)) + (k - (len(probs) - 1) / 2) * width, ys, width, label=f"p={p:g}",
-                   color=colors[k], yerr=_errors(es), capsize=2)
-        ax.set_xticks(np.arange(len(positions)), [POSITION_LABEL.get(p, p) for p in positions])
-        ax.set_title(f"({'ab'[dims.index(dim)]}) {dim}-wise dropout")
+                   color=colors[k], yerr=yerr, capsize=2)
+        ax.set_xticks(np.arange(len(positions)), [POSITION_LABEL.get(p, p) for p in positions], fontsize=9)
+        ax.set_title(f"({'ab'[dims.index(dim)]}) {dim}-wise dropout", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     _gain_axis(axes[0][0], [v for v in all_v if not math.isnan(v)],
                [e for v, e in zip(all_v, all_e) if not math.isnan(v)], m)
-    axes[0][0].set_ylabel(f"gain over p=0, {_unit(m)}\n{s} ({d}), {protocol} protocol")
-    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-    seeds = sorted({r.n for r in drop + base})
-    fig.suptitle(f"{group}: dropout methods and probabilities (p=0 at {b:.2f}; "
-                 f"{'error bars: std over ' + '/'.join(map(str, seeds)) + ' seeds' if max(seeds) > 1 else 'one seed'})",
+    axes[0][0].set_ylabel(f"gain over p=0 on {s} ({d})\n{axis_label(m, base[0].runs[0])}\n{protocol} protocol",
+                          fontsize=8)
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1),
+                       title=CI_NOTE if measured else "one seed: no error bars", title_fontsize=7)
+    fig.suptitle(f"{group}: gain of each dropout method and probability over p=0 (p=0 scores {b:.2f})",
                  fontsize=10)
     return _save(fig, path)
 
 
 def fig_gains(settings: list[Setting], group: str, cols, metric: str, path: Path, protocol: str = "literature",
-              paper: dict | None = None) -> Path | None:
-    """The Improvement rows of Table 1 as bars per test column, error bars the std of the per-seed differences
-    (seeds paired), the paper's published improvement as markers when given ({(set, deg): value})."""
-    from src.reports.tables import _delta
-
+              paper: dict | None = None, base: Setting | None = None) -> Path | None:
+    """The Improvement rows of Table 1 as bars per test column, error bars the 95% seed-level interval of each
+    gain, the paper's published improvement as markers when given ({(set, deg): value})."""
     m = protocol_metric(protocol, metric)
     rs = sorted((r for r in settings if r.group == group), key=sort_key)
-    if not rs or not rs[0].baseline or len(rs) < 2:
+    base = base if base is not None else (rs[0] if rs and rs[0].baseline else None)
+    variants = [r for r in rs if r.dropout and base is not None and r.family == base.family]
+    if not variants:
         return None
-    base, variants = rs[0], rs[1:]
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(6, 0.32 * len(cols) * len(variants) + 2), 3.6))
+    fig, ax = plt.subplots(figsize=(max(7, 0.36 * len(cols) * len(variants) + 2), 4.2))
     width = 0.8 / len(variants)
     x = np.arange(len(cols))
     vals, errs = [], []
+    measured = False
     for k, v in enumerate(variants):
-        row = _delta(v, base, cols, m, protocol)
-        vals += row.values
-        errs += row.std
-        ax.bar(x + (k - (len(variants) - 1) / 2) * width, row.values, width, yerr=_errors(row.std),
-               capsize=2, label=f"{v.label} - p=0")
+        g = [gain_ci(base, v, s, d, m, protocol) for s, d in cols]
+        ys = [x[0] for x in g]
+        yerr = _ci_errors([x[1] for x in g], [x[2] for x in g])
+        measured |= yerr is not None
+        vals += ys
+        errs += [max(x[1], x[2]) for x in g]
+        ax.bar(x + (k - (len(variants) - 1) / 2) * width, ys, width, yerr=yerr, capsize=2,
+               label=f"{v.label} - p=0")
     if paper:
         ys = [paper.get(c, np.nan) for c in cols]
         ax.plot(x, ys, "k_", ms=12, mew=2, label="paper (full size)")
         vals += [y for y in ys if not math.isnan(y)]
-    ax.set_xticks(x, [f"{s}\n{d}" for s, d in cols], fontsize=6, rotation=90)
+    ax.set_xticks(x, [f"{s} {d}" for s, d in cols], fontsize=8, rotation=90)
     ok = [(v, e) for v, e in zip(vals, errs + [0] * (len(vals) - len(errs))) if not math.isnan(v)]
     _gain_axis(ax, [v for v, _ in ok], [e for _, e in ok], m)
-    ax.set_ylabel(f"gain over p=0, {_unit(m)}")
-    ax.set_title(f"{group}: gain of dropout per test column, {protocol} protocol "
-                 f"({base.n} vs {', '.join(str(v.n) for v in variants)} seeds)", fontsize=9)
+    ax.set_ylabel(f"gain over p=0\n{axis_label(m, base.runs[0])}", fontsize=9)
+    ax.set_xlabel("test set and degradation", fontsize=9)
+    ax.set_title(f"{group}: gain of dropout per test column, {protocol} protocol", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=8, title=CI_NOTE if measured else "one seed: no error bars", title_fontsize=7)
+    return _save(fig, path)
+
+
+def fig_control(comps, reference, cols, metric: str, path: Path, protocol: str = "literature") -> Path | None:
+    """Per test column, dropout's gain over p=0 and over each blend toward bicubic (95% seed-level intervals)
+    against how far p=0 sits from bicubic there: shrinkage alone would gain most where p=0 is below bicubic.
+    `comps`: comparisons (src.reports.build.Comparison) of one dropout setting; None without a control."""
+    variant = next((c.variant for c in comps if c.base.control), None)
+    comps = [c for c in comps if c.variant is variant]
+    base = next((c.base for c in comps if c.base.baseline), None)
+    if base is None or reference is None or variant is None:
+        return None
+    keep = [(s, d) for s, d in cols if not math.isnan(reference.value(s, d, metric, protocol))]
+    x = np.array([base.value(s, d, metric, protocol) - reference.value(s, d, metric, protocol) for s, d in keep])
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    markers = "osD^v"
+    for k, c in enumerate(c for c in comps if c.variant.dropout):
+        ivs = [c.evidence.by_column.get(col) for col in keep]
+        y = np.array([iv.mean if iv else np.nan for iv in ivs])
+        lo = np.array([iv.mean - iv.low if iv else np.nan for iv in ivs])
+        hi = np.array([iv.high - iv.mean if iv else np.nan for iv in ivs])
+        other = c.base.control or "p=0"
+        ax.errorbar(x, y, yerr=_ci_errors(lo, hi), fmt=markers[k % len(markers)], ms=4, capsize=2, lw=0.8,
+                    label=f"over {other}")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.axvline(0, color="k", lw=0.5, ls=":")
+    unit = axis_label(metric, base.runs[0])
+    ax.set_xlabel(f"p=0 minus bicubic, {unit}\n(left of the dotted line: p=0 below bicubic)", fontsize=9)
+    ax.set_ylabel(f"gain of {comps[0].variant.label.split(' [')[0]}\n{unit}", fontsize=9)
+    ax.set_title(f"Dropout against shrinkage toward bicubic, per test column, {protocol} protocol", fontsize=10)
+    ax.tick_params(labelsize=8)
+    _plain(ax)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, title=CI_NOTE, title_fontsize=7)
     return _save(fig, path)
 
 

@@ -55,3 +55,12 @@ def paper_setting(backbone: str) -> str:
     s = published()["setting"]
     arch = s.get(backbone, "")
     return "; ".join(x for x in (arch, f"{int(s['iterations']):,} iterations", s["data"], s["batch"]) if x)
+
+
+def paper_gains(backbone: str, settings: list[tuple[str, float]], protocol: str, metric: str) -> dict:
+    """{(set, degradation): the paper's published Improvement} of the dropout setting among `settings`
+    ((position, p) pairs, the baseline's included); {} where the paper has none or the protocol is not its."""
+    for _, values, kind in paper_rows("table1", backbone, settings, protocol, metric):
+        if kind == "paper_delta":
+            return {(s, d): v for s, degs in values.items() for d, v in degs.items()}
+    return {}

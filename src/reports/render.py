@@ -8,8 +8,8 @@ from collections import defaultdict
 
 from src.reports.tables import Table
 
-MARK_NOTE = ("Bold / red: best, italic / blue: second best, ranked on unrounded values and only where ahead of "
-             "the next by more than the seed spread.")
+MARK_NOTE = ("Bold / red: best, italic / blue: second best, ranked on unrounded values and only where the 95% "
+             "seed-level interval of the lead over the next excludes zero (never with one seed).")
 STD_NOTE = "Values with +- are mean +- std over the seeds (count in the row label)."
 
 

@@ -1,9 +1,14 @@
-"""Is a gain larger than the noise? Paired per-image statistics and the seeds' spread, computed from results files.
+"""Is a gain larger than the noise? Seed-level intervals first, per-image tests second, from results files.
 
-Two settings (a baseline and a variant) are compared on the same test images: the per-image scores
-(`per_image` of the results files), averaged over each setting's seeds, give one difference per
-image x degradation. The 8 degradations of one image are not independent observations, so the test statistics
-use one value per image (its mean difference over the degradations); the counts use every image x degradation.
+The claim "dropout helps" is about training runs, so the headline (`evidence`) has one number per seed pair: the
+image-weighted mean gain of that pair's two models (every image x degradation counts once), with a t interval
+over the pairs and a two-level bootstrap (seed pairs, then images). Settings that ran different seeds are
+compared with Welch's interval over their per-seed means.
+
+The per-image statistics (`paired`) hold the trained models fixed: the per-image scores, averaged over each
+setting's seeds, give one difference per image x degradation; the 8 degradations of one image are not
+independent, so the tests use one value per image (its mean over the degradations). They say whether these
+models differ on these images, not whether another training run would.
 """
 from __future__ import annotations
 
@@ -82,63 +87,6 @@ def paired(base: Setting, variant: Setting, cols, metric: str, protocol: str) ->
     return out
 
 
-@dataclass
-class Spread:
-    """The gain against the seeds' own variation, over the columns of a table."""
-    protocol: str
-    metric: str
-    seeds: tuple[int, int]          # seeds of (base, variant)
-    cells: int = 0                  # columns with a value in both settings
-    beyond: int = 0                 # columns whose |gain| exceeds the larger of the two seed stds
-    gain: float = math.nan          # mean gain over the columns
-    spread: float = math.nan        # larger of the two settings' seed std of their mean over the columns
-    seeds_improved: int | None = None   # seeds (paired by seed number) whose mean over the columns improves
-
-    @property
-    def measured(self) -> bool:
-        return min(self.seeds) >= 2
-
-    def verdict(self) -> str:
-        if not self.measured:
-            return (f"one seed on at least one side ({self.seeds[0]} vs {self.seeds[1]}): the seed spread is not "
-                    "measured, so the gain cannot be told from seed noise")
-        word = "exceeds" if abs(self.gain) > self.spread else "is swallowed by"
-        text = (f"the mean gain over the {self.cells} columns, {self.gain:+.3f}, {word} the seeds' spread "
-                f"(std {self.spread:.3f}); the gain exceeds the spread in {self.beyond} of {self.cells} columns")
-        if self.seeds_improved is not None:
-            text += f"; {self.seeds_improved} of {self.seeds[0]} paired seeds improve"
-        return text
-
-
-def spread(base: Setting, variant: Setting, cols, metric: str, protocol: str) -> Spread:
-    out = Spread(protocol, metric, (base.n, variant.n))
-    gains = []
-    for s, d in cols:
-        a, b = base.value(s, d, metric, protocol), variant.value(s, d, metric, protocol)
-        if math.isnan(a) or math.isnan(b):
-            continue
-        gains.append(b - a)
-        sd = max(base.std(s, d, metric, protocol), variant.std(s, d, metric, protocol))
-        out.beyond += int(not math.isnan(sd) and abs(b - a) > sd)
-    out.cells = len(gains)
-    if not gains:
-        return out
-    out.gain = float(np.mean(gains))
-
-    def per_seed(st: Setting) -> np.ndarray:  # each seed's mean over the columns both settings have
-        keep = [(s, d) for s, d in cols if not math.isnan(base.value(s, d, metric, protocol))
-                and not math.isnan(variant.value(s, d, metric, protocol))]
-        return np.array([np.nanmean([r.value(s, d, metric, protocol) for s, d in keep]) for r in st.runs])
-
-    a, b = per_seed(base), per_seed(variant)
-    if out.measured:
-        out.spread = float(max(a.std(ddof=1), b.std(ddof=1)))
-        if sorted(map(str, base.seeds)) == sorted(map(str, variant.seeds)):
-            ia, ib = np.argsort([str(x) for x in base.seeds]), np.argsort([str(x) for x in variant.seeds])
-            out.seeds_improved = int((b[ib] - a[ia] > 0).sum())
-    return out
-
-
 # --- seed-level inference ------------------------------------------------------------------------------------
 # "Dropout helps" is a claim about training runs, so its interval comes from seeds: one number per seed (pair),
 # never one per image of fixed models (images of the same models are not replications of the training).
@@ -201,3 +149,209 @@ def welch_interval(base, variant, level: float = 0.95) -> Interval:
     half = float(stats.t.ppf(0.5 + level / 2, df)) * se
     p = float(2 * stats.t.sf(abs(m / se), df))
     return Interval(m, m - half, m + half, p, n, "Welch t")
+
+
+def holm(pvalues, alpha: float = 0.05) -> list[bool]:
+    """Which of `pvalues` Holm's step-down procedure rejects at family-wise level `alpha` (NaN never does)."""
+    p = np.asarray(pvalues, dtype=float)
+    order = [i for i in np.argsort(p) if not math.isnan(p[i])]
+    m, out = len(order), [False] * len(p)
+    for k, i in enumerate(order):
+        if p[i] > alpha / (m - k):
+            break
+        out[i] = True
+    return out
+
+
+def seed_difference(base: dict, variant: dict) -> Interval:
+    """variant - base from per-seed values ({seed: value}): a paired t interval over the seeds both have when
+    the two seed sets are equal, else Welch's. With one seed on a side the interval is NaN (nothing to say)."""
+    if set(base) == set(variant) and len(base) >= 2:
+        return t_interval([variant[s] - base[s] for s in sorted(base, key=str)])
+    return welch_interval(list(base.values()), list(variant.values()))
+
+
+@dataclass
+class SetScores:
+    """Per-image scores of one test set for two settings: arrays [run, degradation, image] (NaN-free: the images
+    every run of both settings scored under every degradation)."""
+    degradations: list[str]
+    images: list[str]
+    base: np.ndarray
+    variant: np.ndarray
+
+
+def set_scores(base: Setting, variant: Setting, cols, metric: str, protocol: str) -> dict[str, SetScores]:
+    """{set: SetScores} over `cols`; runs ordered by seed, so that index k of both sides is seed pair k when the
+    two settings ran the same seeds."""
+    out = {}
+    for s in dict.fromkeys(c[0] for c in cols):
+        degs = [d for c_s, d in cols if c_s == s]
+        tables = {id(r): {d: r.cell(protocol, s, d).get("per_image") or {} for d in degs}
+                  for st in (base, variant) for r in st.runs}
+        common = set.intersection(*(set(t[d]) for t in tables.values() for d in degs))
+        images = sorted(common)
+        if not images:
+            continue
+
+        def stack(st: Setting) -> np.ndarray:
+            runs = sorted(st.runs, key=lambda r: str(r.seed))
+            return np.array([[[float(tables[id(r)][d][i][metric]) for i in images] for d in degs] for r in runs])
+
+        out[s] = SetScores(degs, images, stack(base), stack(variant))
+    return out
+
+
+def _paired(base: Setting, variant: Setting) -> bool:
+    return base.n >= 1 and sorted(map(str, base.seeds)) == sorted(map(str, variant.seeds))
+
+
+def _select(scores: dict[str, SetScores], sets=None, degs=None):
+    """[(set weight, base[run, image], variant[run, image])]: per image the mean over the selected degradations;
+    a set's weight is its images x selected degradations, so the overall mean weights every image x degradation
+    equally (image-weighted, not column-weighted)."""
+    out = []
+    for s, sc in scores.items():
+        if sets is not None and s not in sets:
+            continue
+        js = [j for j, d in enumerate(sc.degradations) if degs is None or d in degs]
+        if js:
+            out.append((len(sc.images) * len(js), sc.base[:, js].mean(1), sc.variant[:, js].mean(1)))
+    return out
+
+
+def _run_means(parts) -> tuple[np.ndarray, np.ndarray]:
+    """Each run's image-weighted mean over the selected cells: (base per run, variant per run)."""
+    w = np.array([p[0] for p in parts], dtype=float)
+    b = sum(wi * p[1].mean(1) for wi, p in zip(w, parts)) / w.sum()
+    v = sum(wi * p[2].mean(1) for wi, p in zip(w, parts)) / w.sum()
+    return b, v
+
+
+def seed_level(scores: dict[str, SetScores], paired: bool, sets=None, degs=None) -> tuple[Interval, list[float]]:
+    """(interval, per-replication gains) of the image-weighted mean gain over the selected cells: per seed pair
+    the variant's minus the base's mean (paired t over pairs), or each side's per-seed means (Welch)."""
+    parts = _select(scores, sets, degs)
+    if not parts:
+        return Interval(math.nan, math.nan, math.nan, math.nan, 0, ""), []
+    b, v = _run_means(parts)
+    if paired:
+        gains = list(v - b)
+        return t_interval(gains), [float(g) for g in gains]
+    return welch_interval(b, v), []
+
+
+BOOTSTRAP_B = 2000
+BOOTSTRAP_SEED = 0
+
+
+def bootstrap_ci(scores: dict[str, SetScores], paired: bool, sets=None, degs=None, b: int = BOOTSTRAP_B,
+                 seed: int = BOOTSTRAP_SEED, level: float = 0.95) -> tuple[float, float]:
+    """Two-level percentile bootstrap of the image-weighted mean gain: each draw resamples the seed pairs (or,
+    unpaired, each side's seeds), then each set's images; the drawn images are shared by the drawn seeds,
+    since every model was scored on the same test images. (NaN, NaN) with fewer than two seed pairs."""
+    parts = _select(scores, sets, degs)
+    if not parts:
+        return math.nan, math.nan
+    nb, nv = parts[0][1].shape[0], parts[0][2].shape[0]
+    if min(nb, nv) < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+
+    def counts(n: int) -> np.ndarray:   # (b, n): how often each index is drawn
+        idx = rng.integers(0, n, size=(b, n))
+        return np.stack([np.bincount(row, minlength=n) for row in idx]).astype(float)
+
+    cb = counts(nb)
+    cv = cb if paired else counts(nv)
+    total, weight = np.zeros(b), 0.0
+    for w, base, var in parts:
+        ci = counts(base.shape[1])
+        n_img = base.shape[1]
+        # mean over drawn runs and drawn images = (run counts) @ scores @ (image counts) / (runs * images)
+        mb = ((cb @ base) * ci).sum(1) / (nb * n_img)
+        mv = ((cv @ var) * ci).sum(1) / (nv * n_img)
+        total += w * (mv - mb)
+        weight += w
+    stats_ = total / weight
+    lo, hi = np.quantile(stats_, [0.5 - level / 2, 0.5 + level / 2])
+    return float(lo), float(hi)
+
+
+@dataclass
+class Evidence:
+    """A comparison at the level of training runs: the headline of every comparison in a report."""
+    protocol: str
+    metric: str
+    paired: bool
+    seeds: tuple[int, int]                  # runs of (base, variant)
+    images: int = 0                         # test images (per degradation)
+    overall: Interval = None                # image-weighted mean gain over every image x degradation
+    per_pair: list = field(default_factory=list)    # each seed pair's overall gain
+    bootstrap: tuple = (math.nan, math.nan)
+    by_set: dict = field(default_factory=dict)      # {set: Interval} image-weighted over its degradations
+    by_degradation: dict = field(default_factory=dict)  # {degradation: Interval} image-weighted over the sets
+    by_column: dict = field(default_factory=dict)   # {(set, degradation): Interval}
+    holm: dict = field(default_factory=dict)        # {(set, degradation): rejected by Holm over the columns}
+    column_mean: float = math.nan           # unweighted mean over the columns (how the paper's rows average)
+    secondary: Paired | None = None         # per-image tests that hold the trained models fixed
+
+    @property
+    def above(self) -> int:
+        return sum(iv.low > 0 for iv in self.by_column.values() if not math.isnan(iv.low))
+
+    @property
+    def below(self) -> int:
+        return sum(iv.high < 0 for iv in self.by_column.values() if not math.isnan(iv.high))
+
+    @property
+    def holm_above(self) -> int:
+        return sum(self.holm.get(c, False) and iv.mean > 0 for c, iv in self.by_column.items())
+
+    @property
+    def holm_below(self) -> int:
+        return sum(self.holm.get(c, False) and iv.mean < 0 for c, iv in self.by_column.items())
+
+
+def evidence(base: Setting, variant: Setting, cols, metric: str, protocol: str,
+             b: int = BOOTSTRAP_B) -> Evidence:
+    """Seed-level inference of `variant` - `base` over the columns `cols` (see `Evidence`)."""
+    paired_seeds = _paired(base, variant)
+    out = Evidence(protocol, metric, paired_seeds, (base.n, variant.n))
+    scores = set_scores(base, variant, cols, metric, protocol)
+    out.overall, out.per_pair = seed_level(scores, paired_seeds)
+    out.images = sum(len(sc.images) for sc in scores.values())
+    if not scores:
+        return out
+    out.bootstrap = bootstrap_ci(scores, paired_seeds, b=b)
+    out.by_set = {s: seed_level(scores, paired_seeds, sets={s})[0] for s in scores}
+    degs = [d for d in dict.fromkeys(d for sc in scores.values() for d in sc.degradations)]
+    out.by_degradation = {d: seed_level(scores, paired_seeds, degs={d})[0] for d in degs}
+    out.by_column = {(s, d): seed_level(scores, paired_seeds, sets={s}, degs={d})[0]
+                     for s, sc in scores.items() for d in sc.degradations}
+    keys = list(out.by_column)
+    out.holm = dict(zip(keys, holm([out.by_column[k].p for k in keys])))
+    out.column_mean = float(np.mean([iv.mean for iv in out.by_column.values()]))
+    out.secondary = paired(base, variant, cols, metric, protocol)
+    return out
+
+
+@dataclass(frozen=True)
+class PaperEffect:
+    """Our gain beside the paper's, over the same columns, both averaged the way the paper's tables are (one
+    value per column, columns weighted equally)."""
+    columns: int
+    ours: float
+    paper: float
+    median_ratio: float     # median over the columns of ours / paper
+
+
+def paper_effect(ours: dict, paper: dict) -> PaperEffect | None:
+    """`ours` {(set, degradation): gain}, `paper` {(set, degradation): the paper's gain}; None without a shared
+    column. Columns where the paper's gain is 0 have no ratio."""
+    cols = [c for c in ours if c in paper and not math.isnan(ours[c]) and not math.isnan(paper[c])]
+    if not cols:
+        return None
+    ratios = [ours[c] / paper[c] for c in cols if paper[c] != 0]
+    return PaperEffect(len(cols), float(np.mean([ours[c] for c in cols])), float(np.mean([paper[c] for c in cols])),
+                       float(np.median(ratios)) if ratios else math.nan)

@@ -1,8 +1,8 @@
 """The paper's tables (Table 1, B.3, A.2) as plain data: rows of values, their seed spread, and best marks.
 
-Best / second-best marks are ranked on the unrounded values, and a mark is given only where the value is ahead of
-the next one by more than the measured seed spread (the largest std over seeds in that column; 0 without seeds):
-two rows that tie, or differ by less than the seeds vary, are not ranked.
+Best / second-best marks are ranked on the unrounded values, and a mark is given only where seeds separate the
+value from the next one: the 95% interval of their difference over the seeds (paired t when both rows ran the same
+seeds, else Welch) excludes zero. With one seed on either side nothing is marked: no interval, no ranking.
 """
 from __future__ import annotations
 
@@ -24,12 +24,16 @@ class Row:
     kind: str = "model"             # model | delta | reference | paper | paper_delta
     std: list[float] = field(default_factory=list)   # seed std per value (NaN: one seed)
     n: int = 1                      # seeds behind each value
+    seeds: list = field(default_factory=list)        # per value {seed: value} of each run (for the marks)
 
     def __iter__(self):             # (label, values, kind), as rows were tuples before
         return iter((self.label, self.values, self.kind))
 
     def std_at(self, j: int) -> float:
         return self.std[j] if j < len(self.std) else math.nan
+
+    def seeds_at(self, j: int) -> dict:
+        return self.seeds[j] if j < len(self.seeds) else {}
 
 
 @dataclass
@@ -49,39 +53,54 @@ class Table:
         if self.per_row:
             for i, row in enumerate(self.rows):
                 if row.kind == "model":
-                    for j, m in rank(row.values, row.std).items():
+                    for j, m in rank(row.values, row.seeds).items():
                         out[(i, j)] = m
             return out
         model_rows = [i for i, row in enumerate(self.rows) if row.kind == "model"]
         for j in range(len(self.columns)):
             vals = [self.rows[i].values[j] for i in model_rows]
-            stds = [self.rows[i].std_at(j) for i in model_rows]
-            for k, m in rank(vals, stds).items():
+            samples = [self.rows[i].seeds_at(j) for i in model_rows]
+            for k, m in rank(vals, samples).items():
                 out[(model_rows[k], j)] = m
         return out
 
 
-def rank(values: list[float], stds: list[float] = ()) -> dict[int, str]:
-    """{index: "best" | "second"} among `values` (at least 3 present), on unrounded values. The best is marked
-    only when ahead of the second by more than the spread (the largest seed std given; 0 when none), the second
-    only when the best is marked and it is ahead of the third by more than the spread."""
+def rank(values: list[float], samples: list[dict] = ()) -> dict[int, str]:
+    """{index: "best" | "second"} among `values` (at least 3 present), on unrounded values. `samples[i]` holds the
+    per-seed values of item i ({seed: value}). The best is marked only when the seed-level interval of its lead
+    over the second excludes zero, the second only when the best is marked and its lead over the third does."""
+    from src.reports.stats import seed_difference
+
     items = sorted(((v, i) for i, v in enumerate(values) if not math.isnan(v)), reverse=True)
-    if len(items) < 3:
+    if len(items) < 3 or len(samples) < len(values):
         return {}
-    spread = max([s for s in stds if not math.isnan(s)], default=0.0)
+
+    def ahead(i: int, j: int) -> bool:
+        return seed_difference(samples[j], samples[i]).low > 0
+
     out = {}
-    (v1, i1), (v2, i2) = items[0], items[1]
-    v3 = items[2][0]
-    if v1 - v2 > spread:
+    (_, i1), (_, i2), (_, i3) = items[:3]
+    if ahead(i1, i2):
         out[i1] = "best"
-        if v2 - v3 > spread:
+        if ahead(i2, i3):
             out[i2] = "second"
     return out
 
 
 def _row(st: Setting, cols, metric: str, protocol: str, label: str | None = None) -> Row:
     return Row(label or st.label, [st.value(s, d, metric, protocol) for s, d in cols], "model",
-               [st.std(s, d, metric, protocol) for s, d in cols], st.n)
+               [st.std(s, d, metric, protocol) for s, d in cols], st.n,
+               [per_seed(st, s, d, metric, protocol) for s, d in cols])
+
+
+def per_seed(st: Setting, s: str, d: str, metric: str, protocol: str) -> dict:
+    """{seed: value} of a setting's runs in one column (runs without a seed are numbered by position)."""
+    out = {}
+    for k, r in enumerate(st.runs):
+        v = r.value(s, d, metric, protocol)
+        if not math.isnan(v):
+            out[r.seed if r.seed is not None else f"#{k}"] = v
+    return out
 
 
 def _delta(st: Setting, base: Setting, cols, metric: str, protocol: str) -> Row:
@@ -112,10 +131,12 @@ def table_main(settings: list[Setting], cols, metric: str, protocol: str = "lite
     notes = []
     for group in groups(settings):
         rs = sorted((r for r in settings if r.group == group), key=sort_key)
-        base = rs[0] if rs[0].baseline else None
+        bases = [r for r in rs if r.baseline]
         for r in rs:
             rows.append(_row(r, cols, m, protocol))
-            if base is not None and r is not base:
+            # the Improvement is over the baseline of the same experiment (two campaigns are not crossed)
+            base = next((b for b in bases if b.family == r.family), bases[0] if bases else None)
+            if base is not None and r.dropout:
                 rows.append(_delta(r, base, cols, m, protocol))
         paper = paper_rows("table1", rs[0].backbone, [(r.position, r.p) for r in rs], protocol, m)
         for label, values, kind in paper:
@@ -132,8 +153,8 @@ def table_positions(settings: list[Setting], cols, metric: str, protocol: str = 
     """Table B.3: one table per (group, dim, p) that has two or more dropout positions, plus its baseline."""
     m = protocol_metric(protocol, metric)
     out = []
-    for group, dim, p in sorted({(r.group, r.dim, r.p) for r in settings if not r.baseline}):
-        rs = [r for r in settings if r.group == group and not r.baseline and r.dim == dim and r.p == p]
+    for group, dim, p in sorted({(r.group, r.dim, r.p) for r in settings if r.dropout}):
+        rs = [r for r in settings if r.group == group and r.dropout and r.dim == dim and r.p == p]
         if len({r.position for r in rs}) < 2:
             continue
         base = [r for r in settings if r.group == group and r.baseline]
@@ -155,15 +176,16 @@ def table_probabilities(settings: list[Setting], cols, metric: str, protocol: st
     """Table A.2: per (group, position, dim) with two or more probabilities; rows = set/degradation, columns = p."""
     m = protocol_metric(protocol, metric)
     out = []
-    for group, pos, dim in sorted({(r.group, r.position, r.dim) for r in settings if not r.baseline}):
-        rs = sorted([r for r in settings if r.group == group and r.position == pos and r.dim == dim],
+    for group, pos, dim in sorted({(r.group, r.position, r.dim) for r in settings if r.dropout}):
+        rs = sorted([r for r in settings if r.group == group and r.position == pos and r.dim == dim and r.dropout],
                     key=lambda r: r.p)
         base = [r for r in settings if r.group == group and r.baseline][:1]
         if len(rs) < 2:
             continue
         rs = base + rs
         rows = [Row(f"{s} {d}", [r.value(s, d, m, protocol) for r in rs], "model",
-                    [r.std(s, d, m, protocol) for r in rs], min(r.n for r in rs)) for s, d in cols]
+                    [r.std(s, d, m, protocol) for r in rs], min(r.n for r in rs),
+                    [per_seed(r, s, d, m, protocol) for r in rs]) for s, d in cols]
         out.append(Table(f"table_a2_{slug(group)}_{pos}_{dim}{_suffix(protocol)}",
                          f"{_metric_name(m)} of {group} with {dim}-wise dropout at {pos} for different "
                          f"probabilities, {protocol} protocol.",

@@ -1,0 +1,155 @@
+"""Published runs carry their weights: re-scored from the committed safetensors they reproduce their committed
+per-image scores; the shrinkage control (blends toward bicubic) is chosen on validation images and scored like a
+model."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, compose_train
+from src.report import main
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory, data_root):
+    """A tiny model trained for 2 steps, scored on Set5 (clean, official protocol), published, its run deleted."""
+    from src import runs
+    from src.models.loading import export_safetensors
+    from src.train import train
+
+    tmp = tmp_path_factory.mktemp("weights")
+    run = tmp / "runs" / "tiny_p0"
+    cfg = compose_train(TINY + ["debug=fast", "backbone=tiny", f"paths.runs={tmp / 'runs'}",
+                                f"paths.cache={tmp / 'cache'}", "data.test_sets=[Set5]", "eval.degradations=[clean]",
+                                "eval.protocol=official", "eval.reference=null", "dropout.p=0"], run)
+    train(cfg, run)
+    (run / "checkpoints" / "step-000001.safetensors").write_bytes(
+        export_safetensors(runs.checkpoint(run), tmp / "step.safetensors").read_bytes())
+    dest = tmp / "published"
+    assert runs.publish(run, dest, export=export_safetensors) == [dest / run.name]
+    shutil.rmtree(run)  # from here on only the committed files exist
+    return dest / run.name
+
+
+def test_committed_weights_reproduce_their_committed_set5_scores(published, capsys):
+    names = {p.name for p in published.iterdir()}
+    assert {"weights.safetensors", "results_official.json", "config.yaml", "checkpoints"} <= names
+    assert (published / "checkpoints" / "step-000001.safetensors").is_file()
+    assert not (published / "checkpoints" / "last.ckpt").exists()
+    size = (published / "weights.safetensors").stat().st_size
+    assert 0 < size <= 2_000_000
+    assert main([f"rescore={published}", "sets=[Set5]"]) == 0
+    out = capsys.readouterr().out
+    assert "re-scored from weights.safetensors" in out and "Set5/clean (official): 5 images" in out
+    assert "1 of 1 columns reproduce their committed scores" in out
+
+    # a committed score that the weights do not give is found, named, and fails the command
+    res_path = published / "results_official.json"
+    original = res_path.read_text()
+    res = json.loads(original)
+    res["Set5"]["clean"]["per_image"]["baby"]["psnr_rgb"] += 0.01
+    res_path.write_text(json.dumps(res))
+    try:
+        assert main([f"rescore={published}"]) == 1
+        assert "Set5/clean (official): 5 images, largest difference to the committed per-image scores 1.0e-02 " \
+               "(MISMATCH)" in capsys.readouterr().out
+    finally:
+        res_path.write_text(original)
+    with pytest.raises(ValueError, match=r"rescore: sets \['Urban100'\] have no committed scores"):
+        main([f"rescore={published}", "sets=[Urban100]"])
+
+
+def test_publish_refuses_weights_over_the_cap(tmp_path, monkeypatch):
+    from src import runs
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 0\n")
+    (run / "results.json").write_text("{}")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    (run / "checkpoints" / "step-000250.safetensors").write_bytes(b"0" * 2_000_001)
+    with pytest.raises(ValueError, match=r"step-000250.safetensors \(2,000,001 bytes\)"):
+        runs.publish(run, tmp_path / "dest", export=lambda src, out: out)
+    (run / "checkpoints" / "step-000250.safetensors").unlink()
+
+    def big(src, out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(b"0" * 2_000_001)
+        return out
+    with pytest.raises(ValueError, match=r"last.ckpt: its weights are 2,000,001 bytes, over 2,000,000"):
+        runs.publish(run, tmp_path / "dest", export=big)
+    assert not (tmp_path / "dest" / "run" / "weights.safetensors").exists()
+
+
+def test_blend_is_rounded_and_the_grid_choice_prefers_less_shrinkage():
+    from src.reports.blend import _best, blend, grid
+
+    sr, bic = np.array([[10, 200]], np.uint8), np.array([[20, 100]], np.uint8)
+    assert blend(sr, bic, 0.3).tolist() == [[round(0.3 * 10 + 0.7 * 20), round(0.3 * 200 + 0.7 * 100)]]
+    g = grid()
+    assert len(g) == 21 and g[0] == 0 and g[-1] == 1 and np.allclose(np.diff(g), 0.05)
+    assert _best(np.array([1.0, 3.0, 3.0, 2.0]), np.array([0.0, 0.1, 0.2, 0.3])) == 0.2   # a tie: the larger a
+
+
+def test_choose_picks_the_a_of_the_best_mean_validation_psnr(data_root):
+    """A model that outputs a flat gray image (128 once 8-bit): the chosen `a` maximises the mean PSNR over the validation images
+    (computed here image by image with the protocol's bicubic), and the blind `a` the mean over degradations."""
+    from src.data.datasets import resolve_set
+    from src.data.testsets import bicubic_upscale, load_test_pairs
+    from src.metrics import psnr
+    from src.reports.blend import choose, grid
+
+    class Gray(torch.nn.Module):
+        scale = 4
+
+        def forward(self, x):
+            return torch.full((x.shape[0], 3, x.shape[2] * 4, x.shape[3] * 4), 0.5)
+
+    paths = resolve_set("skimage_holdout", data_root)
+    pick = choose(Gray(), paths, ["clean", "noise"], 4, 0, "official")
+    a = grid()
+    curves = {}
+    for d in ("clean", "noise"):
+        rows = []
+        for _, hr, lr in load_test_pairs(paths, d, 4, 0, None, "official"):
+            bic = bicubic_upscale(lr, 4, "official").astype(float)
+            rows.append([psnr(np.clip(np.round(x * 128 + (1 - x) * bic), 0, 255).astype(np.uint8), hr, 4,
+                              y_channel=False) for x in a])
+        curves[d] = np.mean(rows, 0)
+        assert pick["psnr"][d] == pytest.approx(curves[d], abs=1e-5)
+        assert pick["oracle"][d] == a[int(np.argmax(curves[d]))]
+    assert pick["blind"] == a[int(np.argmax((curves["clean"] + curves["noise"]) / 2))]
+    assert pick["blind"] < 0.5          # a flat gray output is worth little: the blend leans on bicubic
+
+
+@pytest.mark.slow
+def test_blend_control_of_a_published_run_is_scored_and_reported(published, data_root, tmp_path):
+    from src.data.datasets import resolve_set
+    from src.data.testsets import bicubic_upscale, load_test_pairs
+    from src.evaluation import super_resolve
+    from src.metrics import psnr
+    from src.models.loading import load
+
+    campaign = tmp_path / "campaign"
+    shutil.copytree(published, campaign / published.name)
+    with pytest.raises(ValueError, match=r"val=\['Set5'\] must name validation sets that are not test sets"):
+        main([f"blend={campaign}", "val=[Set5]"])
+    assert main([f"blend={campaign}", "val=[skimage_holdout]"]) == 0
+    blind, oracle = campaign / f"{published.name}.blend-blind", campaign / f"{published.name}.blend-oracle"
+    chosen = json.loads((blind / "blend.json").read_text())["official"]
+    res = json.loads((blind / "results_official.json").read_text())["Set5"]["clean"]
+    # one image re-done by hand: the model's 8-bit output blended with the official bicubic at the chosen a
+    model = load(published / "weights.safetensors").model
+    baby = [p for p in resolve_set("Set5", data_root) if p.stem == "baby"]
+    _, hr, lr = load_test_pairs(baby, "clean", 4, 0, None, "official")[0]
+    sr = super_resolve(model, lr, 4).astype(float)
+    bic = bicubic_upscale(lr, 4, "official").astype(float)
+    a = chosen["blind"]
+    mine = psnr(np.clip(np.round(a * sr + (1 - a) * bic), 0, 255).astype(np.uint8), hr, 4, y_channel=False)
+    assert res["per_image"]["baby"]["psnr_rgb"] == pytest.approx(mine, abs=1e-9)
+    assert "control:\n  label: blend toward bicubic (oracle)" in (oracle / "config.yaml").read_text()
