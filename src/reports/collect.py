@@ -203,25 +203,12 @@ def read_run(run_dir: Path) -> Run | None:
                fingerprint=_fingerprint(cfg), config_file=str(cfg_path.relative_to(run_dir)))
 
 
-# Keys that do not change what a run learns; runs equal in everything else are seeds of one experiment.
-_BOOKKEEPING = ("seed", "name", "paths", "logger", "callbacks", "resume", "force", "eval", "ckpt_every_n_steps",
-                "ckpt_keep_steps", "channels_last", "compile", "data.root",
-                "data.num_workers", "data.cache_dir", "data.seed", "module.seed", "trainer.devices",
-                "trainer.accelerator", "trainer.strategy", "trainer.enable_progress_bar", "hydra")
-
-
 def _fingerprint(cfg) -> str:
+    """The config less the keys that do not split seeds (src.runs.KEY_ROLES): equal = seeds of one setting."""
     from omegaconf import OmegaConf
 
-    c = OmegaConf.to_container(cfg, resolve=False)
-    for key in _BOOKKEEPING:
-        *parents, last = key.split(".")
-        node = c
-        for k in parents:
-            node = node.get(k, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node.pop(last, None)
-    return json.dumps(c, sort_keys=True, default=str)
+    kept = run_folders.drop_keys(cfg, run_folders.keys_without("seeds"))
+    return json.dumps(OmegaConf.to_container(kept, resolve=False), sort_keys=True, default=str)
 
 
 def _short_groups(runs: list[Run]) -> None:
