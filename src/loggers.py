@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger
 
+from src.models.dropout import is_baseline
 from src.utils import atomic_write_text, build
 
 
@@ -39,7 +40,7 @@ def wandb_tags(cfg: DictConfig) -> list[str]:
     """Tags that let the W&B dashboard filter and group runs by what the sweep varies, from the config that runs:
     a run without dropout (position `none` or p = 0) is tagged `position=none`, `p=0` whatever p the sweep set."""
     d = cfg.dropout
-    position, p = (d.position, d.p) if d.position != "none" and float(d.p) > 0 else ("none", 0)
+    position, p = ("none", 0) if is_baseline(d.position, d.p) else (d.position, d.p)
     return [f"backbone={cfg.backbone._target_.rsplit('.', 1)[-1]}", f"position={position}", f"dim={d.dim}",
             f"p={p:g}" if isinstance(p, (int, float)) else f"p={p}",
             f"degradation={cfg.degradation._target_.rsplit('.', 1)[-1]}"]

@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from src import runs as run_folders
+from src.models.dropout import is_baseline
 
 SET_ORDER = ("Set5", "Set14", "BSD100", "Manga109", "Urban100")
 DEGS = ("clean", "blur", "noise", "jpeg", "b+n", "b+j", "n+j", "b+n+j")
@@ -65,7 +66,7 @@ class Run:
 
     @property
     def baseline(self) -> bool:
-        return self.position == "none" or self.p == 0
+        return is_baseline(self.position, self.p)
 
     def cell(self, protocol: str, s: str, d: str) -> dict:
         return self.results.get(protocol, {}).get(s, {}).get(d, {})
@@ -195,7 +196,7 @@ def read_run(run_dir: Path) -> Run | None:
     arch = ",".join(f"{k}={v}" for k, v in size["arch"].items() if k in ("num_feat", "num_block", "embed_dim"))
     position = str(_select(cfg, "dropout.position", "none"))
     p = float(_select(cfg, "dropout.p", 0.0) or 0.0)
-    if position == "none" or p == 0:
+    if is_baseline(position, p):
         position, p = "none", 0.0
     seed = _select(cfg, "seed")
     return Run(run_dir, name, prefix + name + (f"[{arch}]" if arch else ""), position,
