@@ -26,7 +26,7 @@ from torch import nn
 from src.data.imageio import decode_image, to_rgb_uint8
 from src.data.testsets import (GIVEN, PROTOCOLS, TEST_DEGRADATIONS, bicubic_upscale, check_protocol,
                                load_test_pairs, match_given_lr, read_given_pair)
-from src.metrics import psnr, ssim
+from src.metrics import METRICS, psnr, ssim
 from src.models.loading import pad_multiple
 from src.runs import results_file
 from src.tiling import upscale_image
@@ -34,7 +34,6 @@ from src.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-METRICS = ("psnr", "ssim", "psnr_rgb", "ssim_rgb")
 SSIM_WINDOW = 11
 CHUNK = 8  # images decoded at a time
 # The number a protocol's tables lead with: the literature quotes PSNR on Y, the official test configs RGB PSNR.

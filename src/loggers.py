@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger
 
+from src.metrics import METRICS
 from src.models.dropout import is_baseline
 from src.utils import atomic_write_text, build
 
@@ -64,7 +65,7 @@ def build_loggers(cfg: DictConfig) -> list:
     return loggers
 
 
-RESULT_COLUMNS = ["set", "degradation", "psnr", "ssim", "psnr_rgb", "ssim_rgb", "n_images"]
+RESULT_COLUMNS = ["set", "degradation", *METRICS, "n_images"]
 
 
 def log_results(loggers: list, results: dict, step: int) -> None:

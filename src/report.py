@@ -38,10 +38,10 @@ import sys
 from typing import Sequence
 
 from src import runs
+from src.metrics import METRICS
 from src.reports import build_report
 
 OPTIONS = ("out", "publish", "metric", "bicubic", "fig4", "fig5", "fig5_degradations", "backbone")
-METRICS = ("psnr", "ssim", "psnr_rgb", "ssim_rgb")
 
 
 def _list(value: str) -> list[str]:

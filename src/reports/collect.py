@@ -19,11 +19,12 @@ from typing import Sequence
 import numpy as np
 
 from src import runs as run_folders
-from src.models.dropout import is_baseline
+from src.data.testsets import TEST_DEGRADATIONS
+from src.models.dropout import POSITIONS, is_baseline
 
 SET_ORDER = ("Set5", "Set14", "BSD100", "Manga109", "Urban100")
-DEGS = ("clean", "blur", "noise", "jpeg", "b+n", "b+j", "n+j", "b+n+j")
-POSITION_ORDER = ("none", "last", "b4", "b8", "b12", "b16", "quarter", "half", "all")
+DEGS = TEST_DEGRADATIONS
+POSITION_ORDER = POSITIONS
 POSITION_LABEL = {"last": "last", "b4": "B4", "b8": "B8", "b12": "B12", "b16": "B16", "quarter": "quarter",
                   "half": "half", "all": "all"}
 BACKBONE_LABEL = {"MSRResNet": "SRResNet", "RRDBNet": "RRDB", "SwinIR": "SwinIR"}
