@@ -28,7 +28,7 @@ from src.data.testsets import (GIVEN, PROTOCOLS, TEST_DEGRADATIONS, bicubic_upsc
                                load_test_pairs, match_given_lr, read_given_pair)
 from src.metrics import METRICS, psnr, ssim
 from src.models.loading import pad_multiple
-from src.runs import results_file
+from src.runs import read_state, results_file
 from src.tiling import upscale_image
 from src.utils import atomic_write_text
 
@@ -337,16 +337,10 @@ def write_results(run_dir: str | os.PathLike, results: Mapping, protocol: str | 
 
 
 def load_results(run_dir: str | os.PathLike, protocol: str = "literature") -> dict:
-    """The protocol's results dict of a run folder, {} if it has none; a corrupt file is reported and treated as
-    absent. Files written before protocols and per-image scores existed read as they are (literature)."""
-    path = results_files(run_dir, protocol)[0]
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        log.warning("ignoring unreadable %s: %s", path, e)
-        return {}
+    """The protocol's results dict of a run folder, {} if it has none; a corrupt file is treated as absent as
+    every state file is (src.runs.read_state: moved aside with a warning). Files written before protocols and
+    per-image scores existed read as they are (literature)."""
+    data = read_state(results_files(run_dir, protocol)[0])
     return data if isinstance(data, dict) else {}
 
 

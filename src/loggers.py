@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger
 
+from src import runs
 from src.metrics import METRICS
 from src.models.dropout import is_baseline
 from src.utils import atomic_write_text, build
@@ -28,7 +29,7 @@ class ResumableCSVLogger(CSVLogger):
     def experiment(self):
         if self._experiment is not None:
             return self._experiment
-        path = Path(self.log_dir) / "metrics.csv"
+        path = Path(self.log_dir) / runs.METRICS
         old = path.read_text() if path.is_file() else ""
         experiment = super().experiment
         if old:  # atomically: a kill right here must not lose the curves so far
