@@ -182,7 +182,7 @@ def plateau_kernel(size: int, sigma_x, sigma_y, theta, beta) -> torch.Tensor:
         beta: (B,) how flat the top is (larger: flatter, sharper edge).
 
     Returns:
-        Kernels that each sum to 1.
+        Kernels that each sum to 1; their tails fall as q^-beta, slower than any Gaussian's.
 
     Shape:
         Output (B, size, size).
@@ -639,13 +639,13 @@ def add_poisson_noise(x: torch.Tensor, scale, gray, generator: torch.Generator) 
         x: images in [0, 1].
         scale: (B,) multiplier of the noise.
         gray: (B,) bool: noise computed on the luma and shared by the channels.
-        generator: the random stream (on x's device).
+        generator: the random stream for torch.poisson (on x's device).
 
     Returns:
-        The noisy images, clamped to [0, 1].
+        The images plus scaled shot noise, clamped to [0, 1].
 
     Shape:
-        Input (B, C, H, W); output alike.
+        Input (B, C, H, W), C = 3 (luma with torchvision's weights) or any C (channel mean); output alike.
 
     Example:
         >>> x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
