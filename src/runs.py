@@ -331,11 +331,24 @@ class RunIdentityError(ValueError):
     pass
 
 
+def _as_recorded_now(ident: dict) -> dict:
+    """A recorded identity less the keys that have become bookkeeping since it was written, so that adding a key
+    to KEY_ROLES never refuses a run recorded before (its folder name already left the key out)."""
+    from omegaconf import OmegaConf
+
+    if not isinstance(ident.get("config"), dict):
+        return ident
+    config = OmegaConf.to_container(drop_keys(OmegaConf.create(ident["config"]), BOOKKEEPING), resolve=False)
+    return {**ident, "config": config}
+
+
 def claim_identity(run_dir: str | os.PathLike, ident: Mapping, force: bool = False) -> None:
     """Record the run's identity, refusing a folder that holds a different run unless `force` (which retrains it
     from scratch: completion, results and checkpoint are removed first)."""
     run_dir = Path(run_dir)
     old = read_state(run_dir / IDENTITY)
+    if old is not None:
+        old = _as_recorded_now(old)
     if old is not None and old != json.loads(json.dumps(ident)):
         diff = identity_difference(old, ident)
         if diff and not force:

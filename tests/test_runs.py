@@ -123,3 +123,12 @@ def test_override_prefixes_take_their_parent_key_role():
     assert runs.role("eval.tile") == runs.Role(result=False, folder=False, seeds=False)
     assert runs.role("data.rootless") == runs.Role(True, True, True)  # a prefix of the name is not a parent key
     assert "preemption" in runs.BOOKKEEPING and "seed" not in runs.BOOKKEEPING
+
+
+def test_an_identity_recorded_before_a_key_became_bookkeeping_still_matches(tmp_path):
+    recorded = {"config": {"dropout": {"p": 0.7}, "preemption": {"signal": "SIGUSR1", "requeue": True}}}
+    runs.claim_identity(tmp_path, recorded)  # as a run written when preemption was still part of the identity
+    runs.claim_identity(tmp_path, {"config": {"dropout": {"p": 0.7}}})  # the same run, recorded now
+    assert json.loads((tmp_path / runs.IDENTITY).read_text()) == {"config": {"dropout": {"p": 0.7}}}
+    with pytest.raises(runs.RunIdentityError, match=r"config.dropout.p: 0.7 -> 0.5"):
+        runs.claim_identity(tmp_path, {"config": {"dropout": {"p": 0.5}}})
