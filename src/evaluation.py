@@ -26,15 +26,14 @@ from torch import nn
 from src.data.imageio import decode_image, to_rgb_uint8
 from src.data.testsets import (ALL_TEST_DEGRADATIONS, GIVEN, PROTOCOLS, TEST_DEGRADATIONS, bicubic_upscale,
                                check_protocol, load_test_pairs, match_given_lr, read_given_pair)
-from src.metrics import psnr, ssim
+from src.metrics import METRICS, psnr, ssim
 from src.models.loading import pad_multiple
-from src.runs import results_file
+from src.runs import read_state, results_file
 from src.tiling import upscale_image
 from src.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-METRICS = ("psnr", "ssim", "psnr_rgb", "ssim_rgb")
 SSIM_WINDOW = 11
 CHUNK = 8  # images decoded at a time
 # The number a protocol's tables lead with: the literature quotes PSNR on Y, the official test configs RGB PSNR.
@@ -345,16 +344,10 @@ def write_results(run_dir: str | os.PathLike, results: Mapping, protocol: str | 
 
 
 def load_results(run_dir: str | os.PathLike, protocol: str = "literature") -> dict:
-    """The protocol's results dict of a run folder, {} if it has none; a corrupt file is reported and treated as
-    absent. Files written before protocols and per-image scores existed read as they are (literature)."""
-    path = results_files(run_dir, protocol)[0]
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        log.warning("ignoring unreadable %s: %s", path, e)
-        return {}
+    """The protocol's results dict of a run folder, {} if it has none; a corrupt file is treated as absent as
+    every state file is (src.runs.read_state: moved aside with a warning). Files written before protocols and
+    per-image scores existed read as they are (literature)."""
+    data = read_state(results_files(run_dir, protocol)[0])
     return data if isinstance(data, dict) else {}
 
 

@@ -8,6 +8,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger
 
+from src import runs
+from src.metrics import METRICS
+from src.models.dropout import is_baseline
 from src.utils import atomic_write_text, build
 
 
@@ -26,7 +29,7 @@ class ResumableCSVLogger(CSVLogger):
     def experiment(self):
         if self._experiment is not None:
             return self._experiment
-        path = Path(self.log_dir) / "metrics.csv"
+        path = Path(self.log_dir) / runs.METRICS
         old = path.read_text() if path.is_file() else ""
         experiment = super().experiment
         if old:  # atomically: a kill right here must not lose the curves so far
@@ -59,7 +62,7 @@ def wandb_tags(cfg: DictConfig, sweep: str | None = None) -> list[str]:
     p = 0) is tagged `position=none`, `p=0` whatever p the sweep set."""
     choices, _ = _hydra_runtime()
     d = cfg.dropout
-    position, p = (d.position, d.p) if d.position != "none" and float(d.p) > 0 else ("none", 0)
+    position, p = ("none", 0) if is_baseline(d.position, d.p) else (d.position, d.p)
     arch = cfg.backbone._target_.rsplit(".", 1)[-1]
     tags = [f"experiment={choices.get('experiment') or 'none'}" if choices else None,
             f"backbone={choices.get('backbone') or arch}", f"arch={arch}", f"position={position}", f"dim={d.dim}",
@@ -116,7 +119,7 @@ def build_loggers(cfg: DictConfig, run_dir: str | Path | None = None) -> list:
     return loggers
 
 
-RESULT_COLUMNS = ["set", "degradation", "psnr", "ssim", "psnr_rgb", "ssim_rgb", "n_images"]
+RESULT_COLUMNS = ["set", "degradation", *METRICS, "n_images"]
 
 
 def log_results(loggers: list, results: dict, step: int) -> None:

@@ -24,8 +24,11 @@ import numpy as np
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
+# The scores of each test cell (results.json): Y-channel PSNR/SSIM as the literature reports, and RGB as the paper's
+# own test code.
+METRICS = ("psnr", "ssim", "psnr_rgb", "ssim_rgb")
 # MATLAB rgb2ycbcr: Y = 16 + (65.481 R + 128.553 G + 24.966 B) for R, G, B in [0, 1].
-_Y_WEIGHTS = (65.481, 128.553, 24.966)
+Y_WEIGHTS = (65.481, 128.553, 24.966)
 _SSIM_SIGMA = 1.5
 _SSIM_RADIUS = 5  # 11x11 window
 
@@ -39,7 +42,7 @@ def rgb_to_y(img):
     if isinstance(img, torch.Tensor):
         if img.ndim < 3 or img.shape[-3] != 3:
             raise ValueError(f"rgb_to_y: expected a tensor (..., 3, H, W), got shape {tuple(img.shape)}")
-        w = torch.tensor(_Y_WEIGHTS, dtype=torch.float64, device=img.device).view(3, 1, 1)
+        w = torch.tensor(Y_WEIGHTS, dtype=torch.float64, device=img.device).view(3, 1, 1)
         return 16.0 + (img.to(torch.float64) * w).sum(dim=-3, keepdim=True)
     img = np.asarray(img)
     if img.ndim < 3 or img.shape[-1] != 3:
@@ -51,11 +54,11 @@ def rgb_to_y(img):
 
 
 def _y(rgb255: np.ndarray) -> np.ndarray:
-    return 16.0 + rgb255 @ (np.asarray(_Y_WEIGHTS) / 255.0)
+    return 16.0 + rgb255 @ (np.asarray(Y_WEIGHTS) / 255.0)
 
 
 def _gray(rgb255: np.ndarray) -> np.ndarray:
-    return rgb255 @ (np.asarray(_Y_WEIGHTS) / sum(_Y_WEIGHTS))
+    return rgb255 @ (np.asarray(Y_WEIGHTS) / sum(Y_WEIGHTS))
 
 
 def _as_images(img, name: str) -> list[np.ndarray]:

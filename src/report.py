@@ -62,11 +62,11 @@ import sys
 from typing import Sequence
 
 from src import runs
+from src.metrics import METRICS
 from src.reports import build_report
 
 OPTIONS = ("out", "publish", "metric", "bicubic", "fig4", "fig5", "fig5_degradations", "backbone", "readme",
            "rescore", "sets", "blend", "val", "device", "cache_dir")
-METRICS = ("psnr", "ssim", "psnr_rgb", "ssim_rgb")
 
 
 def _list(value: str) -> list[str]:

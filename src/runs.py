@@ -32,7 +32,7 @@ import uuid
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 from src.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -96,8 +96,9 @@ def folder_name(overrides: Iterable[str], empty: str = "default", max_len: int =
 
 
 def run_id(override_dirname: str) -> str:
-    """The job folder name from Hydra's `job.override_dirname` (overrides joined by `,`, key and value by `=`)."""
-    return folder_name(_split_top(override_dirname))
+    """The job folder name from Hydra's `job.override_dirname` (overrides joined by `,`, key and value by `=`),
+    less the overrides that do not name a folder (names_folder)."""
+    return folder_name([o for o in _split_top(override_dirname) if names_folder(o)])
 
 
 # --- paths ---------------------------------------------------------------------------------------------------
@@ -225,17 +226,80 @@ def is_complete(run_dir: str | os.PathLike, max_steps: int, test_sets: Sequence[
     return all(d in have.get(s, {}) for s in test_sets for d in degradations)
 
 
+# --- the roles of config keys ------------------------------------------------------------------------------
+class Role(NamedTuple):
+    """Where a config key counts. Each list the suite needs (what a run is, how its folder is named, which runs are
+    seeds of one setting) is derived from KEY_ROLES, so they cannot drift apart."""
+    result: bool  # changes what a run learns or how it is scored: part of the run's identity
+    folder: bool  # part of the run folder's name (a key out of the identity must be out of the name too)
+    seeds: bool   # runs differing in it are different settings in reports (False: averaged as seeds of one)
+
+
+_BOOK = Role(result=False, folder=False, seeds=False)
+_SEED = Role(result=True, folder=True, seeds=False)
+# Keys (and, through prefixes, everything under them: `logger.wandb.entity` is a `logger` key) that do not have
+# all three roles; any other key has them all. Bookkeeping changes neither what a run learns nor how it is scored:
+# where files go, logging, hardware placement, speed options, and evaluation settings that results files keep
+# apart (degradations and protocols are keys in them; tiling overlaps enough to be seamless; the validation metric
+# is logged under its own name). data.root is replaced in the identity by the content of the image lists.
+KEY_ROLES: dict[str, Role] = {
+    **dict.fromkeys(("name", "paths", "logger", "callbacks", "resume", "force", "ckpt_every_n_steps",
+                     "ckpt_keep_steps", "channels_last", "compile", "preemption", "hydra", "data.root",
+                     "data.num_workers", "data.cache_dir", "trainer.devices", "trainer.accelerator",
+                     "trainer.strategy", "trainer.num_nodes", "trainer.enable_progress_bar",
+                     "trainer.log_every_n_steps", "trainer.enable_model_summary", "eval.degradations", "eval.tile",
+                     "eval.protocol", "eval.reference", "module.val_metric"), _BOOK),
+    **dict.fromkeys(("seed", "data.seed", "module.seed"), _SEED),
+    # a shrinkage control's source run and its chosen blend weight differ from seed to seed of one control
+    **dict.fromkeys(("control.of", "control.a"), _SEED),
+    "eval": _SEED,  # the rest of the test protocol (its seed, Y rounding): results of other settings stay apart
+}
+# Config groups chosen on the command line whose choice is left out of the folder name: the values they set are
+# in the config, so the identity still tells them apart (an experiment also sets `name`, the folder above).
+# Only the choice itself: `trainer.max_steps=...` is a key, and names the folder.
+UNNAMED_GROUPS = ("trainer", "experiment")
+
+
+def role(key: str) -> Role:
+    """The role of a config key or command-line override key (`+logger.wandb.offline`, `~callbacks.rich`,
+    `hydra/launcher`): that of its longest listed prefix, else all three roles."""
+    key = key.lstrip("+~").replace("/", ".")
+    parts = key.split(".")
+    for n in range(len(parts), 0, -1):
+        found = KEY_ROLES.get(".".join(parts[:n]))
+        if found is not None:
+            return found
+    return Role(True, True, True)
+
+
+def names_folder(override: str) -> bool:
+    """Whether a command-line override (`key=value`) is part of the run folder's name."""
+    key = override.partition("=")[0]
+    return role(key).folder and key.lstrip("+~") not in UNNAMED_GROUPS
+
+
+def keys_without(field: str) -> tuple[str, ...]:
+    """The listed keys that lack a role ("result", "folder" or "seeds"), for removing them from a config."""
+    return tuple(k for k, r in KEY_ROLES.items() if not getattr(r, field))
+
+
+def drop_keys(cfg, keys: Iterable[str]):
+    """A copy of an OmegaConf config without `keys` (dotted; a key takes everything under it), unresolved:
+    some of them interpolate Hydra's runtime, which is gone when a run folder is read back."""
+    from omegaconf import OmegaConf, open_dict
+
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        for key in keys:
+            *parents, last = key.split(".")
+            node = OmegaConf.select(cfg, ".".join(parents)) if parents else cfg
+            if node is not None and last in node:
+                del node[last]
+    return cfg
+
+
 # --- identity ----------------------------------------------------------------------------------------------
-# Keys that change neither what a run learns nor how it is scored: where files go, logging, hardware placement,
-# speed options, and evaluation settings that results files keep apart (degradations and protocols are keys in
-# them; tiling overlaps enough to be seamless; the validation metric is logged under its own name). data.root is
-# replaced by the content of the image lists.
-BOOKKEEPING = ("name", "paths", "logger", "callbacks", "resume", "force", "ckpt_every_n_steps", "ckpt_keep_steps",
-               "channels_last",
-               "compile", "data.root", "data.num_workers", "data.cache_dir", "trainer.devices", "trainer.accelerator",
-               "trainer.strategy", "trainer.num_nodes", "trainer.enable_progress_bar", "trainer.log_every_n_steps",
-               "trainer.enable_model_summary", "eval.degradations", "eval.tile", "eval.protocol", "eval.reference",
-               "module.val_metric", "hydra")
+BOOKKEEPING = keys_without("result")
 _HEAD_BYTES = 1 << 16
 
 
@@ -253,16 +317,9 @@ def images_digest(paths: Sequence[os.PathLike]) -> dict:
 def fingerprint(cfg, data_root: os.PathLike | None = None,
                 data: Mapping[str, Sequence[os.PathLike]] | None = None) -> dict:
     """What a run is: the resolved config minus BOOKKEEPING, plus the digest of each image list it reads."""
-    from omegaconf import OmegaConf, open_dict
+    from omegaconf import OmegaConf
 
-    cfg = cfg.copy()
-    with open_dict(cfg):
-        for key in BOOKKEEPING:  # before resolving: some of them interpolate Hydra's runtime
-            *parents, last = key.split(".")
-            node = OmegaConf.select(cfg, ".".join(parents)) if parents else cfg
-            if node is not None and last in node:
-                del node[last]
-    ident = {"config": OmegaConf.to_container(cfg, resolve=True)}
+    ident = {"config": OmegaConf.to_container(drop_keys(cfg, BOOKKEEPING), resolve=True)}
     if data is not None:
         ident["data"] = {split: images_digest(paths) for split, paths in data.items()}
         ident["data_root"] = str(data_root)  # informative; the digests are what is compared
@@ -293,11 +350,24 @@ class RunIdentityError(ValueError):
     pass
 
 
+def _as_recorded_now(ident: dict) -> dict:
+    """A recorded identity less the keys that have become bookkeeping since it was written, so that adding a key
+    to KEY_ROLES never refuses a run recorded before (its folder name already left the key out)."""
+    from omegaconf import OmegaConf
+
+    if not isinstance(ident.get("config"), dict):
+        return ident
+    config = OmegaConf.to_container(drop_keys(OmegaConf.create(ident["config"]), BOOKKEEPING), resolve=False)
+    return {**ident, "config": config}
+
+
 def claim_identity(run_dir: str | os.PathLike, ident: Mapping, force: bool = False) -> None:
     """Record the run's identity, refusing a folder that holds a different run unless `force` (which retrains it
     from scratch: completion, results and checkpoint are removed first)."""
     run_dir = Path(run_dir)
     old = read_state(run_dir / IDENTITY)
+    if old is not None:
+        old = _as_recorded_now(old)
     if old is not None and old != json.loads(json.dumps(ident)):
         diff = identity_difference(old, ident)
         if diff and not force:

@@ -71,7 +71,8 @@ def sweep_folder_name(task_overrides: Sequence[str], exclude_keys: Sequence[str]
     """`sweep` plus the multirun's own command-line overrides, e.g. `sweep-dropout.p-0.1+0.5_seed-1`: the same
     command finds the same folder again (finished jobs are skipped, interrupted ones resume), and a different
     command gets a folder of its own."""
-    kept = sorted(o for o in task_overrides if o.lstrip("+~").partition("=")[0] not in set(exclude_keys))
+    kept = sorted(o for o in task_overrides
+                  if runs.names_folder(o) and o.lstrip("+~").partition("=")[0] not in set(exclude_keys))
     return "sweep" + ("-" + runs.folder_name(kept) if kept else "")
 
 
@@ -176,7 +177,7 @@ class ManifestCallback(Callback):
         jobs = expand_jobs(config)
         if jobs is not None:
             # The sweep folder's name holds what all jobs share; a job folder is named by what varies.
-            shared = [k for k in shared_keys(jobs) if k not in exclude]
+            shared = [k for k in shared_keys(jobs) if k not in exclude and runs.names_folder(k)]
             if shared:
                 keys = exclude + shared
                 added.append(("hydra.job.config.override_dirname.exclude_keys", keys,

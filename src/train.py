@@ -244,7 +244,7 @@ def init_from_weights(cfg: DictConfig, run_dir: Path, net: torch.nn.Module) -> N
 
     from src.models.loading import init_weights
 
-    if cfg.resume and not cfg.force and (run_dir / "checkpoints" / "last.ckpt").is_file():
+    if cfg.resume and not cfg.force and runs.checkpoint(run_dir).is_file():
         print(f"[train] resuming this run's own checkpoint; init_from={cfg.init_from} was applied at its start")
         return
     path = Path(to_absolute_path(str(cfg.init_from)))

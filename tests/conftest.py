@@ -21,7 +21,8 @@ def data_root():
 
 
 def compose_train(overrides, run_dir, override_dirname=""):
-    """The train config as `python -m src.train <overrides>` would see it, with its output dir set to run_dir."""
+    """The train config as `python -m src.train <overrides>` would see it, with its output dir set to run_dir
+    (override_dirname=None keeps the one Hydra derived from the overrides, which names the run folder)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
@@ -33,7 +34,8 @@ def compose_train(overrides, run_dir, override_dirname=""):
         cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(run_dir)
-        cfg.hydra.job.override_dirname = override_dirname
+        if override_dirname is not None:
+            cfg.hydra.job.override_dirname = override_dirname
     HydraConfig.instance().set_config(cfg)
     return cfg
 

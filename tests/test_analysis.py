@@ -175,7 +175,7 @@ def _tiny_srresnet(seed: int):
 
 def test_pipeline_end_to_end_writes_figures_and_csvs(tmp_path):
     pytest.importorskip("src.data.testsets")
-    from src.analysis.pipeline import analyze
+    from src.analysis.tools import analyze
 
     models = {"a": _tiny_srresnet(0), "b": _tiny_srresnet(1)}
     hrs = [(f"im{i}", _image(48, 40, 10 + i)) for i in range(3)]

@@ -140,7 +140,7 @@ def test_official_19_points_match_the_official_forward():
 def test_pipeline_records_conventions_and_writes_a_grid_per_point(tmp_path):
     pytest.importorskip("src.data.testsets")
     srresnet = pytest.importorskip("src.models.srresnet")
-    from src.analysis.pipeline import analyze
+    from src.analysis.tools import analyze
 
     torch.manual_seed(0)
     models = {"a": srresnet.MSRResNet(num_feat=4, num_block=2).eval()}

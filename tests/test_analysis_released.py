@@ -12,7 +12,8 @@ import pytest
 import torch
 import yaml
 
-from src.analysis.released import RELEASED, compare, find_released, paper_rows, tag
+from src.analysis.released import RELEASED, compare, find_released, tag
+from src.reports.paper import labelled_rows, published
 from tests.test_analysis import REPO, _image
 
 
@@ -47,10 +48,10 @@ def _paper_file(path, rows: dict[str, dict[str, list[float]]]):
 
 
 def test_compare_cells_and_improvements_against_hand_numbers(tmp_path):
-    paper = paper_rows(_paper_file(tmp_path / "p.yaml", {
+    paper = labelled_rows("table1", _paper_file(tmp_path / "p.yaml", {
         "Real-SRResNet (p=0)": {"Set5": [24.89, 24.76, 23.75, 23.70, 23.20, 23.44, 23.17, 22.75]},
         "Real-SRResNet (p=0.7)": {"Set5": [25.67, 25.34, 24.14, 24.06, 23.47, 23.69, 23.53, 23.04]}}))
-    assert paper[0][2] == "noise" and "Improvement" not in paper[1]
+    assert paper["Real-SRResNet (p=0)"]["Set5"]["noise"] == 23.75 and "Improvement" not in paper
     results = {"Real-SRResNet (p=0)": {"Set5": {"clean": {"psnr_rgb": 24.5}, "noise": {"psnr_rgb": 23.0}}},
                "Real-SRResNet (p=0.7)": {"Set5": {"clean": {"psnr_rgb": 25.0}, "noise": {"psnr_rgb": 23.5}}}}
     rows = {(r[0], r[1], r[2]): r[3:] for r in compare(results, paper)}
@@ -113,8 +114,8 @@ def test_released_command_end_to_end_on_synthetic_models(tmp_path):
 
 
 def test_every_release_has_its_row_in_the_suites_transcription():
-    degradations, rows = paper_rows()  # src/reports/paper_results.yaml
-    assert len(degradations) == 8
+    rows = labelled_rows("table1")  # src/reports/paper_results.yaml
+    assert len(published()["degradations"]) == 8 and labelled_rows("table1", "/nonexistent.yaml") is None
     for rel in RELEASED:
         assert rel.row in rows, rel.row
         assert all(len(v) == 8 for v in rows[rel.row].values()), rel.row

@@ -61,9 +61,9 @@ def test_run_folder_is_named_by_overrides():
     from src.runs import run_id
 
     assert run_id("") == "default"
-    assert run_id("dropout.p=0.5,data.root=/a/b") == "dropout.p-0.5_data.root-.a.b"
+    assert run_id("dropout.p=0.5,init_from=/a/b") == "dropout.p-0.5_init_from-.a.b"
     # list values stay one item; nothing a shell or Hydra's parser would need quoted survives
-    assert run_id("eval.degradations=[clean,noise],seed=1") == "eval.degradations-clean+noise_seed-1"
+    assert run_id("data.test_sets=[Set5,Set14],seed=1") == "data.test_sets-Set5+Set14_seed-1"
     assert run_id("+dropout.prob=0.5,x='a b'") == "+dropout.prob-0.5_x-ab"
     long = run_id(",".join(f"k{i}=v{i}" for i in range(40)))
     assert len(long) == 120 and long != run_id(",".join(f"k{i}=v{i}" for i in range(41)))

@@ -257,18 +257,14 @@ def test_realesrgan_pipeline_draws_per_sample_and_sharpens_gt():
     assert torch.equal(gt_plain, D.quantize_8bit(hr))
 
 
-def test_realesrgan_queue_fills_then_mixes():
-    p = RealESRGANPipeline(4, queue_size=4)
-    batches = [smooth_images(2, 32, 32, seed=s) for s in range(3)]
-    g = gen(8)
-    out = [p(b, g) for b in batches]
-    assert torch.equal(out[0][1], D.usm_sharpen(batches[0]).mul(255).round().div(255))  # filling: passed through
-    # once full, it returns 2 of the 4 pairs queued so far (gt identifies them) and queues the new batch
-    queued = torch.cat([out[0][1], out[1][1]])
-    for gt in out[2][1]:
-        assert any(torch.equal(gt, q) for q in queued)
-    with pytest.raises(ValueError, match="divisible"):
-        p(smooth_images(3, 32, 32), g)
+def test_the_pair_pool_is_the_datamodules_alone():
+    # one pool (data.pool_size, saved in checkpoints): asking the pipeline for its own is refused, naming both keys
+    with pytest.raises(ValueError, match=r"^degradation.queue_size=4: the training pair pool is data.pool_size .* "
+                                         r"set data.pool_size=4 and leave degradation.queue_size=0$"):
+        RealESRGANPipeline(4, queue_size=4)
+    hr = smooth_images(2, 32, 32)
+    a, b = RealESRGANPipeline(4, queue_size=0)(hr, gen(8)), RealESRGANPipeline(4)(hr, gen(8))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
 def test_pipeline_rejects_bad_parameters():
@@ -289,3 +285,16 @@ def test_realesrgan_pipeline_on_gpu():
     assert lr1.is_cuda and lr1.shape == (4, 3, 16, 16) and torch.equal(lr1, lr2)
     with pytest.raises(ValueError, match="generator"):
         p(hr, gen())
+
+
+def test_every_public_degradation_function_has_a_running_example():
+    import doctest
+    import inspect
+
+    public = [f for name, f in inspect.getmembers(D, inspect.isfunction)
+              if not name.startswith("_") and f.__module__ == D.__name__]
+    assert len(public) == 20
+    for f in public:  # kornia's layout: what goes in, what comes out, and an example that runs
+        assert all(h in f.__doc__ for h in ("Args:", "Returns:", "Example:")), f.__name__
+    result = doctest.testmod(D, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0 and result.attempted >= 20

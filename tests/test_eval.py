@@ -129,7 +129,9 @@ def test_results_files_and_reuse(toy_set, tmp_path):
     evaluate(model, {"Toy": toy_set[:1]}, ["clean"], scale=4, done=loaded)
     assert model.calls == calls + 5
     (run / "results.json").write_text("{broken")
-    assert load_results(run) == {}
+    with pytest.warns(RuntimeWarning, match="results.json was unreadable"):  # as every state file (src.runs)
+        assert load_results(run) == {}
+    assert [p.name.split("-")[0] for p in run.glob("results.json.corrupt-*")] == ["results.json.corrupt"]
 
 
 def test_tiled_evaluation_equals_untiled_for_srresnet(toy_set):

@@ -301,3 +301,37 @@ def test_full_size_forward(cls):
     with torch.no_grad():
         out = model(lr(batch=1, size=24))
     assert out.shape == (1, 3, 96, 96)
+
+
+@pytest.mark.parametrize("variant", ["srresnet", "rrdb", "swinir"])
+def test_every_backbone_places_its_dropout_through_the_one_helper(monkeypatch, variant):
+    import importlib
+
+    import src.models.dropout as dropout
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[:4])
+        return dropout.dropout_sites(*args, **kwargs)
+
+    monkeypatch.setattr(importlib.import_module(f"src.models.{variant}"), "dropout_sites", counted)
+    net = build(variant, position="half", dim="element", p=0.25)
+    assert calls == [("half", "element", 0.25, TRUNK[variant])]  # validated and placed once per backbone
+    dropped = [m for m in net.modules() if isinstance(m, FeatureDropout)]
+    assert len(dropped) == TRUNK[variant] // 2 and all(m.p == 0.25 and m.dim == "element" for m in dropped)
+
+
+def test_the_no_dropout_baseline_is_one_rule():
+    from src.loggers import wandb_tags
+    from src.models.dropout import is_baseline
+    from src.reports.collect import Run
+
+    assert [is_baseline(pos, p) for pos, p in [("none", 0.5), ("last", 0.0), ("last", 0.1), ("none", 0)]] \
+        == [True, True, False, True]
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"dropout": {"position": "last", "dim": "channel", "p": 0.0},
+                            "backbone": {"_target_": "a.B"}, "degradation": {"_target_": "a.D"}})
+    assert "position=none" in wandb_tags(cfg) and "p=0" in wandb_tags(cfg)
+    assert Run("d", "B", "g", "last", "channel", 0.0).baseline and not Run("d", "B", "g", "b4", "channel", 0.1).baseline

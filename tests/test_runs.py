@@ -1,5 +1,6 @@
 """The run-folder layout (src/runs.py): finding runs, completion, state files, the config that ran."""
 import json
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -129,3 +130,48 @@ def test_published_files_carry_no_path_of_this_machine(tmp_path):
     assert str(tmp_path) not in "".join(p.read_text() for p in folder.iterdir())
     assert portable_path(run / "checkpoints" / "last.ckpt", run.parent) == "seed-1/checkpoints/last.ckpt"
     assert portable_path("/elsewhere/last.ckpt", run) is None and portable_path(None, run) is None
+
+
+# Overrides that change neither what a run learns nor how it is scored: each must land in the default run's folder,
+# be accepted there by the identity, and be averaged with it in reports.
+BOOKKEEPING_OVERRIDES = ["preemption.signal=SIGTERM", "ckpt_keep_steps=[250]", "channels_last=false", "compile=true",
+                         "+logger.wandb.entity=someone", "logger.wandb.offline=false", "callbacks=lr_monitor",
+                         "eval.tile=64", "module.val_metric=psnr_rgb", "trainer.log_every_n_steps=7"]
+
+
+@pytest.mark.parametrize("override", BOOKKEEPING_OVERRIDES + ["seed=1", "dropout.p=0.5", "trainer.max_steps=7"])
+def test_a_key_counts_alike_in_folder_name_identity_and_reports(tmp_path, override):
+    from conftest import compose_train
+    from src.reports.collect import read_run
+
+    def where_it_counts(overrides, sub):
+        run = tmp_path / sub
+        cfg = compose_train(overrides, run, override_dirname=None)
+        runs.save_run_config(run, cfg)
+        (run / "results.json").write_text(json.dumps({"Set5": {"clean": {"psnr": 30.0}}}))
+        return Path(cfg.hydra.run.dir).name, runs.fingerprint(cfg), read_run(run).fingerprint
+
+    same = [a == b for a, b in zip(where_it_counts([], "a"), where_it_counts([override], "b"))]
+    key = override.partition("=")[0]
+    expected = {"seed": [False, False, True], "dropout.p": [False] * 3, "trainer.max_steps": [False] * 3}
+    assert same == expected.get(key, [True] * 3)  # [folder name, identity, report setting]
+
+
+def test_override_prefixes_take_their_parent_key_role():
+    # a key under a listed one (or added with +, removed with ~) has its role; a group choice only its own
+    assert runs.run_id("+logger.wandb.offline=false,~callbacks.rich,logger.wandb.entity=x,dropout.p=0.5") \
+        == "dropout.p-0.5"
+    assert runs.run_id("trainer=gpu,trainer.max_steps=10,experiment=paper") == "trainer.max_steps-10"
+    assert runs.role("eval.round_y") == runs.Role(result=True, folder=True, seeds=False)
+    assert runs.role("eval.tile") == runs.Role(result=False, folder=False, seeds=False)
+    assert runs.role("data.rootless") == runs.Role(True, True, True)  # a prefix of the name is not a parent key
+    assert "preemption" in runs.BOOKKEEPING and "seed" not in runs.BOOKKEEPING
+
+
+def test_an_identity_recorded_before_a_key_became_bookkeeping_still_matches(tmp_path):
+    recorded = {"config": {"dropout": {"p": 0.7}, "preemption": {"signal": "SIGUSR1", "requeue": True}}}
+    runs.claim_identity(tmp_path, recorded)  # as a run written when preemption was still part of the identity
+    runs.claim_identity(tmp_path, {"config": {"dropout": {"p": 0.7}}})  # the same run, recorded now
+    assert json.loads((tmp_path / runs.IDENTITY).read_text()) == {"config": {"dropout": {"p": 0.7}}}
+    with pytest.raises(runs.RunIdentityError, match=r"config.dropout.p: 0.7 -> 0.5"):
+        runs.claim_identity(tmp_path, {"config": {"dropout": {"p": 0.5}}})

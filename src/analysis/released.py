@@ -11,7 +11,7 @@ row (src/reports/paper_results.yaml, via src.reports.paper) with the difference,
 and the CSM (official conventions: L1-mass rescaling, RGB PSNR, max-normalised CSM at the 19 official points)
 on the SRResNet pair.
 Writes into `out`: results_official.json per model (`<model tag>/`), released_vs_paper.csv/txt, and the
-analysis files of src/analysis/pipeline.py under `interp/`.
+analysis files of src/analysis/tools.py under `interp/`.
 """
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from typing import Callable, Mapping, Sequence
 from torch import nn
 
 from src.analysis.common import write_csv
+from src.analysis.tools import analyze
+from src.reports.paper import labelled_rows
 from src.utils import atomic_write_text
 
 
@@ -44,10 +46,6 @@ RELEASED = (
 )
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors")
 
-def _paper_data() -> Path:
-    from src.reports.paper import DATA  # the one transcription of the paper's tables
-
-    return DATA
 
 
 def tag(row: str) -> str:
@@ -73,27 +71,10 @@ def find_released(folder: str | os.PathLike) -> dict[Released, Path]:
     return found
 
 
-def paper_rows(path: str | os.PathLike | None = None, table: str = "table1"
-               ) -> tuple[list[str], dict[str, dict[str, list[float]]]] | None:
-    """(degradations, {row label: {set: [PSNR per degradation]}}) of the paper's `table` in `path` (default: the
-    suite's transcription, src/reports/paper_results.yaml), or None when the file is absent."""
-    import yaml
-
-    path = Path(path) if path is not None else _paper_data()
-    if not path.is_file():
-        return None
-    doc = yaml.safe_load(path.read_text())
-    rows = {}
-    for row in doc["tables"][table]["rows"]:
-        if not row.get("improvement"):
-            rows[row["label"]] = row["values"]
-    return list(doc["degradations"]), rows
-
-
 def compare(results: Mapping[str, Mapping], paper=None, metric: str = "psnr_rgb") -> list[list]:
     """Rows (set, degradation, model, ours, paper, ours - paper) for every evaluated cell, plus "Improvement"
     rows (dropout model minus its baseline) where both models of a pair were evaluated."""
-    degradations, published = paper if paper is not None else ([], {})
+    published = paper or {}
     by_row = {rel.row: rel for rel in RELEASED}
     out = []
 
@@ -102,8 +83,8 @@ def compare(results: Mapping[str, Mapping], paper=None, metric: str = "psnr_rgb"
         return None if e is None or not math.isfinite(e.get(metric, math.nan)) else float(e[metric])
 
     def published_cell(row, s, d):
-        vals = published.get(row, {}).get(s)
-        return float(vals[degradations.index(d)]) if vals and d in degradations else None
+        v = published.get(row, {}).get(s, {}).get(d)
+        return None if v is None else float(v)
 
     for row, by_set in results.items():
         base = by_row[row].baseline if row in by_row else None
@@ -146,7 +127,6 @@ def check_released(folder: str | os.PathLike, out: str | os.PathLike, sets: Mapp
     `load(path, release)` builds one model. Returns {"results": {row: results}, "comparison": rows,
     "interp": summary or None}.
     """
-    from src.analysis.pipeline import analyze
     from src.data.testsets import TEST_DEGRADATIONS
     from src.evaluation import evaluate, write_results
 
@@ -163,9 +143,9 @@ def check_released(folder: str | os.PathLike, out: str | os.PathLike, sets: Mapp
                            tile=tile, cache_dir=cache_dir, protocol="official")
             write_results(out / tag(rel.row), res, "official")
             results[rel.row] = res
-    paper = paper_rows(paper_file)
+    paper = labelled_rows("table1", paper_file)
     if paper is None:
-        print(f"[released] {paper_file or _paper_data()} not found: the paper's rows are left out of the comparison")
+        print(f"[released] {paper_file} not found: the paper's rows are left out of the comparison")
     rows = compare(results, paper)
     write_csv(out / "released_vs_paper.csv", ["set", "degradation", "model", "psnr_rgb", "paper_psnr_rgb", "diff"],
               [[s, d, m, "" if a is None else a, "" if b is None else b, "" if c is None else c]

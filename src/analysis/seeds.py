@@ -20,7 +20,7 @@ import numpy as np
 from torch import nn
 
 from src.analysis.common import pyplot, save_figure, write_csv
-from src.analysis.pipeline import DEFINITIONS, analyze, model_label
+from src.analysis.tools import DEFINITIONS, analyze, model_label
 from src.utils import atomic_write_text, portable_path
 
 # Statistics shown in groups_stats.png (all numeric ones are in groups.csv/json).

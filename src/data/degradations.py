@@ -33,19 +33,61 @@ _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 
 # ----------------------------------------------------------------------------------------------- sampling
 def uniform(generator: torch.Generator, n: int, low: float, high: float, dtype=torch.float32) -> torch.Tensor:
-    """n samples of U(low, high) on the generator's device."""
+    """n samples of U(low, high) on the generator's device.
+
+    Args:
+        generator: the random stream (its device is the samples' device).
+        n: number of samples.
+        low, high: the interval.
+        dtype: of the samples. Default: float32.
+
+    Returns:
+        The samples, shape (n,).
+
+    Example:
+        >>> u = uniform(torch.Generator().manual_seed(0), 4, 2.0, 3.0)
+        >>> u.shape, bool(((u >= 2) & (u < 3)).all())
+        (torch.Size([4]), True)
+    """
     u = torch.rand(n, generator=generator, device=generator.device, dtype=dtype)
     return low + (high - low) * u
 
 
 def categorical(generator: torch.Generator, n: int, probs: Sequence[float]) -> torch.Tensor:
-    """n indices drawn with the given probabilities (inverse CDF), as int64 on the generator's device."""
+    """n indices drawn with the given probabilities (inverse CDF), as int64 on the generator's device.
+
+    Args:
+        generator: the random stream.
+        n: number of draws.
+        probs: one weight per category; normalised by their sum.
+
+    Returns:
+        Indices into `probs`, shape (n,), int64.
+
+    Example:
+        >>> categorical(torch.Generator().manual_seed(0), 5, [0.0, 1.0, 0.0]).tolist()
+        [1, 1, 1, 1, 1]
+    """
     cdf = torch.tensor(probs, dtype=torch.float64, device=generator.device).cumsum(0)
     u = torch.rand(n, generator=generator, device=generator.device, dtype=torch.float64) * cdf[-1]
     return torch.searchsorted(cdf, u, right=True).clamp_(max=len(probs) - 1)
 
 
 def bernoulli(generator: torch.Generator, n: int, p: float) -> torch.Tensor:
+    """n coin flips that come up True with probability p.
+
+    Args:
+        generator: the random stream.
+        n: number of flips.
+        p: probability of True.
+
+    Returns:
+        Booleans, shape (n,).
+
+    Example:
+        >>> bernoulli(torch.Generator().manual_seed(0), 3, 1.0).tolist()
+        [True, True, True]
+    """
     return torch.rand(n, generator=generator, device=generator.device) < p
 
 
@@ -86,16 +128,70 @@ def _normalise(kernel: torch.Tensor, support=None) -> torch.Tensor:
 
 
 def gaussian_kernel(size: int, sigma_x, sigma_y=None, theta=None) -> torch.Tensor:
-    """(B, size, size) Gaussian kernels; isotropic when sigma_y and theta are None."""
+    """(B, size, size) Gaussian kernels; isotropic when sigma_y and theta are None.
+
+    Args:
+        size: odd side of the kernel.
+        sigma_x: (B,) or a number: standard deviation along the kernel's long axis, in pixels.
+        sigma_y: (B,) standard deviation across it. Default: sigma_x.
+        theta: (B,) rotation of the long axis, radians. Default: 0.
+
+    Returns:
+        Kernels that each sum to 1.
+
+    Shape:
+        Output (B, size, size), B the length of sigma_x.
+
+    Example:
+        >>> k = gaussian_kernel(5, [1.0, 2.0])
+        >>> k.shape, torch.allclose(k.sum((1, 2)), torch.ones(2)), bool(k[0, 2, 2] > k[1, 2, 2])
+        (torch.Size([2, 5, 5]), True, True)
+    """
     return _normalise(torch.exp(-0.5 * _quadratic_form(size, sigma_x, sigma_y, theta)))
 
 
 def generalized_gaussian_kernel(size: int, sigma_x, sigma_y, theta, beta) -> torch.Tensor:
+    """(B, size, size) generalized Gaussian kernels exp(-q^beta / 2) (beta = 1: the Gaussian).
+
+    Args:
+        size: odd side of the kernel.
+        sigma_x, sigma_y, theta: (B,) the covariance, as gaussian_kernel.
+        beta: (B,) shape exponent; < 1 heavier tails, > 1 flatter top.
+
+    Returns:
+        Kernels that each sum to 1.
+
+    Shape:
+        Output (B, size, size).
+
+    Example:
+        >>> a = generalized_gaussian_kernel(7, [1.5], [1.5], [0.0], [1.0])
+        >>> torch.allclose(a, gaussian_kernel(7, [1.5]))
+        True
+    """
     q = _quadratic_form(size, sigma_x, sigma_y, theta)
     return _normalise(torch.exp(-0.5 * q.pow(_as_batch(beta, q)[:, None, None])))
 
 
 def plateau_kernel(size: int, sigma_x, sigma_y, theta, beta) -> torch.Tensor:
+    """(B, size, size) plateau kernels 1 / (1 + q^beta) (beta = 1: the bivariate Cauchy profile).
+
+    Args:
+        size: odd side of the kernel.
+        sigma_x, sigma_y, theta: (B,) the covariance, as gaussian_kernel.
+        beta: (B,) how flat the top is (larger: flatter, sharper edge).
+
+    Returns:
+        Kernels that each sum to 1; their tails fall as q^-beta, slower than any Gaussian's.
+
+    Shape:
+        Output (B, size, size).
+
+    Example:
+        >>> k = plateau_kernel(9, [2.0], [1.0], [0.0], [2.0])
+        >>> k.shape, bool(k[0, 4, 6] > k[0, 6, 4])  # wider along x (columns)
+        (torch.Size([1, 9, 9]), True)
+    """
     q = _quadratic_form(size, sigma_x, sigma_y, theta)
     return _normalise(1.0 / (1.0 + q.pow(_as_batch(beta, q)[:, None, None])))
 
@@ -112,14 +208,45 @@ def _sinc_values(size: int, cutoff: torch.Tensor) -> torch.Tensor:
 def sinc_kernel(size: int, cutoff, support=None) -> torch.Tensor:
     """(B, size, size) circular low-pass kernels with cut-off omega_c (radians, pi = Nyquist).
 
-    `support` (B,) odd sizes <= size: the kernel is computed on that support and zero-padded to `size`, as
-    BasicSR's `circular_lowpass_kernel(cutoff, support, pad_to=size)`.
+    Args:
+        size: odd side of the output.
+        cutoff: (B,) cut-off frequencies omega_c.
+        support: (B,) odd sizes <= size: the kernel is computed on that support and zero-padded to `size`, as
+            BasicSR's `circular_lowpass_kernel(cutoff, support, pad_to=size)`. Default: the whole size.
+
+    Returns:
+        Kernels that each sum to 1.
+
+    Shape:
+        Output (B, size, size).
+
+    Example:
+        >>> k = sinc_kernel(21, [math.pi / 3], support=[7])
+        >>> k.shape, float(k[0, :7].abs().sum()), round(float(k.sum()), 4)  # zero outside the 7 x 7 centre
+        (torch.Size([1, 21, 21]), 0.0, 1.0)
     """
     return _normalise(_sinc_values(size, _as_batch(cutoff)), support)
 
 
 def pulse_kernel(batch: int, size: int = 21, device=None) -> torch.Tensor:
-    """Identity kernels: filtering with them leaves the image unchanged."""
+    """Identity kernels: filtering with them leaves the image unchanged.
+
+    Args:
+        batch: number of kernels B.
+        size: odd side. Default: 21.
+        device: where to make them. Default: the default device.
+
+    Returns:
+        Kernels with a single 1 at the centre.
+
+    Shape:
+        Output (B, size, size).
+
+    Example:
+        >>> x = torch.rand(2, 3, 8, 8)
+        >>> torch.equal(filter2d(x, pulse_kernel(2, 5)), x)
+        True
+    """
     k = torch.zeros(batch, size, size, device=device)
     k[:, size // 2, size // 2] = 1.0
     return k
@@ -142,6 +269,26 @@ def random_kernels(
     omega_c ~ U(pi/3, pi) for supports < 13 and U(pi/5, pi) otherwise; else a kernel type from kernel_list with
     kernel_prob, sigma_x, sigma_y ~ U(blur_sigma), theta ~ U(-pi, pi) (isotropic: sigma_y = sigma_x, theta = 0),
     beta ~ U(lo, 1) or U(1, hi) with probability 1/2 each (BasicSR's `random_bivariate_*`).
+
+    Args:
+        batch: number of kernels B.
+        generator: the random stream (its device is the kernels' device).
+        kernel_list, kernel_prob: the kernel types (KERNEL_TYPES) and their probabilities.
+        blur_sigma: range of sigma_x, sigma_y (pixels).
+        betag_range, betap_range: ranges of beta for the generalized and plateau kernels.
+        sinc_prob: probability of a sinc kernel instead.
+        kernel_range: smallest and largest odd support.
+
+    Returns:
+        Kernels that each sum to 1, zero outside their own support.
+
+    Shape:
+        Output (B, kernel_range[1], kernel_range[1]).
+
+    Example:
+        >>> k = random_kernels(4, torch.Generator().manual_seed(0))
+        >>> k.shape, torch.allclose(k.sum((1, 2)), torch.ones(4))
+        (torch.Size([4, 21, 21]), True)
     """
     for t in kernel_list:
         if t not in KERNEL_TYPES:
@@ -178,7 +325,25 @@ def random_kernels(
 def random_final_sinc_kernels(batch: int, generator: torch.Generator, prob: float = 0.8,
                               kernel_range: Sequence[int] = (7, 21)) -> torch.Tensor:
     """Real-ESRGAN's final sinc filter: with probability `prob` a sinc kernel (support uniform over the odd
-    sizes in kernel_range, omega_c ~ U(pi/3, pi)) padded to kernel_range[1], otherwise the identity pulse."""
+    sizes in kernel_range, omega_c ~ U(pi/3, pi)) padded to kernel_range[1], otherwise the identity pulse.
+
+    Args:
+        batch: number of kernels B.
+        generator: the random stream.
+        prob: probability of a sinc kernel. Default: 0.8.
+        kernel_range: smallest and largest odd support. Default: (7, 21).
+
+    Returns:
+        Sinc or pulse kernels, each summing to 1.
+
+    Shape:
+        Output (B, kernel_range[1], kernel_range[1]).
+
+    Example:
+        >>> k = random_final_sinc_kernels(3, torch.Generator().manual_seed(0), prob=0.0)
+        >>> torch.equal(k, pulse_kernel(3, 21))
+        True
+    """
     dev, lo, hi = generator.device, int(kernel_range[0]), int(kernel_range[1])
     n_sizes = (hi - lo) // 2 + 1
     apply = bernoulli(generator, batch, prob)
@@ -191,7 +356,22 @@ def random_final_sinc_kernels(batch: int, generator: torch.Generator, prob: floa
 # ---------------------------------------------------------------------------------------------- filtering
 def reflect_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
     """Reflect-101 padding (cv2's default, torch's 'reflect') that also works when pad >= the image size,
-    where F.pad refuses: indices are folded with period 2 (n - 1)."""
+    where F.pad refuses: indices are folded with period 2 (n - 1).
+
+    Args:
+        x: images.
+        pad: pixels added on every side.
+
+    Returns:
+        The padded images.
+
+    Shape:
+        Input (..., H, W); output (..., H + 2 pad, W + 2 pad).
+
+    Example:
+        >>> reflect_pad(torch.arange(3.0).view(1, 1, 1, 3), 4)[0, 0, 0].tolist()
+        [0.0, 1.0, 2.0, 1.0, 0.0, 1.0, 2.0, 1.0, 0.0, 1.0, 2.0]
+    """
     if pad == 0:
         return x
     h, w = x.shape[-2:]
@@ -216,6 +396,21 @@ def filter2d(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     Kernels drawn with a random support are zero-padded to a common size; samples are grouped by the radius of
     their non-zero part and each group is filtered with the cropped kernels. The result is the same (zero
     weights add nothing), but the average cost halves and identity kernels cost nothing.
+
+    Args:
+        x: images.
+        kernel: one kernel per sample, or one for all.
+
+    Returns:
+        The filtered images.
+
+    Shape:
+        Input (B, C, H, W), kernel (B, k, k), (1, k, k) or (k, k) with k odd; output (B, C, H, W).
+
+    Example:
+        >>> x = torch.ones(2, 3, 8, 8)
+        >>> torch.allclose(filter2d(x, gaussian_kernel(7, [1.0, 2.0])), x)  # kernels sum to 1
+        True
     """
     if kernel.dim() == 2:
         kernel = kernel[None]
@@ -245,7 +440,25 @@ def filter2d(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 def usm_sharpen(x: torch.Tensor, weight: float = 0.5, radius: int = 50, threshold: float = 10) -> torch.Tensor:
     """Unsharp masking as BasicSR's USMSharp (Real-ESRNet's gt_usm): Gaussian blur of size radius (made odd)
     with OpenCV's default sigma for that size; sharpen by `weight` where |residual| * 255 > threshold, the
-    mask softened by the same blur. Output in [0, 1] for input in [0, 1]."""
+    mask softened by the same blur. Output in [0, 1] for input in [0, 1].
+
+    Args:
+        x: images in [0, 1].
+        weight: how much of the residual (image minus blur) is added. Default: 0.5.
+        radius: blur size. Default: 50.
+        threshold: residuals below it (0-255 scale) are left alone. Default: 10.
+
+    Returns:
+        The sharpened images.
+
+    Shape:
+        Input (B, C, H, W); output alike.
+
+    Example:
+        >>> flat = torch.full((1, 3, 16, 16), 0.5)
+        >>> torch.equal(usm_sharpen(flat, radius=5), flat)  # nothing to sharpen
+        True
+    """
     size = radius + 1 if radius % 2 == 0 else radius
     sigma = 0.3 * ((size - 1) * 0.5 - 1) + 0.8  # cv2.getGaussianKernel(size, 0)
     ax = torch.arange(size, device=x.device, dtype=x.dtype) - (size - 1) / 2
@@ -275,7 +488,24 @@ def _band_matrix(kernel_1d: torch.Tensor, n_in: int, n_out: int) -> torch.Tensor
 
 # ----------------------------------------------------------------------------------------------- resizing
 def resize(x: torch.Tensor, mode: str, size=None, scale_factor=None) -> torch.Tensor:
-    """F.interpolate without antialiasing, as Real-ESRGAN resizes ('area', 'bilinear', 'bicubic')."""
+    """F.interpolate without antialiasing, as Real-ESRGAN resizes ('area', 'bilinear', 'bicubic').
+
+    Args:
+        x: images.
+        mode: one of RESIZE_MODES.
+        size: output (h, w), or
+        scale_factor: output size relative to the input.
+
+    Returns:
+        The resized images.
+
+    Shape:
+        Input (B, C, H, W); output (B, C, h, w).
+
+    Example:
+        >>> resize(torch.rand(1, 3, 8, 8), "area", scale_factor=0.5).shape
+        torch.Size([1, 3, 4, 4])
+    """
     if mode not in RESIZE_MODES:
         raise ValueError(f"resize mode {mode!r} not allowed; allowed: {', '.join(RESIZE_MODES)}")
     kw = {} if mode == "area" else {"align_corners": False}
@@ -284,7 +514,26 @@ def resize(x: torch.Tensor, mode: str, size=None, scale_factor=None) -> torch.Te
 
 def resize_per_sample(x: torch.Tensor, modes: torch.Tensor, size=None, scale_factor=None,
                       mode_names: Sequence[str] = RESIZE_MODES) -> torch.Tensor:
-    """Resize every sample to the same size, sample i with interpolation mode_names[modes[i]]."""
+    """Resize every sample to the same size, sample i with interpolation mode_names[modes[i]].
+
+    Args:
+        x: images.
+        modes: (B,) index into mode_names per sample.
+        size, scale_factor: as resize.
+        mode_names: the modes the indices refer to. Default: RESIZE_MODES.
+
+    Returns:
+        The resized images.
+
+    Shape:
+        Input (B, C, H, W), modes (B,); output (B, C, h, w).
+
+    Example:
+        >>> x = torch.rand(2, 3, 8, 8)
+        >>> y = resize_per_sample(x, torch.tensor([0, 2]), size=(4, 4))
+        >>> torch.equal(y[1:], resize(x[1:], "bicubic", size=(4, 4)))
+        True
+    """
     out = None
     for m, name in enumerate(mode_names):
         idx = (modes == m).nonzero().flatten()
@@ -299,7 +548,22 @@ def resize_per_sample(x: torch.Tensor, modes: torch.Tensor, size=None, scale_fac
 
 def bicubic_downscale(x: torch.Tensor, scale: int) -> torch.Tensor:
     """MATLAB-style imresize(x, 1/scale, 'bicubic'): antialiased cubic (a = -0.5) with a kernel widened by the
-    scale. The image is first cropped to a multiple of scale so the ratio is exact. Not clamped."""
+    scale. The image is first cropped to a multiple of scale so the ratio is exact. Not clamped.
+
+    Args:
+        x: images.
+        scale: integer downscaling factor.
+
+    Returns:
+        The downscaled images.
+
+    Shape:
+        Input (..., H, W); output (..., H // scale, W // scale).
+
+    Example:
+        >>> bicubic_downscale(torch.rand(1, 3, 18, 17), 4).shape
+        torch.Size([1, 3, 4, 4])
+    """
     h, w = x.shape[-2] // scale, x.shape[-1] // scale
     if h < 1 or w < 1:
         raise ValueError(f"bicubic_downscale: image {tuple(x.shape[-2:])} is smaller than the scale {scale}")
@@ -309,15 +573,43 @@ def bicubic_downscale(x: torch.Tensor, scale: int) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------ noise and JPEG
 def quantize_8bit(x: torch.Tensor) -> torch.Tensor:
-    """Clamp to [0, 1] and round to the 256 levels of an 8-bit image."""
+    """Clamp to [0, 1] and round to the 256 levels of an 8-bit image.
+
+    Args:
+        x: images (any shape).
+
+    Returns:
+        Values k / 255, k an integer in [0, 255]; same shape.
+
+    Example:
+        >>> (quantize_8bit(torch.tensor([-0.1, 0.5, 1.2])) * 255).tolist()
+        [0.0, 128.0, 255.0]
+    """
     return torch.clamp((x * 255.0).round(), 0, 255) / 255.0
 
 
 def add_gaussian_noise(x: torch.Tensor, sigma, gray, generator: torch.Generator) -> torch.Tensor:
     """Add N(0, sigma/255) noise per sample, one gray (channel-shared) field where gray[i], and clamp to [0, 1].
 
-    sigma: (B,) on the 0-255 scale; gray: (B,) bool. Unlike BasicSR, whose gray field is shared by the whole
-    batch, each sample draws its own field.
+    Unlike BasicSR, whose gray field is shared by the whole batch, each sample draws its own field.
+
+    Args:
+        x: images in [0, 1].
+        sigma: (B,) standard deviation on the 0-255 scale.
+        gray: (B,) bool: the same noise on every channel.
+        generator: the random stream (on x's device).
+
+    Returns:
+        The noisy images, clamped to [0, 1].
+
+    Shape:
+        Input (B, C, H, W); output alike.
+
+    Example:
+        >>> y = add_gaussian_noise(torch.full((2, 3, 4, 4), 0.5), [10.0, 10.0], [True, False],
+        ...                        torch.Generator().manual_seed(0))
+        >>> torch.equal(y[0, 0], y[0, 1]), torch.equal(y[1, 0], y[1, 1])
+        (True, False)
     """
     b, c, h, w = x.shape
     sigma = _as_batch(sigma, x).to(x.dtype).view(b, 1, 1, 1) / 255.0
@@ -341,7 +633,25 @@ def _poisson_noise(img: torch.Tensor, generator: torch.Generator) -> torch.Tenso
 
 
 def add_poisson_noise(x: torch.Tensor, scale, gray, generator: torch.Generator) -> torch.Tensor:
-    """Add Poisson (shot) noise times scale (B,) per sample, computed on the luma where gray[i]; clamp."""
+    """Add Poisson (shot) noise times scale (B,) per sample, computed on the luma where gray[i]; clamp.
+
+    Args:
+        x: images in [0, 1].
+        scale: (B,) multiplier of the noise.
+        gray: (B,) bool: noise computed on the luma and shared by the channels.
+        generator: the random stream for torch.poisson (on x's device).
+
+    Returns:
+        The images plus scaled shot noise, clamped to [0, 1].
+
+    Shape:
+        Input (B, C, H, W), C = 3 (luma with torchvision's weights) or any C (channel mean); output alike.
+
+    Example:
+        >>> x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+        >>> torch.equal(add_poisson_noise(x, [0.0, 0.0], [False, True], torch.Generator()), x)
+        True
+    """
     b = x.shape[0]
     scale = _as_batch(scale, x).to(x.dtype).view(b, 1, 1, 1)
     gray = torch.as_tensor(gray, device=x.device).reshape(b)
@@ -371,6 +681,23 @@ def jpeg(x: torch.Tensor, quality, codec: str = "differentiable") -> torch.Tenso
     (src/data/jpeg.py), what writing the image as a .jpg file does. codec="differentiable": kornia's codec, which
     rounds DCT coefficients with round(z) + (z - round(z))^3 and keeps the planes in float: it distorts 0.3-0.8 dB
     less than libjpeg at q 30-95 (as BasicSR's DiffJPEG does). Test images use OpenCV's encoder.
+
+    Args:
+        x: images in [0, 1], sides multiples of 16.
+        quality: (B,) JPEG quality per sample.
+        codec: one of JPEG_CODECS. Default: differentiable.
+
+    Returns:
+        The decoded images in [0, 1].
+
+    Shape:
+        Input (B, 3, H, W); output alike.
+
+    Example:
+        >>> x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+        >>> y = jpeg(x, [30.0, 95.0], codec="real")
+        >>> y.shape, bool((y[0] - x[0]).abs().mean() > (y[1] - x[1]).abs().mean())  # lower quality, more loss
+        (torch.Size([2, 3, 16, 16]), True)
     """
     if codec not in JPEG_CODECS:
         raise ValueError(f"jpeg codec {codec!r} is not one of {', '.join(JPEG_CODECS)}")

@@ -165,9 +165,9 @@ class RealESRGANPipeline:
       - kernels are drawn on the batch's device rather than per image in the data loader workers;
       - the input is the training crop itself (Real-ESRGAN degrades a 400 px crop, then crops gt_size), so border
         effects of the filters reach the crop's edge.
-    queue_size > 0 enables Real-ESRGAN's training pair pool (it needs queue_size % batch size == 0). The pool's
-    content lives only in this object and is not part of a checkpoint: a resumed run refills it from scratch,
-    so exact resume (identical batches after restart) holds only with queue_size = 0, the default here.
+    Real-ESRGAN's training pair pool (its `queue_size`) is not here but after the pipeline, in the datamodule:
+    `data.pool_size` (src/data/pool.py), whose content is saved in checkpoints so that a resume is exact.
+    `queue_size` stays an argument only so that configs and run identities that hold `queue_size: 0` still load.
     """
 
     def __init__(
@@ -237,15 +237,13 @@ class RealESRGANPipeline:
         self.second_blur_prob = _check_prob("second_blur_prob", second_blur_prob)
         self.final_sinc_prob = _check_prob("final_sinc_prob", final_sinc_prob)
         self.final_order_prob = _check_prob("final_order_prob", final_order_prob)
-        if int(queue_size) < 0:
-            raise ValueError(f"queue_size must be >= 0 (0 = off), got {queue_size}")
-        self.queue_size = int(queue_size)
+        if queue_size:
+            raise ValueError(f"degradation.queue_size={queue_size}: the training pair pool is data.pool_size (saved "
+                             f"in checkpoints); set data.pool_size={queue_size} and leave degradation.queue_size=0")
         if jpeg not in D.JPEG_CODECS:
             raise ValueError(f"degradation.jpeg={jpeg!r}; allowed: {', '.join(D.JPEG_CODECS)} (real: libjpeg's "
                              "hard rounding; differentiable: kornia's soft rounding, milder)")
         self.jpeg = jpeg
-        self._queue_lr = self._queue_gt = None
-        self._queue_ptr = 0
 
     def _modes(self, n: int, g: torch.Generator) -> torch.Tensor:
         idx = D.categorical(g, n, [1.0] * len(self.resize_modes))
@@ -294,27 +292,4 @@ class RealESRGANPipeline:
                 y = D.jpeg(y, quality[idx], self.jpeg)
             lr[idx] = y
         lr, gt = D.quantize_8bit(lr), D.quantize_8bit(gt)
-        if self.queue_size:
-            lr, gt = self._dequeue_and_enqueue(lr, gt, g)
         return lr.to(hr.dtype), gt.to(hr.dtype)
-
-    def _dequeue_and_enqueue(self, lr: torch.Tensor, gt: torch.Tensor, g: torch.Generator):
-        """Real-ESRGAN's training pair pool: fill it first (returning the batch unchanged), then each call shuffle
-        the pool, return its first B pairs and put the new batch in their place."""
-        b = lr.shape[0]
-        if self.queue_size % b:
-            raise ValueError(f"queue_size {self.queue_size} must be divisible by the batch size {b}")
-        if self._queue_lr is None or self._queue_lr.shape[1:] != lr.shape[1:] or self._queue_lr.device != lr.device:
-            self._queue_lr = lr.new_zeros((self.queue_size, *lr.shape[1:]))
-            self._queue_gt = gt.new_zeros((self.queue_size, *gt.shape[1:]))
-            self._queue_ptr = 0
-        if self._queue_ptr < self.queue_size:
-            self._queue_lr[self._queue_ptr:self._queue_ptr + b] = lr
-            self._queue_gt[self._queue_ptr:self._queue_ptr + b] = gt
-            self._queue_ptr += b
-            return lr, gt
-        perm = torch.randperm(self.queue_size, generator=g, device=g.device)
-        self._queue_lr, self._queue_gt = self._queue_lr[perm], self._queue_gt[perm]
-        lr_out, gt_out = self._queue_lr[:b].clone(), self._queue_gt[:b].clone()
-        self._queue_lr[:b], self._queue_gt[:b] = lr, gt
-        return lr_out, gt_out

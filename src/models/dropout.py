@@ -78,6 +78,45 @@ def placement(position: str, num_blocks: int, backbone: str = "backbone") -> Pla
     return Placement()
 
 
+def is_baseline(position: str, p) -> bool:
+    """Whether a setting is the network without dropout (position ``none`` or p = 0): one row of the paper's
+    tables, whatever p a sweep set beside ``none``."""
+    return position == "none" or float(p) == 0
+
+
+@dataclass(frozen=True)
+class DropoutSites:
+    """The dropout modules of one backbone: ``block(i)`` inside trunk block i, ``after()`` on the trunk features
+    after block ``placement.after_block``, ``last()`` on the input of ``conv_last``; None where the placement puts
+    none (so a backbone adds no module, and no state-dict key, for a site it does not use)."""
+
+    placement: Placement
+    dim: str
+    p: float
+
+    def block(self, i: int) -> nn.Module | None:
+        return FeatureDropout(self.p, self.dim) if i in self.placement.in_blocks else None
+
+    def after(self, channel_axis: int = 1) -> nn.Module | None:
+        return FeatureDropout(self.p, self.dim, channel_axis) if self.placement.after_block is not None else None
+
+    def last(self) -> nn.Module | None:
+        return FeatureDropout(self.p, self.dim) if self.placement.last else None
+
+
+def dropout_sites(position: str, dim: str, p: float, num_blocks: int, backbone: str = "backbone") -> DropoutSites:
+    """Validate a backbone's dropout arguments (once, before it builds anything) and place them on its trunk of
+    ``num_blocks`` blocks; ``backbone`` names it in the error when a position needs more blocks.
+
+    Examples:
+        >>> sites = dropout_sites("half", "channel", 0.5, 4)
+        >>> [sites.block(i) is not None for i in range(4)], sites.last()
+        ([False, False, True, True], None)
+    """
+    validate_dropout(position, dim, p)
+    return DropoutSites(placement(position, num_blocks, backbone), dim, float(p))
+
+
 def allowed_positions(num_blocks: int) -> tuple[str, ...]:
     """Positions a trunk of ``num_blocks`` blocks can honour."""
     return tuple(p for p in POSITIONS if AFTER_BLOCK.get(p, 0) <= num_blocks)

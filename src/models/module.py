@@ -13,6 +13,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from src import seeding
+from src.metrics import Y_WEIGHTS
 from src.models.loading import build_backbone
 
 # Validation metrics: name -> the suffix of the logged keys (`val/psnr` stays PSNR-Y, as every earlier run logged it).
@@ -21,7 +22,7 @@ VAL_METRICS = {"psnr_y": "psnr", "psnr_rgb": "psnr_rgb"}
 
 def y_channel(x: torch.Tensor) -> torch.Tensor:
     """BT.601 luma on the [0, 1] scale, as MATLAB's rgb2ycbcr (16..235 range)."""
-    w = x.new_tensor([65.481, 128.553, 24.966]).view(1, 3, 1, 1)
+    w = x.new_tensor(Y_WEIGHTS).view(1, 3, 1, 1)
     return ((x * w).sum(1, keepdim=True) + 16.0) / 255.0
 
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from src.models.dropout import FeatureDropout, placement, validate_dropout
+from src.models.dropout import dropout_sites
 from src.models.srresnet import scaled_kaiming_
 from src.tiling import pad_to_multiple
 
@@ -70,26 +70,24 @@ class RRDBNet(nn.Module):
         super().__init__()
         if scale not in (1, 2, 4):
             raise ValueError(f"scale={scale!r} is not supported by RRDBNet; allowed: 1, 2, 4")
-        validate_dropout(dropout_position, dropout_dim, dropout_p)
+        sites = dropout_sites(dropout_position, dropout_dim, dropout_p, num_block,
+                              f"RRDBNet (num_block={num_block})")
         self.scale = scale
-        self.placement = placement(dropout_position, num_block, f"RRDBNet (num_block={num_block})")
-
-        def block_dropout(i):
-            return FeatureDropout(dropout_p, dropout_dim) if i in self.placement.in_blocks else None
+        self.placement = sites.placement
 
         unshuffle = {4: 1, 2: 2, 1: 4}[scale]
         self.unshuffle = unshuffle
         self.pad_multiple = unshuffle  # x2/x1 unshuffle the input: its sides must divide by 2/4
         self.conv_first = nn.Conv2d(num_in_ch * unshuffle**2, num_feat, 3, 1, 1)
-        self.body = nn.Sequential(*(RRDB(num_feat, num_grow_ch, block_dropout(i)) for i in range(num_block)))
+        self.body = nn.Sequential(*(RRDB(num_feat, num_grow_ch, sites.block(i)) for i in range(num_block)))
         self.conv_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         self.conv_up1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         self.conv_up2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         self.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
         self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
-        self.dropout_after = FeatureDropout(dropout_p, dropout_dim) if self.placement.after_block is not None else None
-        self.dropout_last = FeatureDropout(dropout_p, dropout_dim) if self.placement.last else None
+        self.dropout_after = sites.after()
+        self.dropout_last = sites.last()
 
     def forward(self, x):
         h, w = x.shape[-2:]

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from src.models.dropout import FeatureDropout, placement, validate_dropout
+from src.models.dropout import dropout_sites
 
 
 @torch.no_grad()
@@ -66,16 +66,14 @@ class MSRResNet(nn.Module):
         super().__init__()
         if scale not in (2, 3, 4):
             raise ValueError(f"scale={scale!r} is not supported by MSRResNet; allowed: 2, 3, 4")
-        validate_dropout(dropout_position, dropout_dim, dropout_p)
+        sites = dropout_sites(dropout_position, dropout_dim, dropout_p, num_block,
+                              f"MSRResNet (num_block={num_block})")
         self.scale = scale
-        self.placement = placement(dropout_position, num_block, f"MSRResNet (num_block={num_block})")
-
-        def block_dropout(i):
-            return FeatureDropout(dropout_p, dropout_dim) if i in self.placement.in_blocks else None
+        self.placement = sites.placement
 
         self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
         # body stays a Sequential of blocks with BasicSR's indices so checkpoints load with strict=True.
-        self.body = nn.Sequential(*(ResidualBlockNoBN(num_feat, block_dropout(i)) for i in range(num_block)))
+        self.body = nn.Sequential(*(ResidualBlockNoBN(num_feat, sites.block(i)) for i in range(num_block)))
         if scale == 4:
             self.upconv1 = nn.Conv2d(num_feat, num_feat * 4, 3, 1, 1)
             self.upconv2 = nn.Conv2d(num_feat, num_feat * 4, 3, 1, 1)
@@ -87,8 +85,8 @@ class MSRResNet(nn.Module):
         self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
         self.lrelu = nn.LeakyReLU(negative_slope=0.1, inplace=True)
         # Parameter-free, so neither adds state-dict keys.
-        self.dropout_after = FeatureDropout(dropout_p, dropout_dim) if self.placement.after_block is not None else None
-        self.dropout_last = FeatureDropout(dropout_p, dropout_dim) if self.placement.last else None
+        self.dropout_after = sites.after()
+        self.dropout_last = sites.last()
 
         scaled_kaiming_([self.conv_first, self.upconv1, self.conv_hr, self.conv_last], 0.1)
         if scale == 4:

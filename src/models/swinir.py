@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from src.models.dropout import FeatureDropout, placement, validate_dropout
+from src.models.dropout import dropout_sites
 from src.tiling import pad_to_multiple
 
 
@@ -226,10 +226,11 @@ class SwinIR(nn.Module):
             raise ValueError(f"depths={list(depths)} and num_heads={list(num_heads)} must have equal lengths")
         if any(embed_dim % h for h in num_heads):
             raise ValueError(f"embed_dim={embed_dim} must be divisible by every num_heads={list(num_heads)}")
-        validate_dropout(dropout_position, dropout_dim, dropout_p)
+        sites = dropout_sites(dropout_position, dropout_dim, dropout_p, len(depths),
+                              f"SwinIR ({len(depths)} RSTB groups)")
         self.scale, self.img_range, self.window_size = scale, img_range, window_size
         self.pad_multiple = window_size  # attention windows must tile the input
-        self.placement = placement(dropout_position, len(depths), f"SwinIR ({len(depths)} RSTB groups)")
+        self.placement = sites.placement
         mean = (0.4488, 0.4371, 0.4040) if in_chans == 3 else (0.0,) * in_chans
         # Not persistent: the official model keeps the mean out of its state dict.
         self.register_buffer("mean", torch.tensor(mean).view(1, in_chans, 1, 1), persistent=False)
@@ -242,10 +243,9 @@ class SwinIR(nn.Module):
         self.patch_embed = PatchEmbed(embed_dim)
         self.layers = nn.ModuleList()
         for i, (depth, heads) in enumerate(zip(depths, num_heads)):
-            drop = FeatureDropout(dropout_p, dropout_dim) if i in self.placement.in_blocks else None
             start = sum(depths[:i])
             self.layers.append(RSTB(embed_dim, resolution, depth, heads, window_size, mlp_ratio,
-                                    rates[start:start + depth], drop))
+                                    rates[start:start + depth], sites.block(i)))
         self.norm = nn.LayerNorm(embed_dim)
         self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1)
         self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
@@ -254,9 +254,8 @@ class SwinIR(nn.Module):
             ups += [nn.Conv2d(num_feat, factor * factor * num_feat, 3, 1, 1), nn.PixelShuffle(factor)]
         self.upsample = nn.Sequential(*ups)
         self.conv_last = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
-        self.dropout_after = (FeatureDropout(dropout_p, dropout_dim, channel_axis=-1)
-                              if self.placement.after_block is not None else None)
-        self.dropout_last = FeatureDropout(dropout_p, dropout_dim) if self.placement.last else None
+        self.dropout_after = sites.after(channel_axis=-1)  # on tokens (B, L, C)
+        self.dropout_last = sites.last()
         self.apply(self._init_weights)
 
     @staticmethod

@@ -19,10 +19,12 @@ from typing import Sequence
 import numpy as np
 
 from src import runs as run_folders
+from src.data.testsets import TEST_DEGRADATIONS
+from src.models.dropout import POSITIONS, is_baseline
 
 SET_ORDER = ("Set5", "Set14", "BSD100", "Manga109", "Urban100")
-DEGS = ("clean", "blur", "noise", "jpeg", "b+n", "b+j", "n+j", "b+n+j")
-POSITION_ORDER = ("none", "last", "b4", "b8", "b12", "b16", "quarter", "half", "all")
+DEGS = TEST_DEGRADATIONS
+POSITION_ORDER = POSITIONS
 POSITION_LABEL = {"last": "last", "b4": "B4", "b8": "B8", "b12": "B12", "b16": "B16", "quarter": "quarter",
                   "half": "half", "all": "all"}
 BACKBONE_LABEL = {"MSRResNet": "SRResNet", "RRDBNet": "RRDB", "SwinIR": "SwinIR"}
@@ -71,7 +73,7 @@ class Run:
 
     @property
     def baseline(self) -> bool:
-        return not self.dropout and not self.control
+        return is_baseline(self.position, self.p) and not self.control
 
     def cell(self, protocol: str, s: str, d: str) -> dict:
         return self.results.get(protocol, {}).get(s, {}).get(d, {})
@@ -204,7 +206,7 @@ def read_run(run_dir: Path) -> Run | None:
     arch = ",".join(f"{k}={v}" for k, v in size["arch"].items() if k in ("num_feat", "num_block", "embed_dim"))
     position = str(_select(cfg, "dropout.position", "none"))
     p = float(_select(cfg, "dropout.p", 0.0) or 0.0)
-    if position == "none" or p == 0:
+    if is_baseline(position, p):
         position, p = "none", 0.0
     seed = _select(cfg, "seed")
     control = _select(cfg, "control.label", "")
@@ -214,26 +216,13 @@ def read_run(run_dir: Path) -> Run | None:
                family=_fingerprint(cfg, ("dropout", "module.dropout", "control")))
 
 
-# Keys that do not change what a run learns; runs equal in everything else are seeds of one experiment.
-_BOOKKEEPING = ("seed", "name", "paths", "logger", "callbacks", "resume", "force", "eval", "ckpt_every_n_steps",
-                "ckpt_keep_steps", "channels_last", "compile", "data.root",
-                "data.num_workers", "data.cache_dir", "data.seed", "module.seed", "trainer.devices",
-                "trainer.accelerator", "trainer.strategy", "trainer.enable_progress_bar", "hydra",
-                "control.of", "control.a")
-
-
 def _fingerprint(cfg, also: tuple = ()) -> str:
+    """The config less the keys that do not split seeds (src.runs.KEY_ROLES) and `also`: equal = seeds of one
+    setting."""
     from omegaconf import OmegaConf
 
-    c = OmegaConf.to_container(cfg, resolve=False)
-    for key in _BOOKKEEPING + tuple(also):
-        *parents, last = key.split(".")
-        node = c
-        for k in parents:
-            node = node.get(k, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node.pop(last, None)
-    return json.dumps(c, sort_keys=True, default=str)
+    kept = run_folders.drop_keys(cfg, run_folders.keys_without("seeds") + tuple(also))
+    return json.dumps(OmegaConf.to_container(kept, resolve=False), sort_keys=True, default=str)
 
 
 def _short_groups(runs: list[Run]) -> None:

@@ -15,9 +15,9 @@ def published() -> dict:
     return yaml.safe_load(DATA.read_text())
 
 
-def row_values(row: dict) -> dict[str, dict[str, float]]:
+def row_values(row: dict, degradations: list[str] | None = None) -> dict[str, dict[str, float]]:
     """{set: {degradation: value}} of a published row (lists follow the file's `degradations`)."""
-    degs = published()["degradations"]
+    degs = degradations if degradations is not None else published()["degradations"]
     out = {}
     for s, v in row["values"].items():
         out[s] = dict(zip(degs, v)) if isinstance(v, list) else dict(v)
@@ -47,6 +47,19 @@ def paper_rows(table: str, backbone: str, settings: list[tuple[str, float]], pro
             has_base |= row["position"] == "none"
         previous = key
     return out
+
+
+def labelled_rows(table: str, path: str | Path | None = None) -> dict[str, dict[str, dict[str, float]]] | None:
+    """{row label: {set: {degradation: value}}} of `table`'s rows (not its Improvement lines), from `path` (a file in
+    the layout of paper_results.yaml; default that file), or None when `path` does not exist."""
+    if path is None:
+        doc = published()
+    elif Path(path).is_file():
+        doc = yaml.safe_load(Path(path).read_text())
+    else:
+        return None
+    return {row["label"]: row_values(row, doc["degradations"]) for row in doc["tables"][table]["rows"]
+            if not row.get("improvement")}
 
 
 def paper_setting(backbone: str) -> str:
