@@ -20,12 +20,15 @@ prints can be passed back to any tool unquoted. The exact overrides are kept in 
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import re
 import socket
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -298,6 +301,12 @@ class RunFolderBusy(RuntimeError):
     pass
 
 
+# The holder of a lock touches it every LOCK_LEASE_S / 10 seconds from a background thread. A lock not touched for
+# LOCK_LEASE_S is stale whatever host wrote it: a job killed on one node can then be rerun on another. Ten missed
+# renewals leave room for a slow shared filesystem; on the holder's own host a dead PID is stale at once.
+LOCK_LEASE_S = 300.0
+
+
 def _command_of(pid: int) -> str | None:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
@@ -305,69 +314,167 @@ def _command_of(pid: int) -> str | None:
         return None
 
 
-def _read_lock(path: Path) -> dict:
-    """The holder recorded in a lock file; {} when it is gone or half-written (its writer was killed while taking
-    it). Never moved aside like a corrupt state file: the lock belongs to another process."""
+def _slurm_incarnation() -> tuple[str | None, int]:
+    # A requeued SLURM job keeps its id and counts up SLURM_RESTART_COUNT: the same id with a higher count is
+    # this job started again, so its earlier incarnation (whatever node it ran on) is gone.
+    if "SLURM_JOB_ID" not in os.environ and "SLURM_ARRAY_JOB_ID" not in os.environ:
+        return None, 0  # not a SLURM job: no need to import Lightning for src.cluster
+    from src.cluster import slurm_job_id
+
+    return slurm_job_id(), int(os.environ.get("SLURM_RESTART_COUNT", 0) or 0)
+
+
+def _lock_state(path: Path) -> tuple[dict | None, float]:
+    """(holder record, seconds since its last renewal); the record is {} when unreadable, None when there is no
+    lock. A lock that is a folder is a clear error (nothing in the suite makes one)."""
     try:
-        return json.loads(path.read_text())
+        age = time.time() - path.stat().st_mtime
+        holder = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None, 0.0
+    except IsADirectoryError:
+        raise RunFolderBusy(f"{path} is a folder, not a lock file; remove it (rm -r {path}) and run again") from None
     except (OSError, ValueError):
-        return {}
+        return {}, age
+    return (holder if isinstance(holder, dict) else {}), age
 
 
-def lock_holder(run_dir: str | os.PathLike) -> dict | None:
-    """The live process holding `run_dir`'s lock (pid, host, command, since), or None when it is free or stale."""
-    holder = _read_lock(Path(run_dir) / LOCK)
-    return holder if holder and _alive(holder) else None
+def _lease(holder: Mapping) -> float:
+    lease = holder.get("lease_s")
+    return float(lease) if isinstance(lease, (int, float)) and lease > 0 else LOCK_LEASE_S
 
 
-def _alive(holder: Mapping) -> bool:
+def _why_stale(holder: Mapping, age: float) -> str | None:
+    """Why the lock of `holder`, renewed `age` seconds ago, no longer holds; None while it holds. An unreadable
+    lock ({}) is judged by its lease alone: its writer may be alive."""
+    lease = _lease(holder)
+    if age > lease:
+        return f"not renewed for {age:.0f} s (lease {lease:.0f} s)"
+    if not holder:
+        return None
+    job, restart = _slurm_incarnation()
+    if job and holder.get("slurm_job") == job and int(holder.get("slurm_restart", 0)) < restart:
+        return f"its SLURM job {job} was requeued"
     if holder.get("host") != socket.gethostname():
-        return True  # cannot look at another machine's processes: assume it is still working
+        return None  # another machine's processes cannot be looked at: the lease decides
     pid = int(holder.get("pid", -1))
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
+        return "no longer running"
     except PermissionError:
-        return True
+        return None
     # A live PID that runs another command is a recycled PID, not the holder.
     current = _command_of(pid)
-    return current is None or holder.get("command") in (None, current)
+    return None if current is None or holder.get("command") in (None, current) else "its PID now runs another command"
+
+
+def lock_holder(run_dir: str | os.PathLike) -> dict | None:
+    """The process holding `run_dir`'s lock (pid, host, command, since), or None when it is free or stale."""
+    holder, age = _lock_state(Path(run_dir) / LOCK)
+    return holder if holder and _why_stale(holder, age) is None else None
 
 
 @contextmanager
-def lock(run_dir: str | os.PathLike) -> Iterator[Path]:
-    """Hold `<run>/.lock` while writing the folder. A second process gets RunFolderBusy naming the holder's PID
-    and command; a lock left by a killed process (its PID gone, or reused by another command) is taken over."""
+def _breaking(run_dir: Path) -> Iterator[None]:
+    # Judging a lock and removing it (a takeover, or the holder's release) is one step under flock on the run
+    # folder: two processes that both found a stale lock would otherwise each remove it, the second removing the
+    # first one's fresh lock. The kernel drops flock with its process, so a crash here leaves nothing behind.
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass  # a filesystem without flock: the lease and the atomic link still hold
+        yield
+    finally:
+        os.close(fd)
+
+
+def _create_lock(path: Path, record: dict) -> bool:
+    """Put `record` in place as `path` complete or not at all (written to a temporary file, then hard-linked, which
+    fails when `path` exists); False when another lock is there."""
+    tmp = temporary_name(path)
+    try:
+        atomic_write_json(tmp, record)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EOPNOTSUPP):
+                raise
+            # No hard links here (some network/FUSE filesystems): exclusive create under the breaking lock, which
+            # readers judging the lock also take, so none reads it half-written.
+            with _breaking(path.parent):
+                try:
+                    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    return False
+                with os.fdopen(fd, "w") as f:
+                    json.dump(record, f)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _renew(path: Path, token: str, every_s: float, stop: threading.Event) -> None:
+    while not stop.wait(every_s):
+        try:
+            holder, _ = _lock_state(path)
+            if holder and holder.get("token") == token:
+                os.utime(path)
+        except (OSError, RunFolderBusy):
+            pass  # a missed renewal costs nothing until the lease runs out; the next one may succeed
+
+
+@contextmanager
+def lock(run_dir: str | os.PathLike, lease_s: float = LOCK_LEASE_S) -> Iterator[Path]:
+    """Hold `<run>/.lock` while writing the folder.
+
+    The lock file appears complete (PID, host, command, SLURM job) or not at all, and a background thread renews it
+    every `lease_s / 10` seconds. A second process gets RunFolderBusy naming the holder; a lock is taken over (with
+    a warning saying why) when it was not renewed for `lease_s`, when its PID on this host is gone or runs another
+    command, or when its SLURM job is this job requeued. An unreadable lock whose lease is fresh is never taken.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK
-    me = {"pid": os.getpid(), "host": socket.gethostname(),
-          "command": _command_of(os.getpid()) or " ".join(sys.argv), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
-            holder = _read_lock(path)
-            if holder and _alive(holder):
+    job, restart = _slurm_incarnation()
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "command": _command_of(os.getpid()) or " ".join(sys.argv),
+          "since": time.strftime("%Y-%m-%dT%H:%M:%S"), "lease_s": float(lease_s), "token": uuid.uuid4().hex,
+          "slurm_job": job, "slurm_restart": restart}
+    while not _create_lock(path, me):
+        with _breaking(run_dir):
+            holder, age = _lock_state(path)
+            if holder is None:
+                continue  # released meanwhile: try again
+            why = _why_stale(holder, age)
+            if why is None:
+                who = (f"PID {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}: "
+                       f"{holder.get('command')}" if holder else "a process whose lock file is unreadable")
                 raise RunFolderBusy(
-                    f"{run_dir} is in use by PID {holder.get('pid')} on {holder.get('host')} since "
-                    f"{holder.get('since')}: {holder.get('command')}\nWait for it to finish (or stop it); if that "
-                    f"process is gone, delete {path}.") from None
-            warnings.warn(f"{path}: taking over a stale lock of PID {holder.get('pid')} ({holder.get('command')}), "
-                          f"which is no longer running", RuntimeWarning, stacklevel=3)
-            path.unlink(missing_ok=True)
-    with os.fdopen(fd, "w") as f:
-        json.dump(me, f)
+                    f"{run_dir} is in use by {who} (lock renewed {age:.0f} s ago)\nWait for it to finish (or stop it); "
+                    f"a lock not renewed for {_lease(holder):.0f} s is taken over by itself.")
+            warnings.warn(f"{path}: taking over the lock of PID {holder.get('pid')} on {holder.get('host')} "
+                          f"({holder.get('command')}): {why}", RuntimeWarning, stacklevel=3)
+            path.unlink()
+    stop = threading.Event()
+    beat = threading.Thread(target=_renew, args=(path, me["token"], float(lease_s) / 10, stop), daemon=True,
+                            name=f"lock-renewal {run_dir.name}")
+    beat.start()
     try:
         yield path
     finally:
-        try:
-            if json.loads(path.read_text()).get("pid") == me["pid"]:
-                path.unlink()
-        except (OSError, ValueError):
-            pass
+        stop.set()
+        beat.join()
+        with _breaking(run_dir):
+            try:
+                holder, _ = _lock_state(path)
+                if holder and holder.get("token") == me["token"]:
+                    path.unlink()
+            except (OSError, RunFolderBusy):
+                pass
 
 
 def temporary_name(path: str | os.PathLike) -> Path:

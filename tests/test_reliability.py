@@ -1,0 +1,141 @@
+"""Nothing lost under races, signals, requeues and crafted inputs: the run lock, exit codes, refused reruns,
+publishing, crafted weights and memory limits."""
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import pytest
+
+from conftest import REPO
+from src import runs
+
+
+# --- the run lock -------------------------------------------------------------------------------------------
+def _append(log, line):
+    # O_APPEND: each line lands whole and in order of the writes, whichever process writes it
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        os.write(fd, f"{line}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def _contender(run_dir, log, barrier, rounds):
+    warnings.simplefilter("error")  # a takeover between live contenders would be a false "stale" judgement
+    for r in range(rounds):
+        barrier.wait()
+        try:
+            with runs.lock(run_dir):
+                _append(log, f"enter {r} {os.getpid()}")
+                time.sleep(0.001)
+                _append(log, f"exit {r} {os.getpid()}")
+        except runs.RunFolderBusy:
+            pass
+
+
+def test_racing_processes_never_hold_the_lock_together(tmp_path):
+    n, rounds = 4, 200
+    ctx = multiprocessing.get_context("fork")
+    barrier, log = ctx.Barrier(n, timeout=30), tmp_path / "holders.log"
+    procs = [ctx.Process(target=_contender, args=(tmp_path / "run", log, barrier, rounds)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * n
+    held, rounds_held = None, set()
+    for line in log.read_text().splitlines():
+        what, r, pid = line.split()
+        if what == "enter":
+            assert held is None, f"PID {pid} entered round {r} while PID {held} held the lock"
+            held = pid
+            rounds_held.add(r)
+        else:
+            assert held == pid
+            held = None
+    assert len(rounds_held) == rounds  # every round someone got the lock
+    assert not (tmp_path / "run" / runs.LOCK).exists()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == []  # no temporary lock files left
+
+
+def _hold_as_node_b(run_dir, lease_s, held):
+    import socket
+
+    socket.gethostname = lambda: "node-b"
+    with runs.lock(run_dir, lease_s=lease_s):
+        held.set()
+        time.sleep(600)
+
+
+def _holder_on_other_host(run_dir, lease_s):
+    ctx = multiprocessing.get_context("fork")
+    held = ctx.Event()
+    proc = ctx.Process(target=_hold_as_node_b, args=(run_dir, lease_s, held), daemon=True)
+    proc.start()
+    assert held.wait(30)
+    return proc
+
+
+def test_lock_of_another_host_holds_while_renewed_and_goes_stale_when_renewal_stops(tmp_path):
+    lease = 1.0
+    proc = _holder_on_other_host(tmp_path, lease)
+    try:
+        deadline = time.time() + 2.5 * lease  # longer than the lease: only renewal keeps it held
+        while time.time() < deadline:
+            with pytest.raises(runs.RunFolderBusy, match=rf"in use by PID {proc.pid} on node-b"):
+                with runs.lock(tmp_path):
+                    pass
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGSTOP)  # alive but no longer renewing, like a node that lost the filesystem
+        time.sleep(lease + 0.3)
+        with pytest.warns(RuntimeWarning, match=rf"lock of PID {proc.pid} on node-b .*not renewed for \d+ s "
+                                                rf"\(lease 1 s\)"):
+            with runs.lock(tmp_path) as path:
+                assert json.loads(path.read_text())["pid"] == os.getpid()
+    finally:
+        proc.kill()
+        proc.join()
+
+
+def _write_lock(run_dir, text, age_s=0.0):
+    path = run_dir / runs.LOCK
+    path.write_text(text)
+    os.utime(path, (time.time() - age_s,) * 2)
+    return path
+
+
+def test_unreadable_lock_is_taken_only_after_its_lease(tmp_path):
+    _write_lock(tmp_path, "")  # half-written by an older version, or damaged: its writer may still be alive
+    with pytest.raises(runs.RunFolderBusy, match="lock file is unreadable"):
+        with runs.lock(tmp_path):
+            pass
+    _write_lock(tmp_path, "", age_s=runs.LOCK_LEASE_S + 5)
+    with pytest.warns(RuntimeWarning, match=rf"not renewed for {runs.LOCK_LEASE_S + 5:.0f} s"), runs.lock(tmp_path):
+        pass
+
+
+def test_requeued_slurm_job_takes_over_its_earlier_incarnation_on_another_node(tmp_path, monkeypatch):
+    record = {"pid": 4242, "host": "node-a", "command": "python -m src.train", "slurm_job": "77_3",
+              "slurm_restart": 0}
+    _write_lock(tmp_path, json.dumps(record))
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")  # the same incarnation elsewhere: still held
+    with pytest.raises(runs.RunFolderBusy, match="PID 4242 on node-a"), runs.lock(tmp_path):
+        pass
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    with pytest.warns(RuntimeWarning, match="its SLURM job 77_3 was requeued"), runs.lock(tmp_path) as path:
+        assert json.loads(path.read_text())["slurm_restart"] == 1
+
+
+def test_lock_that_is_a_folder_is_a_one_line_error(tmp_path):
+    (tmp_path / runs.LOCK).mkdir()
+    with pytest.raises(runs.RunFolderBusy) as err, runs.lock(tmp_path):
+        pass
+    assert str(err.value) == f"{tmp_path / runs.LOCK} is a folder, not a lock file; remove it (rm -r " \
+                             f"{tmp_path / runs.LOCK}) and run again"
