@@ -7,7 +7,7 @@ A run folder (one training job) holds:
     checkpoints/last.ckpt    the latest full training state (resuming starts here)
     train_done.json          training reached trainer.max_steps (global_step, fit seconds)
     results.json / .csv      scores under the literature protocol; results_official.json / .csv: the paper's own
-    job.json                 the command-line overrides, status (running / completed / failed) and error
+    job.json                 the command-line overrides, status (running / completed / failed / interrupted), error
     identity.json            the fingerprint of what the run learns from and how it is scored
     metrics.csv              training curves (CSV logger)
     .lock                    held by the one process writing the folder (PID and command inside)
@@ -484,12 +484,15 @@ def temporary_name(path: str | os.PathLike) -> Path:
 
 
 # --- job status and manifests -------------------------------------------------------------------------------
+# interrupted: stopped on a signal after writing its checkpoint; the same command resumes it.
+JOB_STATUSES = ("running", "completed", "failed", "interrupted")
+
 def write_job_status(run_dir: str | os.PathLike, overrides: Sequence[str], status: str = "completed",
                      error: BaseException | str | None = None) -> Path:
     """`job.json`: the run's overrides and status (and error). One file per job, so parallel launchers never
     race on a shared file."""
-    if status not in ("running", "completed", "failed"):
-        raise ValueError(f"status={status!r}; allowed: running, completed, failed")
+    if status not in JOB_STATUSES:
+        raise ValueError(f"status={status!r}; allowed: {', '.join(JOB_STATUSES)}")
     entry = {"overrides": list(overrides), "dir": Path(run_dir).name, "status": status,
              "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if status == "running":

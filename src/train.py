@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 import time
 import warnings
@@ -22,8 +23,9 @@ from hydra.types import RunMode
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ProgressBar
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from src.cluster import PREEMPTED_EXIT_CODE, PreemptionCheckpoint, global_rank_from_env, parse_signal, slurm_plugins
+from src.cluster import PreemptionCheckpoint, StoppedOnSignal, global_rank_from_env, parse_signal, slurm_plugins
 from src.loggers import build_loggers, finish_wandb, log_results
 from src import runs
 from src.preflight import check_values
@@ -278,14 +280,18 @@ def fit_and_evaluate(cfg: DictConfig, run_dir: Path, module, datamodule, loggers
     if resume_from:
         print(f"[train] resuming from {resume_from}")
     start = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    except SIGTERMException:  # before the training loop took the signal over: nothing new to checkpoint
+        raise StoppedOnSignal("stopped on SIGTERM before training started; rerun the same command to resume",
+                              128 + signal.SIGTERM) from None
     leave_process_group()
     if preemption.preempted:
         # Not a failure and not a result: the requeued job (or the same command) resumes from the checkpoint.
-        print(f"[train] stopped at step {trainer.global_step} on {preemption.signum.name}: {ckpt} written"
-              + ("; SLURM requeue requested" if preemption.requeued else "; rerun the same command to resume"),
-              flush=True)
-        sys.exit(PREEMPTED_EXIT_CODE)
+        raise StoppedOnSignal(
+            f"stopped at step {trainer.global_step} on {preemption.stopped_by.name}: {ckpt} written"
+            + ("; SLURM requeue requested" if preemption.requeued else "; rerun the same command to resume"),
+            preemption.exit_code)
     if trainer.interrupted:
         raise RuntimeError("training was interrupted; rerun the same command to resume")
     if not trainer.is_global_zero:
@@ -315,6 +321,11 @@ def main(cfg: DictConfig) -> float | None:
     output_dir, overrides = hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task)
     try:
         results = train(cfg, output_dir)
+    except StoppedOnSignal as stop:  # the whole process stops, sweep included: that is what the signal asked
+        print(f"[train] {stop}", flush=True)
+        if is_rank_zero():
+            runs.write_job_status(output_dir, overrides, "interrupted", str(stop))
+        sys.exit(stop.exit_code)
     except runs.RunFolderBusy as error:  # the folder and its job.json belong to the other process
         if hydra_cfg.mode != RunMode.MULTIRUN:
             raise

@@ -139,3 +139,44 @@ def test_lock_that_is_a_folder_is_a_one_line_error(tmp_path):
         pass
     assert str(err.value) == f"{tmp_path / runs.LOCK} is a folder, not a lock file; remove it (rm -r " \
                              f"{tmp_path / runs.LOCK}) and run again"
+
+
+# --- signals ------------------------------------------------------------------------------------------------
+def _train_until_running(runs_dir, *overrides):
+    """A training subprocess that has finished a few steps (its first progress line printed)."""
+    from conftest import TINY
+
+    cmd = [sys.executable, "-m", "src.train", *TINY, f"paths.runs={runs_dir}", f"paths.cache={runs_dir}/cache",
+           "eval.degradations=[clean]", "trainer.max_steps=100000", "trainer.val_check_interval=2",
+           "ckpt_every_n_steps=100000", "name=sig", *overrides]
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    for key in [k for k in env if k.startswith("SLURM_")]:
+        del env[key]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("[train] step"):
+            return proc, seen
+    proc.wait()
+    raise AssertionError("training ended before it printed progress:\n" + "".join(seen[-40:]))
+
+
+@pytest.mark.parametrize("signum, overrides, code", [
+    (signal.SIGTERM, (), 143),                                     # scancel, kill, a container stop
+    pytest.param(signal.SIGINT, (), 130, marks=pytest.mark.slow),  # Ctrl+C
+    pytest.param(signal.SIGTERM, ("preemption.signal=SIGTERM",), 3, marks=pytest.mark.slow),  # a scheduler's warning
+])
+def test_signal_checkpoints_marks_the_job_interrupted_and_exits_nonzero(tmp_path, signum, overrides, code):
+    import torch
+
+    proc, seen = _train_until_running(tmp_path, *overrides)
+    proc.send_signal(signum)
+    out = "".join(seen) + proc.communicate(timeout=300)[0]
+    assert proc.returncode == code, out[-3000:]
+    (folder,) = {p.parent for p in tmp_path.rglob("job.json")}
+    job = json.loads((folder / runs.JOB).read_text())
+    assert job["status"] == "interrupted" and f"on {signum.name}: " in job["error"], job
+    step = torch.load(folder / runs.CKPT, map_location="cpu", weights_only=True)["global_step"]
+    assert step >= 2 and f"checkpointing step {step}" in out
+    assert not (folder / runs.DONE).exists() and not (folder / runs.LOCK).exists()
