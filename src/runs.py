@@ -288,9 +288,10 @@ def claim_identity(run_dir: str | os.PathLike, ident: Mapping, force: bool = Fal
         diff = identity_difference(old, ident)
         if diff and not force:
             raise RunIdentityError(
-                f"{run_dir} holds a different run; what differs (recorded -> now):\n  " + "\n  ".join(diff)
-                + "\nKeep it and use another folder (name=<new name>), or retrain this one from scratch with "
-                  "force=true.")
+                f"{run_dir} holds a different run, left as it was; what differs (recorded -> now):\n  "
+                + "\n  ".join(diff) + "\nTo keep both, give this run its own folder: name=<new name> (or another "
+                "paths.runs). force=true instead retrains this folder from scratch, deleting its checkpoint and "
+                "results.")
         if diff:
             invalidate(run_dir, checkpoint=True)
     atomic_write_json(run_dir / IDENTITY, ident)
@@ -504,6 +505,22 @@ def write_job_status(run_dir: str | os.PathLike, overrides: Sequence[str], statu
 
 def read_job(run_dir: str | os.PathLike) -> dict | None:
     return read_state(Path(run_dir) / JOB)
+
+
+# A sweep job refused by its folder (it holds another run) is noted beside the jobs, never in the refused folder:
+# the run there stays exactly as it was, job.json included.
+REFUSED = ".refused"
+
+
+def record_refusal(run_dir: str | os.PathLike, overrides: Sequence[str], error: BaseException) -> Path:
+    run_dir = Path(run_dir)
+    return atomic_write_json(run_dir.parent / REFUSED / f"{run_dir.name}.json",
+                             {"overrides": list(overrides), "dir": run_dir.name, "status": "refused",
+                              "error": f"{type(error).__name__}: {error}"})
+
+
+def read_refusal(sweep_dir: str | os.PathLike, name: str) -> dict | None:
+    return read_state(Path(sweep_dir) / REFUSED / f"{name}.json")
 
 
 def write_manifest(sweep_dir: str | os.PathLike, name: str | None, jobs: dict[str, dict]) -> Path:

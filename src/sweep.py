@@ -1,6 +1,7 @@
 """Hydra plumbing shared by the entry points: run-folder naming and the sweep manifest."""
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -147,6 +148,7 @@ class ManifestCallback(Callback):
                 OmegaConf.update(config, key, value, merge=False)
                 config.hydra.overrides.hydra.append(f"{key}={text}")
         sweep_dir = Path(config.hydra.sweep.dir)
+        shutil.rmtree(sweep_dir / runs.REFUSED, ignore_errors=True)  # refusals of an earlier run of this sweep
         if jobs is None:
             return
         self.planned = preflight(config, jobs)
@@ -162,7 +164,7 @@ class ManifestCallback(Callback):
             names = sorted(p.parent.name for p in sweep_dir.glob(f"*/{runs.JOB}"))
         jobs = {}
         for name in names:
-            job = runs.read_job(sweep_dir / name)
+            job = runs.read_refusal(sweep_dir, name) or runs.read_job(sweep_dir / name)
             if job is None:
                 job = {"overrides": (self.planned or {}).get(name, []), "dir": name, "status": "failed",
                        "error": "the job did not run (its process died before it could record a status)"}

@@ -171,8 +171,6 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
     check_values(cfg, task_overrides())
     owner = is_rank_zero()
     with runs.lock(run_dir) if owner else contextlib.nullcontext():
-        if owner:
-            runs.write_job_status(run_dir, task_overrides(), "running")
         return _train(cfg, run_dir, owner)
 
 
@@ -193,6 +191,8 @@ def _train(cfg: DictConfig, run_dir: Path, owner: bool) -> dict:
                 "val": [p for paths in datamodule.val_paths.values() for p in paths],
                 "test": [p for paths in datamodule.test_paths.values() for p in paths]}
         runs.claim_identity(run_dir, runs.fingerprint(cfg, datamodule.root, data), force=cfg.force)
+        # Only now: a run refused by the folder's identity must leave the folder's job.json as it was.
+        runs.write_job_status(run_dir, task_overrides(), "running")
         if cfg.force or not cfg.resume:
             # Before anything touches the checkpoint: an interrupted retrain must not leave the old results (or
             # the old weights) looking like the outcome of this one.
@@ -330,6 +330,12 @@ def main(cfg: DictConfig) -> float | None:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             raise
         log.error("job %s skipped: %s", output_dir, error)
+        return None
+    except runs.RunIdentityError as error:  # the folder and its job.json belong to the run it holds
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            raise
+        runs.record_refusal(output_dir, overrides, error)
+        log.error("job %s refused: %s", output_dir, error)
         return None
     except Exception as error:
         if is_rank_zero():

@@ -180,3 +180,74 @@ def test_signal_checkpoints_marks_the_job_interrupted_and_exits_nonzero(tmp_path
     step = torch.load(folder / runs.CKPT, map_location="cpu", weights_only=True)["global_step"]
     assert step >= 2 and f"checkpointing step {step}" in out
     assert not (folder / runs.DONE).exists() and not (folder / runs.LOCK).exists()
+
+
+# --- a refused rerun ----------------------------------------------------------------------------------------
+def _toy_root(root, seed):
+    import numpy as np
+
+    from src.data.imageio import write_image
+
+    rng = np.random.default_rng(seed)
+    for i in range(2):
+        write_image(root / "Toy" / "HR" / f"{i}.png", rng.integers(0, 256, (72, 72, 3), dtype=np.uint8))
+    return root
+
+
+TOY = ["debug=fast", "data.train_sets=[Toy]", "data.val_sets=[Toy]", "data.test_sets=[Toy]",
+       "eval.degradations=[clean]"]
+
+
+def _snapshot(folder, hydras=False):
+    # Hydra's own record of each launch (.hydra/, train.log) is written before the suite's code runs
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))
+            if p.is_file() and (hydras or not (p.parts[len(folder.parts)] == ".hydra" or p.name == "train.log"))}
+
+
+def test_refused_rerun_leaves_the_run_it_refuses_untouched(tmp_path):
+    from conftest import TINY, compose_train
+    from src.train import train
+
+    run = tmp_path / "runs" / "r"
+    a, b = _toy_root(tmp_path / "a", 0), _toy_root(tmp_path / "b", 1)
+
+    def go(root):
+        cfg = compose_train(TINY + [f"paths.runs={run.parent}", f"paths.cache={tmp_path / 'cache'}", *TOY,
+                                    f"data.root={root}"], run)
+        return train(cfg, run)
+
+    go(a)
+    runs.write_job_status(run, ["data.root=a"], "completed")  # as src.train's entry point leaves a finished run
+    before = _snapshot(run)
+    with pytest.raises(runs.RunIdentityError) as err:
+        go(b)
+    assert _snapshot(run, hydras=True) == before  # job.json, identity, results, checkpoint: not a byte, not a timestamp
+    msg = str(err.value)
+    assert "left as it was" in msg and "\n  data.train.sha1: " in msg
+    assert "name=<new name>" in msg and "force=true instead retrains this folder from scratch, deleting its " \
+                                        "checkpoint and results" in msg
+
+
+@pytest.mark.slow
+def test_refused_sweep_job_is_reported_as_refused_and_its_folder_kept(tmp_path):
+    a, b = _toy_root(tmp_path / "a", 0), _toy_root(tmp_path / "b", 1)
+    from conftest import TINY
+
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+
+    def sweep(root):
+        return subprocess.run([sys.executable, "-m", "src.train", "-m", *TINY, *TOY, f"paths.runs={tmp_path / 'runs'}",
+                               f"paths.cache={tmp_path / 'cache'}", f"data.root={root}", "seed=0"],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+    first = sweep(a)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (manifest,) = (tmp_path / "runs").rglob(runs.MANIFEST)
+    (job,) = json.loads(manifest.read_text())["jobs"]
+    before = _snapshot(manifest.parent / job)
+    second = sweep(b)
+    assert second.returncode == 1
+    assert _snapshot(manifest.parent / job) == before
+    entry = json.loads(manifest.read_text())["jobs"][job]
+    assert entry["status"] == "refused" and "data.train.sha1" in entry["error"]
+    assert "[sweep] 0 of 1 jobs completed" in second.stdout and f"FAILED {job}: RunIdentityError" in second.stderr
