@@ -27,6 +27,7 @@ import json
 import os
 import re
 import socket
+import stat
 import sys
 import threading
 import time
@@ -563,13 +564,55 @@ PUBLISHED = (CONFIG, JOB, DONE, IDENTITY, METRICS, RESULTS["literature"], "resul
 PUBLISH_MAX_BYTES = 500_000
 
 
+class PublishError(ValueError):
+    pass
+
+
+def _plain_name(name: Any, where: Any) -> str:
+    """`name` when it is one folder name (no separator, not `.` or `..`), else a PublishError naming `where`."""
+    if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+        raise PublishError(f"{where}: {name!r} is not a folder name (no /, not . or ..); a crafted or damaged "
+                           f"manifest? Nothing was published from it")
+    return name
+
+
+def publishable_files(run_dir: Path) -> list[Path]:
+    """The files of PUBLISHED that `run_dir` holds, checked before anything is copied: each a regular file of the
+    run folder itself (a symlink could carry any file of the machine into a folder meant for git), at most
+    PUBLISH_MAX_BYTES, and each JSON file parses (a corrupt results file would be published as a result)."""
+    if run_dir.is_symlink():
+        raise PublishError(f"{run_dir} is a symlink; only run folders themselves are published")
+    files = []
+    for name in PUBLISHED:
+        path = run_dir / name
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            raise PublishError(f"{path} is not a regular file (a symlink or a folder); only a run's own files are "
+                               f"published")
+        if info.st_size > PUBLISH_MAX_BYTES:
+            raise PublishError(f"{path} ({info.st_size:,} bytes) is over the {PUBLISH_MAX_BYTES:,}-byte cap on "
+                               f"published files; nothing of {run_dir.name} was published")
+        if path.suffix == ".json":
+            try:
+                json.loads(path.read_bytes())
+            except (ValueError, UnicodeDecodeError) as e:
+                raise PublishError(f"{path} does not parse ({e}); nothing of {run_dir.name} was published: rerun "
+                                   f"its evaluation or remove the run") from None
+        files.append(path)
+    return files
+
+
 def publish(target: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
     """Copy the small result files of every finished run in `target` (a run or sweep folder, see `find_runs`) to
     `dest/<run folder name>/`, so results can be committed and reports rebuilt without the runs.
 
     A run without results.json, or one whose process still holds its folder (it may be writing the other protocol's
-    results and its job.json still says running), is left out with a warning naming it; a file over 500 KB is
-    refused, naming it. Files are written atomically; copying again replaces them. Returns the published folders."""
+    results and its job.json still says running), is left out with a warning naming it. A file over 500 KB, a
+    symlink, a JSON file that does not parse or a manifest entry that is not a folder name stops the publish with a
+    PublishError naming it, before anything of that run is copied. Files are written atomically; copying again replaces them. Returns the published folders."""
     out = []
     for run_dir in find_runs(target):
         if not (run_dir / RESULTS["literature"]).is_file() and not (run_dir / RESULTS["official"]).is_file():
@@ -580,11 +623,8 @@ def publish(target: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
             warnings.warn(f"{run_dir}: still running (PID {holder.get('pid')} holds {LOCK}), not published; publish "
                           "again when it has finished")
             continue
-        files = [run_dir / name for name in PUBLISHED if (run_dir / name).is_file()]
-        big = [f"{f} ({f.stat().st_size:,} bytes)" for f in files if f.stat().st_size > PUBLISH_MAX_BYTES]
-        if big:
-            raise ValueError(f"not publishing files over {PUBLISH_MAX_BYTES:,} bytes: {', '.join(big)}")
-        folder = Path(dest) / run_dir.name
+        files = publishable_files(run_dir)
+        folder = Path(dest) / _plain_name(run_dir.name, run_dir)
         for f in files:
             atomic_write_bytes(folder / f.name, f.read_bytes())
         out.append(folder)
@@ -605,7 +645,8 @@ def find_runs(target: str | os.PathLike) -> list[Path]:
         return [target]
     manifest = read_manifest(target)
     if manifest and manifest.get("jobs"):
-        return sorted(target / job.get("dir", key) for key, job in manifest["jobs"].items())
+        return sorted(target / _plain_name(job.get("dir", key) if isinstance(job, dict) else key, target / MANIFEST)
+                      for key, job in manifest["jobs"].items())
     found = set()
     for marker in _MARKERS:
         depth = len(Path(marker).parts)

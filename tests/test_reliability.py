@@ -251,3 +251,51 @@ def test_refused_sweep_job_is_reported_as_refused_and_its_folder_kept(tmp_path):
     entry = json.loads(manifest.read_text())["jobs"][job]
     assert entry["status"] == "refused" and "data.train.sha1" in entry["error"]
     assert "[sweep] 0 of 1 jobs completed" in second.stdout and f"FAILED {job}: RunIdentityError" in second.stderr
+
+
+# --- publishing ---------------------------------------------------------------------------------------------
+def _finished_run(folder):
+    folder.mkdir(parents=True)
+    (folder / runs.CONFIG).write_text("seed: 0\n")
+    runs.write_job_status(folder, ["seed=0"], "completed")
+    (folder / "results.json").write_text(json.dumps({"Set5": {"clean": {"psnr": 30.0}}}))
+    return folder
+
+
+def test_publish_never_writes_outside_its_folder_nor_reads_outside_the_run(tmp_path):
+    sweep, dest = tmp_path / "sweep", tmp_path / "pub" / "campaign"
+    _finished_run(sweep / "a")
+    (sweep / runs.MANIFEST).write_text(json.dumps({"jobs": {"a": {"dir": ".."}}}))
+    with pytest.raises(runs.PublishError, match=r"manifest.json: '\.\.' is not a folder name"):
+        runs.publish(sweep, dest)
+    assert not (tmp_path / "pub").exists()
+
+    (sweep / runs.MANIFEST).write_text(json.dumps({"jobs": {"a": {"dir": "a"}}}))
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for git")
+    (sweep / "a" / runs.METRICS).symlink_to(secret)
+    with pytest.raises(runs.PublishError, match=r"a/metrics.csv is not a regular file \(a symlink or a folder\)"):
+        runs.publish(sweep, dest)
+    assert not (tmp_path / "pub").exists()
+    (sweep / "a" / runs.METRICS).unlink()
+    assert runs.publish(sweep, dest) == [dest / "a"]
+    assert sorted(p.name for p in (dest / "a").iterdir()) == ["config.yaml", "job.json", "results.json"]
+
+
+def test_publish_refuses_a_run_whose_results_do_not_parse(tmp_path):
+    run, dest = _finished_run(tmp_path / "a"), tmp_path / "pub"
+    (run / "results.json").write_text('{"Set5": {"clean"')
+    with pytest.raises(runs.PublishError, match=rf"{run / 'results.json'} does not parse \(.*\); nothing of a was "
+                                                 "published"):
+        runs.publish(run, dest)
+    assert not dest.exists() and sorted(p.name for p in run.iterdir()) == ["config.yaml", "job.json", "results.json"]
+
+
+def test_publish_of_an_oversized_file_is_a_one_line_error(tmp_path):
+    run = _finished_run(tmp_path / "a")
+    (run / runs.METRICS).write_bytes(b"0" * (runs.PUBLISH_MAX_BYTES + 1))
+    done = subprocess.run([sys.executable, "-m", "src.report", str(run), f"publish={tmp_path / 'pub'}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and done.stderr.strip() == (
+        f"src.report: {run / runs.METRICS} ({runs.PUBLISH_MAX_BYTES + 1:,} bytes) is over the "
+        f"{runs.PUBLISH_MAX_BYTES:,}-byte cap on published files; nothing of a was published")
