@@ -299,3 +299,42 @@ def test_publish_of_an_oversized_file_is_a_one_line_error(tmp_path):
     assert done.returncode == 1 and done.stderr.strip() == (
         f"src.report: {run / runs.METRICS} ({runs.PUBLISH_MAX_BYTES + 1:,} bytes) is over the "
         f"{runs.PUBLISH_MAX_BYTES:,}-byte cap on published files; nothing of a was published")
+
+
+# --- crafted weights ----------------------------------------------------------------------------------------
+def _crafted(path, **arch):
+    import torch
+    from safetensors.torch import save_file
+
+    cfg = {"_target_": "src.models.srresnet.MSRResNet", "num_feat": 32, "num_block": 4, **arch}
+    save_file({"conv_first.weight": torch.zeros(1)}, str(path), metadata={"backbone": json.dumps(cfg), "scale": "4"})
+    return path
+
+
+@pytest.mark.parametrize("arch, message", [
+    ({"num_block": 3_000_000}, r"num_block=3000000 is out of bounds: sizes are integers from 1 to 1024"),
+    ({"num_feat": -8}, r"num_feat=-8 is out of bounds"),
+    ({"num_feat": 1024, "num_block": 1024},
+     # 1024 blocks of two 3x3 convolutions at 1024 features are over 19 billion parameters
+     r"declares has 19,\d{3},\d{3},\d{3} parameters, over the budget of 200,000,000"),
+])
+def test_architecture_sizes_from_a_file_are_bounded_before_anything_is_built(tmp_path, arch, message):
+    import resource
+
+    from src.models.loading import load
+
+    path = _crafted(tmp_path / "crafted.safetensors", **arch)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match=rf"^{path}: .*{message}"):
+        load(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: nothing was allocated
+
+
+def test_parameter_count_on_the_meta_device_matches_the_built_network():
+    from src.models.loading import check_sizes
+    from src.models.srresnet import MSRResNet
+
+    # the README's figure for the narrow SRResNet (16 blocks, 32 features, x4)
+    assert check_sizes(MSRResNet, {"num_feat": 32, "num_block": 16, "scale": 4}, "test") == 380_931
+    assert check_sizes(MSRResNet, {"num_feat": 32, "num_block": 16, "scale": 4}, "test") == \
+        sum(p.numel() for p in MSRResNet(num_feat=32, num_block=16, scale=4).parameters())
