@@ -338,3 +338,49 @@ def test_parameter_count_on_the_meta_device_matches_the_built_network():
     assert check_sizes(MSRResNet, {"num_feat": 32, "num_block": 16, "scale": 4}, "test") == 380_931
     assert check_sizes(MSRResNet, {"num_feat": 32, "num_block": 16, "scale": 4}, "test") == \
         sum(p.numel() for p in MSRResNet(num_feat=32, num_block=16, scale=4).parameters())
+
+
+# --- memory limits ------------------------------------------------------------------------------------------
+def test_auto_tiling_sizes_tiles_from_the_process_memory_limit():
+    # under `ulimit -v`: the host's free memory is not what this process may take
+    code = ("import resource\n"
+            "from src.tiling import available_bytes, _proc_kib\n"
+            "mapped = _proc_kib('/proc/self/status', 'VmSize:')\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (mapped + 300 * 2**20, resource.RLIM_INFINITY))\n"
+            "print(available_bytes(), _proc_kib('/proc/meminfo', 'MemAvailable:'))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    free, host = map(int, done.stdout.split())
+    assert host > 2**30 and 250 * 2**20 < free <= 300 * 2**20, (free, host)
+
+
+def test_allocation_failure_names_the_image_and_a_tile_while_the_folder_goes_on(tmp_path):
+    import numpy as np
+    import torch
+
+    from src.data.imageio import write_image
+    from src.infer import run_inference
+    from src.tiling import bytes_per_pixel
+
+    class Greedy(torch.nn.Module):  # an x2 network that cannot allocate for inputs over 40x40
+        scale = 2
+
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 12, 3, padding=1)
+
+        def forward(self, x):
+            if x.shape[-1] * x.shape[-2] > 40 * 40:
+                raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                                   "you tried to allocate 123456789 bytes")
+            return torch.nn.functional.pixel_shuffle(self.conv(x), 2)
+
+    rng = np.random.default_rng(0)
+    write_image(tmp_path / "in" / "a_big.png", rng.integers(0, 256, (60, 80, 3), dtype=np.uint8))
+    write_image(tmp_path / "in" / "b_small.png", rng.integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    model = Greedy()
+    summary = run_inference(model, sorted((tmp_path / "in").iterdir()), tmp_path / "out", progress=False)
+    assert [p.name for p in summary.written] == ["b_small.png"]
+    need = bytes_per_pixel(model, "cpu") * 60 * 80 / 2**30
+    assert summary.failed == {tmp_path / "in" / "a_big.png": (
+        f"{tmp_path / 'in' / 'a_big.png'}: out of memory: this 80x60 px image needs ~{need:.1f} GB untiled; pass "
+        f"tile=256 (or smaller) to upscale it in tiles")}
