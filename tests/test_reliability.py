@@ -384,3 +384,53 @@ def test_allocation_failure_names_the_image_and_a_tile_while_the_folder_goes_on(
     assert summary.failed == {tmp_path / "in" / "a_big.png": (
         f"{tmp_path / 'in' / 'a_big.png'}: out of memory: this 80x60 px image needs ~{need:.1f} GB untiled; pass "
         f"tile=256 (or smaller) to upscale it in tiles")}
+
+
+# --- the test-set writer ------------------------------------------------------------------------------------
+def _set(folder, names, seed=0):
+    import numpy as np
+
+    from src.data.imageio import write_image
+
+    rng = np.random.default_rng(seed)
+    for name in names:
+        write_image(folder / "HR" / f"{name}.png", rng.integers(0, 256, (127, 130, 3), dtype=np.uint8))
+    return folder
+
+
+def test_testset_writer_never_writes_into_its_source_nor_mixes_sets(tmp_path, capsys):
+    from src.data.testsets import main
+
+    src = _set(tmp_path / "Toy", ["a", "b"])
+    before = _snapshot(src)
+    for out in (src, src / "HR", src / "HR" / "lr"):
+        with pytest.raises(SystemExit) as exit_:
+            main([str(src), str(out), "--degradations", "clean"])
+        assert exit_.value.code == 2
+        assert f"error: out={out} is inside the source images' folder " in capsys.readouterr().err
+    assert _snapshot(src) == before  # 130x127 images stay 130x127: nothing replaced, nothing added
+
+    out = tmp_path / "out"
+    main([str(src), str(out), "--degradations", "clean"])
+    other = _set(tmp_path / "Other", ["c"], seed=1)
+    with pytest.raises(SystemExit) as exit_:
+        main([str(other), str(out), "--degradations", "clean"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'HR'} already holds 2 other image(s) (a.png, b.png): another set?" in err and "--force" in err
+    assert sorted(p.name for p in (out / "HR").iterdir()) == ["a.png", "b.png"]
+    main([str(src), str(out), "--degradations", "clean"])  # the same set again replaces its own files
+    main([str(other), str(out), "--degradations", "clean", "--force"])
+    assert sorted(p.name for p in (out / "clean").iterdir()) == ["a.png", "b.png", "c.png"]
+
+
+def test_testset_writer_unwritable_output_is_a_one_line_error(tmp_path, capsys):
+    from src.data.testsets import main
+
+    src = _set(tmp_path / "Toy", ["a"])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit) as exit_:
+        main([str(src), str(tmp_path / "file"), "--degradations", "clean"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and len(err.strip().splitlines()) == 1
+    assert f"error: cannot write {tmp_path / 'file'}" in err and "choose a writable output folder" in err
