@@ -156,6 +156,18 @@ def check_writable(folder: str | os.PathLike, key: str = "paths.runs") -> Path:
     return folder
 
 
+NAME_MAX_BYTES = 255  # what Linux filesystems allow for one folder name
+
+
+def check_name(name: Any) -> None:
+    """`name=` becomes a folder (or folders, split at /): each part at most NAME_MAX_BYTES bytes, else a ValueError
+    naming the key, before Hydra tries to create it."""
+    too_long = [part for part in str(name).split("/") if len(part.encode()) > NAME_MAX_BYTES]
+    if too_long:
+        raise ValueError(f"name={str(name)[:40]}... is {len(too_long[0].encode())} bytes long; a run's name becomes a "
+                         f"folder name, at most {NAME_MAX_BYTES} bytes: choose a shorter name=")
+
+
 # --- state files ---------------------------------------------------------------------------------------------
 def read_state(path: str | os.PathLike) -> Any | None:
     """A JSON state file (results, completion marker, job, manifest), or None when absent.
@@ -284,7 +296,17 @@ def claim_identity(run_dir: str | os.PathLike, ident: Mapping, force: bool = Fal
     """Record the run's identity, refusing a folder that holds a different run unless `force` (which retrains it
     from scratch: completion, results and checkpoint are removed first)."""
     run_dir = Path(run_dir)
-    old = read_state(run_dir / IDENTITY)
+    try:
+        old = json.loads((run_dir / IDENTITY).read_text())
+    except FileNotFoundError:
+        old = None
+    except (OSError, ValueError) as e:  # never moved aside like other state files: that would skip the check
+        if not force:
+            raise RunIdentityError(
+                f"{run_dir / IDENTITY} is unreadable ({type(e).__name__}: {e}), so whether this folder holds the same "
+                f"run cannot be told; it was left as it was. Run under another name=<new name>, or retrain this "
+                f"folder from scratch with force=true (deleting its checkpoint and results).") from None
+        old = {}
     if old is not None and old != json.loads(json.dumps(ident)):
         diff = identity_difference(old, ident)
         if diff and not force:

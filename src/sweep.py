@@ -109,8 +109,9 @@ def _exit_unless_writable(config: DictConfig) -> None:
     # Before Hydra creates the run folder and its log file there, which fails with a message about logging
     # handlers. SystemExit, because Hydra turns a callback's exceptions into warnings.
     try:
+        runs.check_name(config.get("name"))
         runs.check_writable(config.paths.runs)
-    except PermissionError as e:
+    except (PermissionError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

@@ -54,7 +54,11 @@ class AtomicCheckpoint(pl.Callback):
 
     def _save(self, trainer: pl.Trainer) -> None:
         tmp = runs.temporary_name(self.path)  # unique: never shared with another process writing this folder
-        trainer.save_checkpoint(tmp, weights_only=False)  # full state for resuming; collective under DDP
+        try:
+            trainer.save_checkpoint(tmp, weights_only=False)  # full state for resuming; collective under DDP
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk leaves a partial file that would only fill it sooner
+            raise
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
         trainer.strategy.barrier("atomic-checkpoint")

@@ -434,3 +434,70 @@ def test_testset_writer_unwritable_output_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert exit_.value.code == 1 and len(err.strip().splitlines()) == 1
     assert f"error: cannot write {tmp_path / 'file'}" in err and "choose a writable output folder" in err
+
+
+# --- smaller messages ---------------------------------------------------------------------------------------
+def test_failed_checkpoint_save_leaves_no_partial_file(tmp_path):
+    import errno
+
+    from src.train import AtomicCheckpoint
+
+    cb = AtomicCheckpoint(tmp_path, 1)
+    cb.path.parent.mkdir(parents=True)
+
+    class FullDisk:
+        is_global_zero = True
+
+        def save_checkpoint(self, path, weights_only):
+            path.write_bytes(b"x" * 1000)  # part of the checkpoint got written before the disk filled up
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        cb._save(FullDisk())
+    assert list(cb.path.parent.iterdir()) == []
+
+
+def test_weights_path_that_is_a_folder_says_so(tmp_path):
+    from src.models.loading import read_weights
+
+    with pytest.raises(IsADirectoryError, match=rf"^{tmp_path} is a folder, not a weights file: pass a \.ckpt"):
+        read_weights(tmp_path)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("echo owned",))
+
+
+def test_pickle_payload_is_refused_without_advising_weights_only_false(tmp_path):
+    import torch
+
+    from src.models.loading import load
+
+    path = tmp_path / "crafted.pth"
+    torch.save({"params": {"conv_first.weight": torch.zeros(1)}, "extra": _Payload()}, path)
+    with pytest.raises(ValueError) as err:
+        load(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: holds pickled Python objects other than tensors") and "refused" in msg
+    assert "weights_only" not in msg and "truncated" not in msg
+
+
+def test_corrupt_identity_refuses_instead_of_skipping_the_check(tmp_path):
+    (tmp_path / runs.IDENTITY).write_text('{"config": {"seed"')
+    with pytest.raises(runs.RunIdentityError, match=r"identity.json is unreadable \(JSONDecodeError: .*\), so whether "
+                                                    r"this folder holds the same run cannot be told"):
+        runs.claim_identity(tmp_path, {"config": {"seed": 1}})
+    assert (tmp_path / runs.IDENTITY).read_text() == '{"config": {"seed"' and len(list(tmp_path.iterdir())) == 1
+    runs.claim_identity(tmp_path, {"config": {"seed": 1}}, force=True)
+    assert json.loads((tmp_path / runs.IDENTITY).read_text()) == {"config": {"seed": 1}}
+
+
+def test_over_long_name_is_a_one_line_error(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "src.train", "name=" + "n" * 300, f"paths.runs={tmp_path}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "WANDB_MODE": "disabled"})
+    assert done.returncode == 1
+    assert done.stderr.strip() == (f"error: name={'n' * 40}... is 300 bytes long; a run's name becomes a folder name, "
+                                   "at most 255 bytes: choose a shorter name=")
+    assert list(tmp_path.iterdir()) == []

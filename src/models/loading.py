@@ -236,6 +236,12 @@ def pad_multiple(model: nn.Module) -> int:
 
 
 def _unreadable(path: Path, e: BaseException) -> ValueError:
+    if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
+        # PyTorch's own message goes on to advise weights_only=False, which would run whatever code the file holds
+        return ValueError(
+            f"{path}: holds pickled Python objects other than tensors and plain config, which are never unpickled "
+            f"here (unpickling can run any code the file carries); refused. Use a .safetensors file or a state dict "
+            f"of tensors; convert this one only where its origin is trusted.")
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
     return ValueError(
         f"{path}: not a readable checkpoint ({reason}). The file is probably truncated or corrupt (an interrupted "
@@ -250,6 +256,9 @@ def read_weights(path: str | os.PathLike, key: str | None = None) -> tuple[dict,
     `key` picks an entry of a BasicSR file (`params`, `params_ema`); by default `params_ema` is preferred.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a weights file: pass a .ckpt, .pth or .safetensors file "
+                                f"(a run's weights are its checkpoints/last.ckpt)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
