@@ -501,3 +501,28 @@ def test_over_long_name_is_a_one_line_error(tmp_path):
     assert done.stderr.strip() == (f"error: name={'n' * 40}... is 300 bytes long; a run's name becomes a folder name, "
                                    "at most 255 bytes: choose a shorter name=")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_decode_cache_falls_back_to_decoding(tmp_path):
+    import numpy as np
+
+    from src.data.datasets import decoded
+    from src.data.imageio import read_image
+
+    (image,) = _set(tmp_path / "Toy", ["a"]).joinpath("HR").iterdir()
+    (tmp_path / "file").write_text("x")
+    cache = tmp_path / "file" / "cache"  # cannot be created, as a read-only folder cannot be written
+    with pytest.warns(RuntimeWarning, match=rf"data.cache_dir={cache} is not writable \(.*\); decoding images "
+                                            "without the cache"):
+        img = decoded(image, cache)
+    assert np.array_equal(img, read_image(image))
+
+
+def test_unwritable_test_image_cache_falls_back_to_computing(tmp_path):
+    from src.data.testsets import load_test_pairs
+
+    src = _set(tmp_path / "Toy", ["a", "b"])
+    (tmp_path / "file").write_text("x")
+    with pytest.warns(RuntimeWarning, match="is not writable") as seen:
+        pairs = load_test_pairs(sorted((src / "HR").iterdir()), "clean", cache_dir=tmp_path / "file" / "cache")
+    assert len(pairs) == 2 and pairs[0][2].shape == (31, 32, 3) and len(seen) == 1  # one warning, not one per image

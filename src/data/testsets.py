@@ -32,6 +32,7 @@ import io
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -305,7 +306,13 @@ def load_test_pairs(paths: Iterable[str | os.PathLike], name: str, scale: int = 
         if lr is None:
             lr = degrade_test_image(hr, name, scale, seed, protocol)
             if folder is not None:
-                write_image(cached, lr)
+                try:
+                    write_image(cached, lr)
+                except OSError as e:  # a read-only or full cache only costs speed
+                    warnings.warn(f"test image cache {folder} is not writable ({e.strerror or e}); computing the LR "
+                                  f"images without it (set paths.cache to a writable folder)", RuntimeWarning,
+                                  stacklevel=2)
+                    folder = None
         pairs.append((path, as_rgb(hr), as_rgb(lr)))
     return pairs
 
