@@ -52,6 +52,19 @@ def _quote_override(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def quote_non_ascii(argv: Sequence[str]) -> list[str]:
+    """Command-line overrides with a non-ASCII plain value quoted (`name=résumé` -> `name='résumé'`): Hydra's
+    override grammar takes non-ASCII characters only inside quotes. Sweeps (`a,b`), lists and quoted values stay."""
+    out = []
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if eq and not arg.startswith("-") and not value.isascii() and value[:1] not in "'\"[{(" \
+                and not any(c in value for c in ",()"):
+            arg = f"{key}={_quote_override(value)}"
+        out.append(arg)
+    return out
+
+
 def expand_jobs(config: DictConfig) -> list[list[str]] | None:
     """Each job's overrides, in launch order, as Hydra's basic sweeper will expand them (None for other
     sweepers, which choose their jobs as they go)."""

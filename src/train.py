@@ -29,7 +29,7 @@ from src.cluster import PreemptionCheckpoint, StoppedOnSignal, global_rank_from_
 from src.loggers import build_loggers, finish_wandb, log_results
 from src import runs
 from src.preflight import check_values
-from src.sweep import register_resolvers
+from src.sweep import quote_non_ascii, register_resolvers
 from src.utils import apply_memory_format, build, resolve_device
 
 register_resolvers()
@@ -357,4 +357,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = quote_non_ascii(sys.argv[1:])
     main()

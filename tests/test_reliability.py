@@ -526,3 +526,15 @@ def test_unwritable_test_image_cache_falls_back_to_computing(tmp_path):
     with pytest.warns(RuntimeWarning, match="is not writable") as seen:
         pairs = load_test_pairs(sorted((src / "HR").iterdir()), "clean", cache_dir=tmp_path / "file" / "cache")
     assert len(pairs) == 2 and pairs[0][2].shape == (31, 32, 3) and len(seen) == 1  # one warning, not one per image
+
+
+def test_unicode_name_is_accepted(tmp_path):
+    from src.sweep import quote_non_ascii
+
+    assert quote_non_ascii(["name=résumé", "seed=1", "-m", "name=a,é", "name='é'"]) == \
+        ["name='résumé'", "seed=1", "-m", "name=a,é", "name='é'"]
+    done = subprocess.run([sys.executable, "-m", "src.train", "name=résumé_日本", f"paths.runs={tmp_path}", "--cfg",
+                           "job"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "WANDB_MODE": "disabled"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "\nname: résumé_日本\n" in done.stdout
