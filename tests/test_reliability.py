@@ -39,7 +39,7 @@ def _contender(run_dir, log, barrier, rounds):
 
 
 def test_racing_processes_never_hold_the_lock_together(tmp_path):
-    n, rounds = 4, 200
+    n, rounds = 4, 120
     ctx = multiprocessing.get_context("fork")
     barrier, log = ctx.Barrier(n, timeout=30), tmp_path / "holders.log"
     procs = [ctx.Process(target=_contender, args=(tmp_path / "run", log, barrier, rounds)) for _ in range(n)]
