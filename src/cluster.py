@@ -23,8 +23,19 @@ import pytorch_lightning as pl
 import torch
 
 # A preempted run exits with this code after its checkpoint is written and the requeue is requested, so a
-# script can tell "stopped to be requeued" from success (0) and from a crash (1).
+# script can tell "stopped to be requeued" from success (0) and from a crash (1). A run stopped by a plain SIGTERM
+# (scancel, kill, a container stop) or SIGINT (Ctrl+C) also checkpoints first, requests no requeue, and exits with
+# the code a shell gives a process killed by that signal: 128 + its number (143, 130).
 PREEMPTED_EXIT_CODE = 3
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StoppedOnSignal(Exception):
+    """Training stopped on a signal after writing its checkpoint; `exit_code` is what the process should exit with."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def under_slurm() -> bool:
@@ -93,46 +104,72 @@ def parse_signal(name: str | int) -> signal.Signals:
 
 
 class PreemptionCheckpoint(pl.Callback):
-    """On `signum`: at the end of the current step, save through `save(trainer)`, request a SLURM requeue
-    (rank 0, when `requeue` and the job has a SLURM id) and stop training; `preempted` tells the caller.
+    """On `signum` (the scheduler's warning), SIGTERM or SIGINT: at the end of the current step, save through
+    `save(trainer)` and stop training; on `signum` only, also request a SLURM requeue (rank 0, when `requeue` and the
+    job has a SLURM id). `preempted` tells the caller, `stopped_by` which signal, `exit_code` what to exit with.
 
-    The handler itself only sets a flag (a signal can arrive anywhere, even inside an optimizer step); under
-    DDP the flag is combined across ranks every step so that all ranks stop after the same step even when the
-    signal reached only some of them.
+    The handler itself only records the signal (it can arrive anywhere, even inside an optimizer step); under DDP it
+    is combined across ranks every step so that all ranks stop after the same step even when the signal reached only
+    some of them. A second SIGINT stops at once (KeyboardInterrupt), as Ctrl+C twice is meant to.
     """
 
     def __init__(self, save: Callable[[pl.Trainer], None], signum: signal.Signals = signal.SIGUSR1,
                  requeue: bool = True):
         self.save, self.signum, self.requeue = save, signum, requeue
-        self.received = False
+        self.signals = tuple(dict.fromkeys((signum, *STOP_SIGNALS)))
+        self.received = 0
         self.preempted = False
+        self.stopped_by: signal.Signals | None = None
         self.requeued = False
-        self._previous = None
+        self._previous: dict = {}
+
+    @property
+    def exit_code(self) -> int:
+        return PREEMPTED_EXIT_CODE if self.stopped_by == self.signum else 128 + int(self.stopped_by or 0)
 
     def _on_signal(self, signum, frame) -> None:
-        self.received = True
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = self.received or int(signum)
+
+    def _install(self) -> None:
+        for signum in self.signals:
+            previous = signal.signal(signum, self._on_signal)
+            self._previous.setdefault(signum, previous)
+
+    def _restore(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if stage == "fit" and self._previous is None:
-            self._previous = signal.signal(self.signum, self._on_signal)
+        if stage == "fit":
+            self._install()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Lightning installs its own SIGTERM handler after setup (it ends fit with an exit status of 0 and no
+        # checkpoint); ours replaces it for the training loop.
+        self._install()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        flag = self.received
+        received = self.received
         if trainer.world_size > 1:
-            t = torch.tensor([float(flag)], device=pl_module.device)
-            flag = bool(trainer.strategy.reduce(t, reduce_op="max").item() > 0)
-        if not flag or self.preempted:
+            t = torch.tensor([float(received)], device=pl_module.device)
+            received = int(trainer.strategy.reduce(t, reduce_op="max").item())
+        if not received or self.preempted:
             return
         self.preempted = True
-        print(f"[cluster] rank {trainer.global_rank}: {self.signum.name} received; checkpointing step "
+        self.stopped_by = signal.Signals(received)
+        print(f"[cluster] rank {trainer.global_rank}: {self.stopped_by.name} received; checkpointing step "
               f"{trainer.global_step}", flush=True)
         self.save(trainer)
         job_id = slurm_job_id()
-        if trainer.is_global_zero and self.requeue and job_id:
+        if self.stopped_by == self.signum and trainer.is_global_zero and self.requeue and job_id:
             self.requeued = request_requeue(job_id)
         trainer.should_stop = True
 
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._restore()
+
     def teardown(self, trainer, pl_module, stage: str) -> None:
-        if self._previous is not None:
-            signal.signal(self.signum, self._previous)
-            self._previous = None
+        self._restore()

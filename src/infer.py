@@ -19,7 +19,7 @@ from torch import nn
 from src.data.imageio import IMAGE_SUFFIXES, decode_image, to_rgb_uint8, write_image
 from src.models.loading import model_scale
 from src.models.loading import pad_multiple as model_pad_multiple
-from src.tiling import plan_tile, tiled_forward, upscale_image
+from src.tiling import TILE_CHOICES, bytes_per_pixel, plan_tile, tiled_forward, upscale_image
 from src.utils import resolve_device
 
 
@@ -85,6 +85,26 @@ def output_paths(inputs: list[Path], out_dir: Path) -> dict[Path, Path]:
     return out
 
 
+def out_of_memory(error: BaseException) -> bool:
+    """An allocation failure: CUDA's OutOfMemoryError, Python's MemoryError, or the CPU allocator's RuntimeError
+    (what a cgroup or `ulimit -v` limit produces)."""
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(error, RuntimeError) and any(s in str(error) for s in ("can't allocate memory", "out of memory")))
+
+
+def oom_message(model: nn.Module, path: Path, shape: tuple[int, int] | None, tile: int | None, device,
+                pad_multiple: int) -> str:
+    """What to tell about an image whose upscaling ran out of memory: how much it needs, and a tile= to pass."""
+    smaller = max(TILE_CHOICES[-1], tile // 2) if tile else 256
+    if shape is None:  # failed while reading the image
+        return f"{path}: out of memory reading it; free memory and run again"
+    h, w = shape
+    need = bytes_per_pixel(model, device, pad_multiple or 1) * h * w
+    tried = f" (tiles of {tile} px were too large too)" if tile else ""
+    return (f"{path}: out of memory: this {w}x{h} px image needs ~{need / 2**30:.1f} GB untiled{tried}; pass "
+            f"tile={smaller} (or smaller) to upscale it in tiles")
+
+
 def run_inference(model: nn.Module, inputs: list[Path], out_dir: str | os.PathLike, device="cpu",
                   tile: int | None = None, overlap: int = 8, pad_multiple: int | None = None,
                   progress: bool = True) -> InferenceSummary:
@@ -107,8 +127,10 @@ def run_inference(model: nn.Module, inputs: list[Path], out_dir: str | os.PathLi
     bar = tqdm(inputs, desc="upscaling", unit="img", disable=not show, file=sys.stderr)
     for path in bar:
         bar.set_postfix_str(path.name)
+        shape, use = None, tile
         try:
             img, _ = read_pixels(path)
+            shape = img.shape[:2]
             use, note = plan_tile(model, img.shape[0], img.shape[1], tile, overlap, device, pad_multiple)
             if note:
                 bar.write(f"{path.name}: {note}", file=sys.stderr)
@@ -117,12 +139,14 @@ def run_inference(model: nn.Module, inputs: list[Path], out_dir: str | os.PathLi
             del img
             write_image(targets[path], out, bgr=True)
             summary.written.append(targets[path])
-        except torch.OutOfMemoryError:
-            summary.failed[path] = f"{path}: out of memory; pass tile=256 (or smaller) to upscale it in tiles"
-            bar.write(f"error: {summary.failed[path]}", file=sys.stderr)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
         except Exception as e:  # noqa: BLE001 - one bad image (unreadable, too big, a model error) never stops a folder
+            if out_of_memory(e):
+                img = out = None
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                summary.failed[path] = oom_message(model, path, shape, use, device, pad_multiple)
+                bar.write(f"error: {summary.failed[path]}", file=sys.stderr)
+                continue
             # ImageReadError and our ValueErrors name the path; anything else gets it prepended
             summary.failed[path] = str(e) if str(path) in str(e) else f"{path}: {type(e).__name__}: {e}"
             bar.write(f"error: {summary.failed[path]}", file=sys.stderr)

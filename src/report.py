@@ -155,4 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except runs.PublishError as error:  # its message names the file and what is allowed
+        sys.exit(f"src.report: {error}")

@@ -7,7 +7,8 @@ A run folder (one training job) holds:
     checkpoints/last.ckpt    the latest full training state (resuming starts here)
     train_done.json          training reached trainer.max_steps (global_step, fit seconds)
     results.json / .csv      scores under the literature protocol; results_official.json / .csv: the paper's own
-    job.json                 the command-line overrides, status (running / completed / failed), error, git commit
+    job.json                 the command-line overrides, status (running / completed / failed / interrupted), error,
+                             git commit
     identity.json            the fingerprint of what the run learns from and how it is scored
     metrics.csv              training curves (CSV logger)
     visualization/           labelled LR / SR / HR validation crops, one image per validation
@@ -21,12 +22,16 @@ prints can be passed back to any tool unquoted. The exact overrides are kept in 
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import re
 import socket
+import stat
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -167,6 +172,18 @@ def check_writable(folder: str | os.PathLike, key: str = "paths.runs") -> Path:
                               f"there: set {key}=<folder> or the SR_RUNS_DIR environment variable to a folder you "
                               f"can write") from None
     return folder
+
+
+NAME_MAX_BYTES = 255  # what Linux filesystems allow for one folder name
+
+
+def check_name(name: Any) -> None:
+    """`name=` becomes a folder (or folders, split at /): each part at most NAME_MAX_BYTES bytes, else a ValueError
+    naming the key, before Hydra tries to create it."""
+    too_long = [part for part in str(name).split("/") if len(part.encode()) > NAME_MAX_BYTES]
+    if too_long:
+        raise ValueError(f"name={str(name)[:40]}... is {len(too_long[0].encode())} bytes long; a run's name becomes a "
+                         f"folder name, at most {NAME_MAX_BYTES} bytes: choose a shorter name=")
 
 
 # --- state files ---------------------------------------------------------------------------------------------
@@ -365,16 +382,27 @@ def claim_identity(run_dir: str | os.PathLike, ident: Mapping, force: bool = Fal
     """Record the run's identity, refusing a folder that holds a different run unless `force` (which retrains it
     from scratch: completion, results and checkpoint are removed first)."""
     run_dir = Path(run_dir)
-    old = read_state(run_dir / IDENTITY)
-    if old is not None:
+    try:
+        old = json.loads((run_dir / IDENTITY).read_text())
+    except FileNotFoundError:
+        old = None
+    except (OSError, ValueError) as e:  # never moved aside like other state files: that would skip the check
+        if not force:
+            raise RunIdentityError(
+                f"{run_dir / IDENTITY} is unreadable ({type(e).__name__}: {e}), so whether this folder holds the same "
+                f"run cannot be told; it was left as it was. Run under another name=<new name>, or retrain this "
+                f"folder from scratch with force=true (deleting its checkpoint and results).") from None
+        old = {}
+    if old:
         old = _as_recorded_now(old)
     if old is not None and old != json.loads(json.dumps(ident)):
         diff = identity_difference(old, ident)
         if diff and not force:
             raise RunIdentityError(
-                f"{run_dir} holds a different run; what differs (recorded -> now):\n  " + "\n  ".join(diff)
-                + "\nKeep it and use another folder (name=<new name>), or retrain this one from scratch with "
-                  "force=true.")
+                f"{run_dir} holds a different run, left as it was; what differs (recorded -> now):\n  "
+                + "\n  ".join(diff) + "\nTo keep both, give this run its own folder: name=<new name> (or another "
+                "paths.runs). force=true instead retrains this folder from scratch, deleting its checkpoint and "
+                "results.")
         if diff:
             invalidate(run_dir, checkpoint=True)
     atomic_write_json(run_dir / IDENTITY, ident)
@@ -385,6 +413,12 @@ class RunFolderBusy(RuntimeError):
     pass
 
 
+# The holder of a lock touches it every LOCK_LEASE_S / 10 seconds from a background thread. A lock not touched for
+# LOCK_LEASE_S is stale whatever host wrote it: a job killed on one node can then be rerun on another. Ten missed
+# renewals leave room for a slow shared filesystem; on the holder's own host a dead PID is stale at once.
+LOCK_LEASE_S = 300.0
+
+
 def _command_of(pid: int) -> str | None:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
@@ -392,69 +426,167 @@ def _command_of(pid: int) -> str | None:
         return None
 
 
-def _read_lock(path: Path) -> dict:
-    """The holder recorded in a lock file; {} when it is gone or half-written (its writer was killed while taking
-    it). Never moved aside like a corrupt state file: the lock belongs to another process."""
+def _slurm_incarnation() -> tuple[str | None, int]:
+    # A requeued SLURM job keeps its id and counts up SLURM_RESTART_COUNT: the same id with a higher count is
+    # this job started again, so its earlier incarnation (whatever node it ran on) is gone.
+    if "SLURM_JOB_ID" not in os.environ and "SLURM_ARRAY_JOB_ID" not in os.environ:
+        return None, 0  # not a SLURM job: no need to import Lightning for src.cluster
+    from src.cluster import slurm_job_id
+
+    return slurm_job_id(), int(os.environ.get("SLURM_RESTART_COUNT", 0) or 0)
+
+
+def _lock_state(path: Path) -> tuple[dict | None, float]:
+    """(holder record, seconds since its last renewal); the record is {} when unreadable, None when there is no
+    lock. A lock that is a folder is a clear error (nothing in the suite makes one)."""
     try:
-        return json.loads(path.read_text())
+        age = time.time() - path.stat().st_mtime
+        holder = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None, 0.0
+    except IsADirectoryError:
+        raise RunFolderBusy(f"{path} is a folder, not a lock file; remove it (rm -r {path}) and run again") from None
     except (OSError, ValueError):
-        return {}
+        return {}, age
+    return (holder if isinstance(holder, dict) else {}), age
 
 
-def lock_holder(run_dir: str | os.PathLike) -> dict | None:
-    """The live process holding `run_dir`'s lock (pid, host, command, since), or None when it is free or stale."""
-    holder = _read_lock(Path(run_dir) / LOCK)
-    return holder if holder and _alive(holder) else None
+def _lease(holder: Mapping) -> float:
+    lease = holder.get("lease_s")
+    return float(lease) if isinstance(lease, (int, float)) and lease > 0 else LOCK_LEASE_S
 
 
-def _alive(holder: Mapping) -> bool:
+def _why_stale(holder: Mapping, age: float) -> str | None:
+    """Why the lock of `holder`, renewed `age` seconds ago, no longer holds; None while it holds. An unreadable
+    lock ({}) is judged by its lease alone: its writer may be alive."""
+    lease = _lease(holder)
+    if age > lease:
+        return f"not renewed for {age:.0f} s (lease {lease:.0f} s)"
+    if not holder:
+        return None
+    job, restart = _slurm_incarnation()
+    if job and holder.get("slurm_job") == job and int(holder.get("slurm_restart", 0)) < restart:
+        return f"its SLURM job {job} was requeued"
     if holder.get("host") != socket.gethostname():
-        return True  # cannot look at another machine's processes: assume it is still working
+        return None  # another machine's processes cannot be looked at: the lease decides
     pid = int(holder.get("pid", -1))
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
+        return "no longer running"
     except PermissionError:
-        return True
+        return None
     # A live PID that runs another command is a recycled PID, not the holder.
     current = _command_of(pid)
-    return current is None or holder.get("command") in (None, current)
+    return None if current is None or holder.get("command") in (None, current) else "its PID now runs another command"
+
+
+def lock_holder(run_dir: str | os.PathLike) -> dict | None:
+    """The process holding `run_dir`'s lock (pid, host, command, since), or None when it is free or stale."""
+    holder, age = _lock_state(Path(run_dir) / LOCK)
+    return holder if holder and _why_stale(holder, age) is None else None
 
 
 @contextmanager
-def lock(run_dir: str | os.PathLike) -> Iterator[Path]:
-    """Hold `<run>/.lock` while writing the folder. A second process gets RunFolderBusy naming the holder's PID
-    and command; a lock left by a killed process (its PID gone, or reused by another command) is taken over."""
+def _breaking(run_dir: Path) -> Iterator[None]:
+    # Judging a lock and removing it (a takeover, or the holder's release) is one step under flock on the run
+    # folder: two processes that both found a stale lock would otherwise each remove it, the second removing the
+    # first one's fresh lock. The kernel drops flock with its process, so a crash here leaves nothing behind.
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass  # a filesystem without flock: the lease and the atomic link still hold
+        yield
+    finally:
+        os.close(fd)
+
+
+def _create_lock(path: Path, record: dict) -> bool:
+    """Put `record` in place as `path` complete or not at all (written to a temporary file, then hard-linked, which
+    fails when `path` exists); False when another lock is there."""
+    tmp = temporary_name(path)
+    try:
+        atomic_write_json(tmp, record)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EOPNOTSUPP):
+                raise
+            # No hard links here (some network/FUSE filesystems): exclusive create under the breaking lock, which
+            # readers judging the lock also take, so none reads it half-written.
+            with _breaking(path.parent):
+                try:
+                    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    return False
+                with os.fdopen(fd, "w") as f:
+                    json.dump(record, f)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _renew(path: Path, token: str, every_s: float, stop: threading.Event) -> None:
+    while not stop.wait(every_s):
+        try:
+            holder, _ = _lock_state(path)
+            if holder and holder.get("token") == token:
+                os.utime(path)
+        except (OSError, RunFolderBusy):
+            pass  # a missed renewal costs nothing until the lease runs out; the next one may succeed
+
+
+@contextmanager
+def lock(run_dir: str | os.PathLike, lease_s: float = LOCK_LEASE_S) -> Iterator[Path]:
+    """Hold `<run>/.lock` while writing the folder.
+
+    The lock file appears complete (PID, host, command, SLURM job) or not at all, and a background thread renews it
+    every `lease_s / 10` seconds. A second process gets RunFolderBusy naming the holder; a lock is taken over (with
+    a warning saying why) when it was not renewed for `lease_s`, when its PID on this host is gone or runs another
+    command, or when its SLURM job is this job requeued. An unreadable lock whose lease is fresh is never taken.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK
-    me = {"pid": os.getpid(), "host": socket.gethostname(),
-          "command": _command_of(os.getpid()) or " ".join(sys.argv), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
-            holder = _read_lock(path)
-            if holder and _alive(holder):
+    job, restart = _slurm_incarnation()
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "command": _command_of(os.getpid()) or " ".join(sys.argv),
+          "since": time.strftime("%Y-%m-%dT%H:%M:%S"), "lease_s": float(lease_s), "token": uuid.uuid4().hex,
+          "slurm_job": job, "slurm_restart": restart}
+    while not _create_lock(path, me):
+        with _breaking(run_dir):
+            holder, age = _lock_state(path)
+            if holder is None:
+                continue  # released meanwhile: try again
+            why = _why_stale(holder, age)
+            if why is None:
+                who = (f"PID {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}: "
+                       f"{holder.get('command')}" if holder else "a process whose lock file is unreadable")
                 raise RunFolderBusy(
-                    f"{run_dir} is in use by PID {holder.get('pid')} on {holder.get('host')} since "
-                    f"{holder.get('since')}: {holder.get('command')}\nWait for it to finish (or stop it); if that "
-                    f"process is gone, delete {path}.") from None
-            warnings.warn(f"{path}: taking over a stale lock of PID {holder.get('pid')} ({holder.get('command')}), "
-                          f"which is no longer running", RuntimeWarning, stacklevel=3)
-            path.unlink(missing_ok=True)
-    with os.fdopen(fd, "w") as f:
-        json.dump(me, f)
+                    f"{run_dir} is in use by {who} (lock renewed {age:.0f} s ago)\nWait for it to finish (or stop it); "
+                    f"a lock not renewed for {_lease(holder):.0f} s is taken over by itself.")
+            warnings.warn(f"{path}: taking over the lock of PID {holder.get('pid')} on {holder.get('host')} "
+                          f"({holder.get('command')}): {why}", RuntimeWarning, stacklevel=3)
+            path.unlink()
+    stop = threading.Event()
+    beat = threading.Thread(target=_renew, args=(path, me["token"], float(lease_s) / 10, stop), daemon=True,
+                            name=f"lock-renewal {run_dir.name}")
+    beat.start()
     try:
         yield path
     finally:
-        try:
-            if json.loads(path.read_text()).get("pid") == me["pid"]:
-                path.unlink()
-        except (OSError, ValueError):
-            pass
+        stop.set()
+        beat.join()
+        with _breaking(run_dir):
+            try:
+                holder, _ = _lock_state(path)
+                if holder and holder.get("token") == me["token"]:
+                    path.unlink()
+            except (OSError, RunFolderBusy):
+                pass
 
 
 def temporary_name(path: str | os.PathLike) -> Path:
@@ -486,12 +618,15 @@ def git_state() -> dict | None:
     return _GIT or None
 
 
+# interrupted: stopped on a signal after writing its checkpoint; the same command resumes it.
+JOB_STATUSES = ("running", "completed", "failed", "interrupted")
+
 def write_job_status(run_dir: str | os.PathLike, overrides: Sequence[str], status: str = "completed",
                      error: BaseException | str | None = None) -> Path:
     """`job.json`: the run's overrides and status (and error). One file per job, so parallel launchers never
     race on a shared file."""
-    if status not in ("running", "completed", "failed"):
-        raise ValueError(f"status={status!r}; allowed: running, completed, failed")
+    if status not in JOB_STATUSES:
+        raise ValueError(f"status={status!r}; allowed: {', '.join(JOB_STATUSES)}")
     entry = {"overrides": list(overrides), "dir": Path(run_dir).name, "status": status,
              "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "git": git_state()}
     if status == "running":
@@ -503,6 +638,22 @@ def write_job_status(run_dir: str | os.PathLike, overrides: Sequence[str], statu
 
 def read_job(run_dir: str | os.PathLike) -> dict | None:
     return read_state(Path(run_dir) / JOB)
+
+
+# A sweep job refused by its folder (it holds another run) is noted beside the jobs, never in the refused folder:
+# the run there stays exactly as it was, job.json included.
+REFUSED = ".refused"
+
+
+def record_refusal(run_dir: str | os.PathLike, overrides: Sequence[str], error: BaseException) -> Path:
+    run_dir = Path(run_dir)
+    return atomic_write_json(run_dir.parent / REFUSED / f"{run_dir.name}.json",
+                             {"overrides": list(overrides), "dir": run_dir.name, "status": "refused",
+                              "error": f"{type(error).__name__}: {error}"})
+
+
+def read_refusal(sweep_dir: str | os.PathLike, name: str) -> dict | None:
+    return read_state(Path(sweep_dir) / REFUSED / f"{name}.json")
 
 
 def write_manifest(sweep_dir: str | os.PathLike, name: str | None, jobs: dict[str, dict]) -> Path:
@@ -549,6 +700,47 @@ WEIGHTS = "weights.safetensors"
 WEIGHTS_MAX_BYTES = 2_000_000
 
 
+class PublishError(ValueError):
+    pass
+
+
+def _plain_name(name: Any, where: Any) -> str:
+    """`name` when it is one folder name (no separator, not `.` or `..`), else a PublishError naming `where`."""
+    if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+        raise PublishError(f"{where}: {name!r} is not a folder name (no /, not . or ..); a crafted or damaged "
+                           f"manifest? Nothing was published from it")
+    return name
+
+
+def publishable_files(run_dir: Path) -> list[Path]:
+    """The files of PUBLISHED that `run_dir` holds, checked before anything is copied: each a regular file of the
+    run folder itself (a symlink could carry any file of the machine into a folder meant for git), at most
+    PUBLISH_MAX_BYTES, and each JSON file parses (a corrupt results file would be published as a result)."""
+    if run_dir.is_symlink():
+        raise PublishError(f"{run_dir} is a symlink; only run folders themselves are published")
+    files = []
+    for name in PUBLISHED:
+        path = run_dir / name
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            raise PublishError(f"{path} is not a regular file (a symlink or a folder); only a run's own files are "
+                               f"published")
+        if info.st_size > PUBLISH_MAX_BYTES:
+            raise PublishError(f"{path} ({info.st_size:,} bytes) is over the {PUBLISH_MAX_BYTES:,}-byte cap on "
+                               f"published files; nothing of {run_dir.name} was published")
+        if path.suffix == ".json":
+            try:
+                json.loads(path.read_bytes())
+            except (ValueError, UnicodeDecodeError) as e:
+                raise PublishError(f"{path} does not parse ({e}); nothing of {run_dir.name} was published: rerun "
+                                   f"its evaluation or remove the run") from None
+        files.append(path)
+    return files
+
+
 def publish(target: str | os.PathLike, dest: str | os.PathLike,
             export: Callable[[Path, Path], Path] | None = None) -> list[Path]:
     """Copy the small result files of every finished run in `target` (a run or sweep folder, see `find_runs`) to
@@ -559,9 +751,11 @@ def publish(target: str | os.PathLike, dest: str | os.PathLike,
     a published run can be re-scored and analysed without the machine that trained it.
 
     A run without results.json, or one whose process still holds its folder (it may be writing the other protocol's
-    results and its job.json still says running), is left out with a warning naming it; a result file over 500 KB
-    or a weights file over 2 MB is refused, naming it. Files are written atomically; copying again replaces them;
-    config.yaml and identity.json carry no path of this machine (`portable_file`). Returns the published folders."""
+    results and its job.json still says running), is left out with a warning naming it. A result file over 500 KB,
+    a weights file over 2 MB, a symlink, a JSON file that does not parse or a manifest entry that is not a folder
+    name stops the publish with a PublishError naming it, before anything of that run is copied. Files are written
+    atomically; copying again replaces them; config.yaml and identity.json carry no path of this machine
+    (`portable_file`). Returns the published folders."""
     out = []
     for run_dir in find_runs(target):
         if not (run_dir / RESULTS["literature"]).is_file() and not (run_dir / RESULTS["official"]).is_file():
@@ -572,21 +766,21 @@ def publish(target: str | os.PathLike, dest: str | os.PathLike,
             warnings.warn(f"{run_dir}: still running (PID {holder.get('pid')} holds {LOCK}), not published; publish "
                           "again when it has finished")
             continue
-        files = [run_dir / name for name in PUBLISHED if (run_dir / name).is_file()]
+        files = publishable_files(run_dir)
         steps = sorted((run_dir / CKPT.parent).glob("step-*.safetensors")) if export is not None else []
-        big = [f"{f} ({f.stat().st_size:,} bytes)" for f in files if f.stat().st_size > PUBLISH_MAX_BYTES]
-        big += [f"{f} ({f.stat().st_size:,} bytes)" for f in steps if f.stat().st_size > WEIGHTS_MAX_BYTES]
-        if big:
-            raise ValueError(f"not publishing files over {PUBLISH_MAX_BYTES:,} bytes (results) or "
-                             f"{WEIGHTS_MAX_BYTES:,} bytes (weights): {', '.join(big)}")
-        folder = Path(dest) / run_dir.name
+        for f in steps:
+            if f.is_symlink() or f.stat().st_size > WEIGHTS_MAX_BYTES:
+                raise PublishError(f"{f} ({f.stat().st_size:,} bytes) is a symlink or over the "
+                                   f"{WEIGHTS_MAX_BYTES:,}-byte cap on published weights; nothing of "
+                                   f"{run_dir.name} was published")
+        folder = Path(dest) / _plain_name(run_dir.name, run_dir)
         if export is not None and checkpoint(run_dir).is_file():
             weights = export(checkpoint(run_dir), final_weights(folder))
             if weights.stat().st_size > WEIGHTS_MAX_BYTES:
                 size = weights.stat().st_size
                 weights.unlink()
-                raise ValueError(f"not publishing {checkpoint(run_dir)}: its weights are {size:,} bytes, over "
-                                 f"{WEIGHTS_MAX_BYTES:,}")
+                raise PublishError(f"not publishing {checkpoint(run_dir)}: its weights are {size:,} bytes, over "
+                                   f"{WEIGHTS_MAX_BYTES:,}")
         for f in files:
             atomic_write_bytes(folder / f.name, portable_file(f, run_dir))
         for f in steps:
@@ -626,7 +820,8 @@ def find_runs(target: str | os.PathLike) -> list[Path]:
         return [target]
     manifest = read_manifest(target)
     if manifest and manifest.get("jobs"):
-        return sorted(target / job.get("dir", key) for key, job in manifest["jobs"].items())
+        return sorted(target / _plain_name(job.get("dir", key) if isinstance(job, dict) else key, target / MANIFEST)
+                      for key, job in manifest["jobs"].items())
     found = set()
     for marker in _MARKERS:
         depth = len(Path(marker).parts)

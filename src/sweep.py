@@ -1,6 +1,7 @@
 """Hydra plumbing shared by the entry points: run-folder naming and the sweep manifest."""
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -80,6 +81,19 @@ def _quote_override(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def quote_non_ascii(argv: Sequence[str]) -> list[str]:
+    """Command-line overrides with a non-ASCII plain value quoted (`name=résumé` -> `name='résumé'`): Hydra's
+    override grammar takes non-ASCII characters only inside quotes. Sweeps (`a,b`), lists and quoted values stay."""
+    out = []
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if eq and not arg.startswith("-") and not value.isascii() and value[:1] not in "'\"[{(" \
+                and not any(c in value for c in ",()"):
+            arg = f"{key}={_quote_override(value)}"
+        out.append(arg)
+    return out
+
+
 def expand_jobs(config: DictConfig) -> list[list[str]] | None:
     """Each job's overrides, in launch order, as Hydra's basic sweeper will expand them (None for other
     sweepers, which choose their jobs as they go)."""
@@ -137,8 +151,9 @@ def _exit_unless_writable(config: DictConfig) -> None:
     # Before Hydra creates the run folder and its log file there, which fails with a message about logging
     # handlers. SystemExit, because Hydra turns a callback's exceptions into warnings.
     try:
+        runs.check_name(config.get("name"))
         runs.check_writable(config.paths.runs)
-    except PermissionError as e:
+    except (PermissionError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 
@@ -187,6 +202,7 @@ class ManifestCallback(Callback):
                 OmegaConf.update(config, key, value, merge=False)
                 config.hydra.overrides.hydra.append(f"{key}={text}")
         sweep_dir = Path(config.hydra.sweep.dir)
+        shutil.rmtree(sweep_dir / runs.REFUSED, ignore_errors=True)  # refusals of an earlier run of this sweep
         if jobs is None:
             return
         self.planned = preflight(config, jobs)
@@ -202,7 +218,7 @@ class ManifestCallback(Callback):
             names = sorted(p.parent.name for p in sweep_dir.glob(f"*/{runs.JOB}"))
         jobs = {}
         for name in names:
-            job = runs.read_job(sweep_dir / name)
+            job = runs.read_refusal(sweep_dir, name) or runs.read_job(sweep_dir / name)
             if job is None:
                 job = {"overrides": (self.planned or {}).get(name, []), "dir": name, "status": "failed",
                        "error": "the job did not run (its process died before it could record a status)"}

@@ -114,19 +114,53 @@ def tiled_forward(model: nn.Module, lr: torch.Tensor, scale: int, tile: int | No
 # ------------------------------------------------------------------------------------------------ bounded images
 
 
+def _proc_kib(path: str, field: str) -> int | None:
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        return int(open(path).read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None  # absent, or "max": no limit
+
+
+def _limits_left() -> list[int]:
+    """Bytes this process may still take under its own limits: its container's memory cgroup (v2, else v1) and
+    RLIMIT_AS (`ulimit -v`, counted against the address space it already maps)."""
+    import resource
+
+    left = []
+    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        cap, used = _read_int(limit), _read_int(usage)
+        if cap is not None and used is not None and cap < 1 << 60:  # v1 writes "no limit" as a huge number
+            left.append(max(cap - used, 0))
+            break
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    mapped = _proc_kib("/proc/self/status", "VmSize:")
+    if soft != resource.RLIM_INFINITY and mapped is not None:
+        left.append(max(soft - mapped, 0))
+    return left
+
+
 def available_bytes(device: torch.device | str = "cpu") -> int:
-    """Memory free for a forward pass on `device`: CUDA's free memory, else the host's MemAvailable."""
+    """Memory free for a forward pass on `device`: CUDA's free memory, else the least of the host's MemAvailable
+    and what the process's limits leave it (see `_limits_left`)."""
     device = torch.device(device)
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    host = _proc_kib("/proc/meminfo", "MemAvailable:")
+    if host is None:
+        host = int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    return min([host, *_limits_left()])
 
 
 def bytes_per_pixel(model: nn.Module, device: torch.device | str = "cpu", multiple: int = 1, probe: int = 32) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 import time
 import warnings
@@ -22,12 +23,13 @@ from hydra.types import RunMode
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ProgressBar
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from src.cluster import PREEMPTED_EXIT_CODE, PreemptionCheckpoint, global_rank_from_env, parse_signal, slurm_plugins
+from src.cluster import PreemptionCheckpoint, StoppedOnSignal, global_rank_from_env, parse_signal, slurm_plugins
 from src.loggers import build_loggers, finish_wandb, log_results
 from src import runs
 from src.preflight import check_device, check_values
-from src.sweep import register_resolvers
+from src.sweep import quote_non_ascii, register_resolvers
 from src.utils import apply_memory_format, build, resolve_device
 
 register_resolvers()
@@ -52,7 +54,11 @@ class AtomicCheckpoint(pl.Callback):
 
     def _save(self, trainer: pl.Trainer) -> None:
         tmp = runs.temporary_name(self.path)  # unique: never shared with another process writing this folder
-        trainer.save_checkpoint(tmp, weights_only=False)  # full state for resuming; collective under DDP
+        try:
+            trainer.save_checkpoint(tmp, weights_only=False)  # full state for resuming; collective under DDP
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk leaves a partial file that would only fill it sooner
+            raise
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
         trainer.strategy.barrier("atomic-checkpoint")
@@ -184,8 +190,6 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
     check_device(cfg)
     owner = is_rank_zero()
     with runs.lock(run_dir) if owner else contextlib.nullcontext():
-        if owner:
-            runs.write_job_status(run_dir, task_overrides(), "running")
         return _train(cfg, run_dir, owner)
 
 
@@ -206,6 +210,8 @@ def _train(cfg: DictConfig, run_dir: Path, owner: bool) -> dict:
                 "val": [p for paths in datamodule.val_paths.values() for p in paths],
                 "test": [p for paths in datamodule.test_paths.values() for p in paths]}
         runs.claim_identity(run_dir, runs.fingerprint(cfg, datamodule.root, data), force=cfg.force)
+        # Only now: a run refused by the folder's identity must leave the folder's job.json as it was.
+        runs.write_job_status(run_dir, task_overrides(), "running")
         if cfg.force or not cfg.resume:
             # Before anything touches the checkpoint: an interrupted retrain must not leave the old results (or
             # the old weights) looking like the outcome of this one.
@@ -293,14 +299,18 @@ def fit_and_evaluate(cfg: DictConfig, run_dir: Path, module, datamodule, loggers
     if resume_from:
         print(f"[train] resuming from {resume_from}")
     start = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    except SIGTERMException:  # before the training loop took the signal over: nothing new to checkpoint
+        raise StoppedOnSignal("stopped on SIGTERM before training started; rerun the same command to resume",
+                              128 + signal.SIGTERM) from None
     leave_process_group()
     if preemption.preempted:
         # Not a failure and not a result: the requeued job (or the same command) resumes from the checkpoint.
-        print(f"[train] stopped at step {trainer.global_step} on {preemption.signum.name}: {ckpt} written"
-              + ("; SLURM requeue requested" if preemption.requeued else "; rerun the same command to resume"),
-              flush=True)
-        sys.exit(PREEMPTED_EXIT_CODE)
+        raise StoppedOnSignal(
+            f"stopped at step {trainer.global_step} on {preemption.stopped_by.name}: {ckpt} written"
+            + ("; SLURM requeue requested" if preemption.requeued else "; rerun the same command to resume"),
+            preemption.exit_code)
     if trainer.interrupted:
         raise RuntimeError("training was interrupted; rerun the same command to resume")
     if not trainer.is_global_zero:
@@ -332,12 +342,23 @@ def main(cfg: DictConfig) -> float | None:
     output_dir, overrides = hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task)
     try:
         results = train(cfg, output_dir)
+    except StoppedOnSignal as stop:  # the whole process stops, sweep included: that is what the signal asked
+        print(f"[train] {stop}", flush=True)
+        if is_rank_zero():
+            runs.write_job_status(output_dir, overrides, "interrupted", str(stop))
+        sys.exit(stop.exit_code)
     except runs.RunFolderBusy as error:  # the folder and its job.json belong to the other process
         if hydra_cfg.mode != RunMode.MULTIRUN:
             from src.cli import exit_with
 
             exit_with(error)
         log.error("job %s skipped: %s", output_dir, error)
+        return None
+    except runs.RunIdentityError as error:  # the folder and its job.json belong to the run it holds
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            raise
+        runs.record_refusal(output_dir, overrides, error)
+        log.error("job %s refused: %s", output_dir, error)
         return None
     except Exception as error:
         if is_rank_zero():
@@ -357,6 +378,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = quote_non_ascii(sys.argv[1:])
     from src.cli import run
 
     run(main, "train")

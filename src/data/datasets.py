@@ -1,6 +1,7 @@
 """Where HR images come from: dataset folders under the data root, or scikit-image's bundled photos."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import warnings
@@ -82,11 +83,18 @@ def decoded(path: Path, cache_dir: Path | None) -> np.ndarray:
         return read_image(path)
     npy = Path(cache_dir) / f"{path.stem}-{_cache_key(path)}.npy"
     if not npy.exists():
-        npy.parent.mkdir(parents=True, exist_ok=True)
         tmp = npy.with_name(f".{npy.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, read_image(path))
-        os.replace(tmp, npy)
+        try:
+            npy.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                np.save(f, read_image(path))
+            os.replace(tmp, npy)
+        except OSError as e:  # a read-only or full cache only costs speed: decode every time instead
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            warnings.warn(f"data.cache_dir={cache_dir} is not writable ({e.strerror or e}); decoding images without "
+                          f"the cache (slower): set data.cache_dir to a writable folder", RuntimeWarning, stacklevel=2)
+            return read_image(path)
     return np.load(npy, mmap_mode="r")
 
 

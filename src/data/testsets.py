@@ -50,6 +50,7 @@ import io
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -387,21 +388,29 @@ def load_test_pairs(paths: Iterable[str | os.PathLike], name: str, scale: int = 
         if lr is None:
             lr = degrade_test_image(hr, name, scale, seed, protocol)
             if folder is not None:
-                write_image(cached, lr)
+                try:
+                    write_image(cached, lr)
+                except OSError as e:  # a read-only or full cache only costs speed
+                    warnings.warn(f"test image cache {folder} is not writable ({e.strerror or e}); computing the LR "
+                                  f"images without it (set paths.cache to a writable folder)", RuntimeWarning,
+                                  stacklevel=2)
+                    folder = None
         pairs.append((path, as_rgb(hr), as_rgb(lr)))
     return pairs
 
 
 def write_degraded_set(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, scale: int = 4,
                        seed: int = 0, degradations: Sequence[str] = TEST_DEGRADATIONS,
-                       protocol: str = "literature") -> dict[str, int]:
+                       protocol: str = "literature", force: bool = False) -> dict[str, int]:
     """Write <out_dir>/HR/<stem>.png and <out_dir>/<degradation>/<stem>.png; return images written per folder.
+    `force` writes into folders that hold other images (see `check_output_folder`).
 
     The files are those the evaluation scores (under `official`, gray images stay gray as the official script
     saves them)."""
     check_protocol(protocol)
     out_dir = Path(out_dir)
     paths = [Path(p) for p in paths]
+    check_output_folder(paths, out_dir, ["HR", *degradations], force)
     for path in paths:
         write_image(out_dir / "HR" / f"{path.stem}.png", modcrop(read_test_hr(path, protocol), scale))
     counts = {"HR": len(paths)}
@@ -412,6 +421,28 @@ def write_degraded_set(paths: Sequence[str | os.PathLike], out_dir: str | os.Pat
             write_image(out_dir / name / f"{path.stem}.png", degrade_test_image(hr, name, scale, seed, protocol))
         counts[name] = len(paths)
     return counts
+
+
+def check_output_folder(paths: Sequence[Path], out_dir: Path, folders: Sequence[str], force: bool = False) -> None:
+    """Refuse (ValueError naming both) an output folder equal to or inside the folder of a source image or its
+    dataset folder (writing there would replace the HR images by their cropped copies), and, unless `force`, output
+    folders already holding images other than the ones about to be written (two sets would mix silently)."""
+    out = out_dir.resolve()
+    sources = {p.resolve().parent for p in paths}
+    sources |= {s.parent for s in sources if s.name == "HR"}
+    for source in sorted(sources):
+        if out == source or source in out.parents:
+            raise ValueError(f"out={out_dir} is inside the source images' folder {source}: writing there would "
+                             f"replace or mix with them; choose an output folder outside it")
+    stems = {p.stem for p in paths}
+    for name in folders:
+        sub = out_dir / name
+        other = sorted(q.name for q in sub.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES
+                       and q.stem not in stems) if sub.is_dir() else []
+        if other and not force:
+            raise ValueError(f"{sub} already holds {len(other)} other image(s) ({', '.join(other[:3])}"
+                             f"{', ...' if len(other) > 3 else ''}): another set? choose an empty output folder, or "
+                             f"pass --force to write beside them")
 
 
 def _lr_key(stem: str, scale: int) -> str:
@@ -494,6 +525,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--degradations", default=",".join(TEST_DEGRADATIONS),
                     help=f"comma-separated subset of {','.join(ALL_TEST_DEGRADATIONS)} (default: the 8 of the "
                          "protocol)")
+    ap.add_argument("--force", action="store_true",
+                    help="write into output folders that already hold other images (default: refuse)")
     args = ap.parse_args(argv)
     names = [n for n in args.degradations.split(",") if n]
     bad = [n for n in names if n not in ALL_TEST_DEGRADATIONS]
@@ -506,7 +539,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         paths = list_images(folder / "HR" if (folder / "HR").is_dir() else folder)
     else:
         paths = resolve_set(args.set, args.root or default_data_root())
-    counts = write_degraded_set(paths, args.out_dir, args.scale, args.seed, names, args.protocol)
+    try:
+        counts = write_degraded_set(paths, args.out_dir, args.scale, args.seed, names, args.protocol, args.force)
+    except ValueError as e:
+        ap.exit(2, f"{ap.prog}: error: {e}\n")
+    except OSError as e:  # a read-only folder, a file where a folder should be, a full disk
+        ap.exit(1, f"{ap.prog}: error: cannot write {e.filename or args.out_dir}: {e.strerror or e}; choose a "
+                   f"writable output folder\n")
     for name, n in counts.items():
         print(f"{Path(args.out_dir) / name}: {n} images")
 

@@ -14,6 +14,7 @@ them from here rather than probing the model.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import math
@@ -170,6 +171,49 @@ def build_backbone(cfg: Mapping[str, Any], scale: int | None = None, dropout: Ma
     return cls(**validated_args(cls, cfg, source))
 
 
+# Sizes read from a file are bounded before anything is built: a crafted file declaring millions of blocks would
+# otherwise allocate until the machine runs out of memory. Every integer size is 1..MAX_SIZE, a list (SwinIR's
+# depths, heads) at most MAX_LIST items summing to at most MAX_SIZE, and the network, counted on the meta device
+# (no memory), holds at most MAX_PARAMS parameters: twelve times the largest of the paper (RRDB, 16.7M).
+MAX_SIZE, MAX_LIST, MAX_PARAMS = 1024, 16, 200_000_000
+_INITS = ("kaiming_normal_", "kaiming_uniform_", "normal_", "uniform_", "trunc_normal_", "zeros_", "ones_",
+          "constant_", "xavier_normal_", "xavier_uniform_")
+
+
+@contextlib.contextmanager
+def _skip_init():
+    # Random initialisation on the meta device goes through PyTorch's reference kernels (seconds per block) and
+    # means nothing there: counting needs the shapes only.
+    saved = {name: getattr(nn.init, name) for name in _INITS}
+    for name in _INITS:
+        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
+
+
+def check_sizes(cls: type[nn.Module], args: Mapping[str, Any], source: str) -> int:
+    """The parameter count of `cls(**args)`, after checking every size is within bounds (see MAX_SIZE); a
+    ValueError naming `source` and the argument otherwise. Nothing is allocated."""
+    for name, value in args.items():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if isinstance(value, bool) or not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+            continue
+        if isinstance(value, (list, tuple)) and (len(value) > MAX_LIST or sum(value) > MAX_SIZE):
+            raise ValueError(f"{source}: {name}={list(value)[:MAX_LIST + 1]} is too long or too large (at most "
+                             f"{MAX_LIST} items summing to at most {MAX_SIZE}); refusing to build it")
+        if not all(1 <= v <= MAX_SIZE for v in items):
+            raise ValueError(f"{source}: {name}={value!r} is out of bounds: sizes are integers from 1 to {MAX_SIZE}")
+    with torch.device("meta"), _skip_init():
+        n = sum(p.numel() for p in cls(**args).parameters())
+    if n > MAX_PARAMS:
+        raise ValueError(f"{source}: the architecture it declares has {n:,} parameters, over the budget of "
+                         f"{MAX_PARAMS:,}; refusing to build it")
+    return n
+
+
 def model_scale(model: nn.Module) -> int:
     """The SR factor of a backbone: its `scale` attribute, else a probe forward pass on a 16x16 input."""
     value = getattr(model, "scale", None)
@@ -192,6 +236,12 @@ def pad_multiple(model: nn.Module) -> int:
 
 
 def _unreadable(path: Path, e: BaseException) -> ValueError:
+    if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
+        # PyTorch's own message goes on to advise weights_only=False, which would run whatever code the file holds
+        return ValueError(
+            f"{path}: holds pickled Python objects other than tensors and plain config, which are never unpickled "
+            f"here (unpickling can run any code the file carries); refused. Use a .safetensors file or a state dict "
+            f"of tensors; convert this one only where its origin is trusted.")
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
     return ValueError(
         f"{path}: not a readable checkpoint ({reason}). The file is probably truncated or corrupt (an interrupted "
@@ -206,6 +256,9 @@ def read_weights(path: str | os.PathLike, key: str | None = None) -> tuple[dict,
     `key` picks an entry of a BasicSR file (`params`, `params_ema`); by default `params_ema` is preferred.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a weights file: pass a .ckpt, .pth or .safetensors file "
+                                f"(a run's weights are its checkpoints/last.ckpt)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
@@ -558,6 +611,8 @@ def load(path: str | os.PathLike, backbone: str | Mapping | None = None, device:
     if not isinstance(scale, int) or isinstance(scale, bool):
         raise ValueError(f"{source}: scale={scale!r} is not an integer SR factor")
     # Dropout has no weights, and a loaded model is for inference: build it without dropout.
+    args = validated_args(cls, {**{k: v for k, v in arch.items() if k != "_target_"}, "scale": scale}, source)
+    check_sizes(cls, args, source)
     model = build_backbone(arch, scale=scale, dropout=NO_DROPOUT, source=source)
     layout = _load_strict(model, state, source)
     if layout != "basicsr" and layout != "official":
