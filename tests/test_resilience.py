@@ -57,6 +57,11 @@ def test_kill9_then_resume_matches_uninterrupted_run(tmp_path, extra):
     a, b = net_state(only_job(tmp_path / "ref", "kr") / "checkpoints/last.ckpt"), net_state(ckpt)
     assert a.keys() == b.keys()
     assert any(k.startswith("net_ema.") for k in a) == ("ema.decay=0.9" in extra)  # the average is compared too
+    # Under the default layout (channels_last: auto, channels_last on a CPU): the saved tensors keep their strides.
+    convs = [k for k in a if a[k].dim() == 4]
+    assert convs and all(a[k].is_contiguous(memory_format=torch.channels_last)
+                         and b[k].is_contiguous(memory_format=torch.channels_last) for k in convs)
+    assert not all(a[k].is_contiguous() for k in convs)  # not merely a shape where both layouts coincide
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
 
 
