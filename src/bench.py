@@ -189,7 +189,7 @@ def framework_overhead(cfg, make_module, make_dm, degradation, device, rounds: i
                 self.at[batch_idx + 1] = time.perf_counter()
 
     module, lightning_dm = make_module(), make_dm()
-    bare, bare_dm = BareStep(make_module(), device), make_dm()  # same seed: same initial weights
+    bare, bare_dm = BareStep(make_module(), device, cfg.channels_last), make_dm()  # same seed: same initial weights
 
     def run_lightning() -> float:
         clock = Clock()
