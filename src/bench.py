@@ -9,10 +9,16 @@
                        FLOP/s on the same device                                          >= 0.5 (GPU only)
 4. data_loading        HR patches/s the train dataloader delivers / patches/s the training step consumes  >= 3
 5. evaluation_cache    seconds of a test-set evaluation with a cold degraded-LR cache / with a warm one (no target)
+6. evaluation_efficiency  evaluation forward FLOP/s (convolutions over the test LR images) / the same peak  >= 0.5
+7. evaluation_overhead    test-set evaluation with a warm cache (LR images, forward, conversions, PSNR/SSIM)
+                          / the bare forward passes over the same LR images                                <= 1.15
 
 Every time is a median over repetitions after warm-up steps. The full run uses the paper's SRResNet (batch 16 of
 32x32 LR); quick=true the tiny backbone and Set5. The composed train config (conf/train.yaml with data=t91_bsd200
 when the data root has T91 and BSD200, else data=sample) supplies the module, the datamodule and the degradation.
+Figures 3, 6 and 7 are also measured for the model a campaign trains (`experiment=`, default repro_small's tiny
+SRResNet, or `backbone=`), named `<figure>[<model>]`, on the same batch and LR images, against the same peak.
+Networks run in the layout training and the tools use (`channels_last`, src.utils.use_channels_last).
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -79,8 +85,9 @@ def figure(value: float, target: str | None, met: bool | None, **detail) -> dict
 
 # ------------------------------------------------------------------------------------------------ setup
 def compose_config(quick: bool, device: torch.device, data_root: Path, cache_dir: str | None,
-                   batch_size: int | None, lr_patch: int | None, total_steps: int):
-    """The train config as `python -m src.train` composes it, for the benchmark's backbone, data and device."""
+                   batch_size: int | None, lr_patch: int | None, total_steps: int, model: Sequence[str] = ()):
+    """The train config as `python -m src.train` composes it, for the benchmark's backbone, data and device;
+    `model` (`experiment=...` or `backbone=...` overrides) replaces the benchmark's backbone."""
     from hydra import compose, initialize_config_dir
 
     from src.sweep import register_resolvers
@@ -90,6 +97,8 @@ def compose_config(quick: bool, device: torch.device, data_root: Path, cache_dir
     overrides = [f"backbone={'tiny' if quick else 'srresnet'}", "dropout.position=none", "logger=none",
                  f"data={'t91_bsd200' if has_train_data else 'sample'}",
                  f"trainer={'gpu' if device.type == 'cuda' else 'cpu'}"]
+    if model:  # an experiment sets its own backbone, dropout and data; the device stays the benchmark's
+        overrides = [*model, "logger=none"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     # Set after composing (no override-grammar quoting of paths); interpolations pick the values up.
@@ -131,10 +140,13 @@ def build_datamodule(cfg, degradation, notes: list[str]):
 
 
 class BareStep:
-    """The training step without any framework: zero_grad, forward, L1, backward, Adam, scheduler."""
+    """The training step without any framework: zero_grad, forward, L1, backward, Adam, scheduler. The network
+    is in the layout training gives it (`channels_last`)."""
 
-    def __init__(self, module: nn.Module, device: torch.device):
-        self.net = module.net.to(device).train()
+    def __init__(self, module: nn.Module, device: torch.device, channels_last="auto"):
+        from src.utils import apply_memory_format
+
+        self.net = apply_memory_format(module.net.to(device).train(), channels_last, device)
         conf = module.configure_optimizers()
         if isinstance(conf, dict):
             self.opt, self.sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
@@ -177,7 +189,7 @@ def framework_overhead(cfg, make_module, make_dm, degradation, device, rounds: i
                 self.at[batch_idx + 1] = time.perf_counter()
 
     module, lightning_dm = make_module(), make_dm()
-    bare, bare_dm = BareStep(make_module(), device), make_dm()  # same seed: same initial weights
+    bare, bare_dm = BareStep(make_module(), device, cfg.channels_last), make_dm()  # same seed: same initial weights
 
     def run_lightning() -> float:
         clock = Clock()
@@ -241,15 +253,41 @@ def peak_matmul_flops(device: torch.device, n: int, reps: int) -> float:
     return 2 * n**3 / _median(times)
 
 
-def step_figures(cfg, make_module, dm, degradation, device, reps: int, matmul_size: int) -> tuple[dict, dict, dict]:
+def peak_figures(device: torch.device, n: int, reps: int) -> dict:
+    """The matmul peak every efficiency figure of one benchmark run is divided by, measured once."""
+    return {"flops": peak_matmul_flops(device, n, reps), "n": n,
+            "tf32": bool(device.type == "cuda" and torch.backends.cudnn.allow_tf32)}
+
+
+def compute_efficiency(step: BareStep, lr: torch.Tensor, gt: torch.Tensor, device, reps: int, peak: dict,
+                       gpu_only: bool = False) -> tuple[dict, float]:
+    """(compute_efficiency figure, median seconds per step): the training step's FLOP/s over the peak. With
+    `gpu_only` the 0.5 target is not judged on a CPU (the paper's SRResNet, as the figure was first defined)."""
+    step_s = _median(time_calls(lambda i: step(lr, gt), reps, 1, device))
+    train_flops = 3 * count_conv_flops(step.net, lr)  # backward ~ 2x forward (input and weight gradients)
+    achieved = train_flops / step_s
+    eff = achieved / peak["flops"]
+    judged = device.type == "cuda" or not gpu_only
+    return figure(eff, ">= 0.5 (GPU)" if gpu_only else ">= 0.5", eff >= 0.5 if judged else None,
+                  train_gflop_per_step=train_flops / 1e9, train_gflops=achieved / 1e9,
+                  train_step_ms=1e3 * step_s, peak_matmul_gflops=peak["flops"] / 1e9, matmul_size=peak["n"],
+                  tf32=peak["tf32"], channels_last=_channels_last(step.net)), step_s
+
+
+def _channels_last(net: nn.Module) -> bool:
+    w = next((p for p in net.parameters() if p.dim() == 4), None)
+    return bool(w is not None and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous())
+
+
+def step_figures(cfg, make_module, dm, degradation, device, reps: int, peak: dict) -> tuple[dict, dict, dict]:
     """degradation_cost, compute_efficiency and the step's patch consumption (for data_loading), on one real
     HR batch from the datamodule."""
     batch = next(iter(dm.train_dataloader()))
     deg_times = time_calls(lambda i: degrade(dm, batch, device, i), reps, 1, device)
     lr, gt = degrade(dm, batch, device, 0)
-    step = BareStep(make_module(), device)
-    step_times = time_calls(lambda i: step(lr, gt), reps, 1, device)
-    deg_s, step_s = _median(deg_times), _median(step_times)
+    step = BareStep(make_module(), device, cfg.channels_last)
+    compute, step_s = compute_efficiency(step, lr, gt, device, reps, peak, gpu_only=True)
+    deg_s = _median(deg_times)
     cost = deg_s / step_s
     detail = {"pipeline_ms": 1e3 * deg_s, "train_step_ms": 1e3 * step_s, "hr_batch": list(batch.shape), "reps": reps}
     if device.type == "cuda":  # the CPU figure is reported too, next to the GPU one
@@ -257,17 +295,8 @@ def step_figures(cfg, make_module, dm, degradation, device, reps: int, matmul_si
                                max(2, reps // 2), 1, torch.device("cpu"))
         detail["pipeline_ms_cpu"] = 1e3 * _median(cpu_times)
     degradation_cost = figure(cost, "<= 0.10", cost <= 0.10, **detail)
-
-    train_flops = 3 * count_conv_flops(step.net, lr)  # backward ~ 2x forward (input and weight gradients)
-    achieved = train_flops / step_s
-    peak = peak_matmul_flops(device, matmul_size, reps)
-    eff = achieved / peak
-    compute = figure(eff, ">= 0.5 (GPU)", eff >= 0.5 if device.type == "cuda" else None,
-                     train_gflop_per_step=train_flops / 1e9, train_gflops=achieved / 1e9,
-                     peak_matmul_gflops=peak / 1e9, matmul_size=matmul_size,
-                     tf32=bool(device.type == "cuda" and torch.backends.cudnn.allow_tf32))
     consumed = batch.shape[0] / (deg_s + step_s)
-    return degradation_cost, compute, {"patches_per_s": consumed}
+    return degradation_cost, compute, {"patches_per_s": consumed, "lr": lr, "gt": gt}
 
 
 def data_loading(dm, consumed_per_s: float, reps: int, batches_per_rep: int) -> dict:
@@ -291,14 +320,9 @@ def data_loading(dm, consumed_per_s: float, reps: int, batches_per_rep: int) -> 
                   train_sets=list(dm.train_sets), reps=reps, batches_per_rep=batches_per_rep)
 
 
-def evaluation_cache(cfg, data_root: Path, set_names: Sequence[str], degradations: Sequence[str],
-                     device: torch.device, notes: list[str]) -> dict:
-    """One evaluation with an empty degraded-LR cache (a fresh temporary folder), then the same one again."""
-    from omegaconf import OmegaConf
-
+def eval_sets(data_root: Path, set_names: Sequence[str], notes: list[str]) -> dict[str, list]:
+    """The benchmark's test sets found under `data_root` ({name: paths}); the bundled photos when none is."""
     from src.data.datasets import resolve_set
-    from src.evaluation import evaluate
-    from src.models.loading import build_backbone
 
     sets = {s: resolve_set(s, data_root) for s in set_names if (data_root / s / "HR").is_dir()}
     missing = [s for s in set_names if s not in sets]
@@ -307,34 +331,112 @@ def evaluation_cache(cfg, data_root: Path, set_names: Sequence[str], degradation
     if not sets:
         sets = {"skimage_holdout": resolve_set("skimage_holdout", data_root)}
         notes.append("evaluation: no benchmark set found; used the bundled skimage_holdout photos")
+    return sets
+
+
+def eval_model(cfg, device: torch.device) -> nn.Module:
+    """The config's backbone as the evaluation tools get it: built without dropout, in the configured layout."""
+    from omegaconf import OmegaConf
+
+    from src.models.loading import build_backbone
+    from src.utils import apply_memory_format
+
     module = OmegaConf.to_container(cfg.module, resolve=True)
-    model = build_backbone(module["backbone"], scale=module["scale"]).to(device)
+    model = build_backbone(module["backbone"], scale=module["scale"]).to(device).eval()
+    return apply_memory_format(model, cfg.get("channels_last", "auto"), device)
+
+
+def _describe(cfg) -> dict:
+    return {"backbone": cfg.backbone._target_.rsplit(".", 1)[-1], "num_feat": int(cfg.backbone.num_feat),
+            "num_block": int(cfg.backbone.num_block)}
+
+
+def evaluation_cache(cfg, model: nn.Module, sets: Mapping[str, Sequence], degradations: Sequence[str],
+                     device: torch.device, cache: str) -> dict:
+    """One evaluation with an empty degraded-LR cache (`cache`, a fresh folder), then the same one again."""
+    from src.evaluation import evaluate
+
     first = next(iter(sets.values()))[:1]
     evaluate(model, {"warmup": first}, ["clean"], cfg.scale, 0, device)  # first-call costs out of the cold run
-    with tempfile.TemporaryDirectory(prefix="bench-testsets-") as cache:
-        seconds = []
-        for _ in range(2):
-            _sync(device)
-            start = time.perf_counter()
-            evaluate(model, sets, list(degradations), cfg.scale, 0, device, cache_dir=cache)
-            _sync(device)
-            seconds.append(time.perf_counter() - start)
+    seconds = []
+    for _ in range(2):
+        _sync(device)
+        start = time.perf_counter()
+        evaluate(model, sets, list(degradations), cfg.scale, 0, device, cache_dir=cache)
+        _sync(device)
+        seconds.append(time.perf_counter() - start)
     return figure(seconds[0] / seconds[1], None, None, cold_s=seconds[0], warm_s=seconds[1],
-                  sets={s: len(p) for s, p in sets.items()}, degradations=list(degradations),
-                  backbone=cfg.backbone._target_.rsplit(".", 1)[-1], num_feat=int(cfg.backbone.num_feat),
-                  num_block=int(cfg.backbone.num_block))
+                  sets={s: len(p) for s, p in sets.items()}, degradations=list(degradations), **_describe(cfg))
+
+
+def evaluation_speed(cfg, model: nn.Module, sets: Mapping[str, Sequence], degradations: Sequence[str],
+                     device: torch.device, cache: str, reps: int, peak: dict,
+                     warm_s: Sequence[float] = ()) -> tuple[dict, dict]:
+    """(evaluation_efficiency, evaluation_overhead) over the LR images of `sets` x `degradations`, whose degraded-LR
+    cache `cache` already holds.
+
+    The bare pass is the model alone on the LR images, decoded and on the device beforehand; the evaluation is
+    `src.evaluation.evaluate` (cache reads, HR decoding, conversions, forward, PSNR/SSIM). They alternate, `reps`
+    times each; `warm_s` are seconds of warm evaluations already measured (then each counts as one repetition).
+    FLOPs are counted once per distinct LR shape (`count_conv_flops`), the same count as the training figures.
+    """
+    from src.data.testsets import load_test_pairs
+    from src.evaluation import evaluate
+
+    xs = [torch.from_numpy(lr).to(device).permute(2, 0, 1)[None].float().div_(255)
+          for paths in sets.values() for d in degradations
+          for _, _, lr in load_test_pairs(paths, d, cfg.scale, 0, cache)]
+    per_shape: dict[tuple, int] = {}
+    for x in xs:
+        if x.shape not in per_shape:
+            per_shape[x.shape] = count_conv_flops(model, x)
+    flops = sum(per_shape[x.shape] for x in xs)
+
+    def bare() -> float:
+        _sync(device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            for x in xs:
+                model(x)
+        _sync(device)
+        return time.perf_counter() - start
+
+    def full() -> float:
+        _sync(device)
+        start = time.perf_counter()
+        evaluate(model, sets, list(degradations), cfg.scale, 0, device, cache_dir=cache)
+        _sync(device)
+        return time.perf_counter() - start
+
+    evals, bares = list(warm_s), []
+    if not evals:
+        full()  # warm-up: first-call costs of this model
+    for r in range(reps):
+        bares.append(bare())
+        if r >= len(warm_s):
+            evals.append(full())
+    bare_s, eval_s = _median(bares), _median(evals)
+    eff = flops / bare_s / peak["flops"]
+    where = {"images": len(xs), "sets": {s: len(p) for s, p in sets.items()}, **_describe(cfg),
+             "channels_last": _channels_last(model)}
+    efficiency = figure(eff, ">= 0.5", eff >= 0.5, forward_gflop=flops / 1e9, forward_gflops=flops / bare_s / 1e9,
+                        peak_matmul_gflops=peak["flops"] / 1e9, bare_forward_s=bare_s, **where)
+    overhead = figure(eval_s / bare_s, "<= 1.15", eval_s / bare_s <= 1.15, evaluate_s=eval_s, bare_forward_s=bare_s,
+                      reps=len(bares), **where)
+    return efficiency, overhead
 
 
 # ------------------------------------------------------------------------------------------------ report
 def format_report(report: dict) -> str:
+    width = max(map(len, report["figures"]), default=20)
     lines = [f"device {report['device']} ({report['device_name']}), torch {report['torch']}, "
              f"{report['threads']} threads, load average {report['load_avg_start']} -> {report['load_avg_end']}",
-             f"{'figure':<20} {'value':>8} {'target':>13} {'met':>5}  measured"]
+             f"{'figure':<{width}} {'value':>8} {'target':>13} {'met':>5}  measured"]
     for name, f in report["figures"].items():
         d = f["detail"]
         shown = ", ".join(f"{k} {v:.4g}" for k, v in d.items() if isinstance(v, float))
         met = {True: "yes", False: "NO", None: "-"}[f["met"]]
-        lines.append(f"{name:<20} {f['value']:8.3f} {f['target'] or '-':>13} {met:>5}  {shown}")
+        lines.append(f"{name:<{width}} {f['value']:8.3f} {f['target'] or '-':>13} {met:>5}  {shown}")
     return "\n".join(lines + [f"note: {n}" for n in report["notes"]])
 
 
@@ -355,7 +457,7 @@ def run(args: argparse.Namespace) -> dict:
     from omegaconf import OmegaConf
 
     from src.data.datasets import default_data_root
-    from src.utils import build, resolve_device
+    from src.utils import apply_memory_format, build, resolve_device
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device=cuda: no CUDA device is available; use device=cpu")
@@ -378,9 +480,13 @@ def run(args: argparse.Namespace) -> dict:
     module_kwargs = OmegaConf.to_container(cfg.module, resolve=True)
     module_cls = get_class(module_kwargs.pop("_target_"))
 
-    def make_module():
+    def make_module():  # in the layout training gives the network and its average (src.train)
         torch.manual_seed(cfg.seed)
-        return module_cls(**copy.deepcopy(module_kwargs)).to(device)
+        module = module_cls(**copy.deepcopy(module_kwargs)).to(device)
+        for net in (module.net, module.net_ema):
+            if net is not None:
+                apply_memory_format(net, cfg.channels_last, device)
+        return module
 
     dm = build_datamodule(cfg, degradation, notes)
     used_sets = list(dm.train_sets)
@@ -396,15 +502,36 @@ def run(args: argparse.Namespace) -> dict:
     figures["framework_overhead"] = framework_overhead(cfg, make_module, make_dm, degradation, device,
                                                        rounds, warmup, steps)
     log.info("degradation cost and compute efficiency: %d repetitions", args.reps)
-    deg, compute, consumed = step_figures(cfg, make_module, dm, degradation, device, args.reps, args.matmul_size)
+    peak = peak_figures(device, args.matmul_size, args.reps)
+    deg, compute, consumed = step_figures(cfg, make_module, dm, degradation, device, args.reps, peak)
     figures["degradation_cost"], figures["compute_efficiency"] = deg, compute
     log.info("data loading")
     figures["data_loading"] = data_loading(dm, consumed["patches_per_s"], args.reps, args.loader_batches)
-    eval_sets = args.eval_sets.split(",") if args.eval_sets else (
+    set_names = args.eval_sets.split(",") if args.eval_sets else (
         ["Set5"] if args.quick else list(BENCH_SETS if device.type == "cuda" else CPU_EVAL_SETS))
     degradations = args.eval_degradations.split(",") if args.eval_degradations else list(cfg.eval.degradations)
-    log.info("evaluation: %s x %d degradations, cold and warm cache", ",".join(eval_sets), len(degradations))
-    figures["evaluation_cache"] = evaluation_cache(cfg, data_root, eval_sets, degradations, device, notes)
+    sets = eval_sets(data_root, set_names, notes)
+    model_cfg = compose_config(args.quick, device, data_root, args.cache_dir, args.batch_size, args.lr_patch,
+                               total_steps=cfg.trainer.max_steps, model=model_overrides(args))
+    label = model_label(args)
+    with tempfile.TemporaryDirectory(prefix="bench-testsets-") as cache:
+        log.info("evaluation: %s x %d degradations, cold and warm cache", ",".join(sets), len(degradations))
+        model = eval_model(cfg, device)
+        figures["evaluation_cache"] = evaluation_cache(cfg, model, sets, degradations, device, cache)
+        # The paper's SRResNet evaluates for minutes on a CPU: its warm run above is the one repetition there.
+        reps = 1 if device.type == "cpu" and not args.quick else args.reps
+        figures["evaluation_efficiency"], figures["evaluation_overhead"] = evaluation_speed(
+            cfg, model, sets, degradations, device, cache, reps, peak,
+            warm_s=[figures["evaluation_cache"]["detail"]["warm_s"]])
+        log.info("%s: training step and evaluation, %d repetitions", label, args.reps)
+        model_kwargs = OmegaConf.to_container(model_cfg.module, resolve=True)
+        model_cls = get_class(model_kwargs.pop("_target_"))
+        torch.manual_seed(model_cfg.seed)
+        step = BareStep(model_cls(**model_kwargs).to(device), device, model_cfg.channels_last)
+        figures[f"compute_efficiency[{label}]"] = compute_efficiency(step, consumed["lr"], consumed["gt"], device,
+                                                                     args.reps, peak)[0]
+        figures[f"evaluation_efficiency[{label}]"], figures[f"evaluation_overhead[{label}]"] = evaluation_speed(
+            model_cfg, eval_model(model_cfg, device), sets, degradations, device, cache, args.reps, peak)
 
     import pytorch_lightning as pl
 
@@ -413,7 +540,8 @@ def run(args: argparse.Namespace) -> dict:
         "pytorch_lightning": pl.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "opencv_threads": _cv2_threads(),
         "load_avg_start": [round(v, 2) for v in load_start], "load_avg_end": [round(v, 2) for v in os.getloadavg()],
-        "quick": bool(args.quick), "backbone": cfg.backbone._target_.rsplit(".", 1)[-1],
+        "quick": bool(args.quick), "model": label, "model_overrides": model_overrides(args),
+        "backbone": cfg.backbone._target_.rsplit(".", 1)[-1],
         "num_feat": int(cfg.backbone.num_feat), "num_block": int(cfg.backbone.num_block),
         "batch_size": int(cfg.data.batch_size), "lr_patch_size": int(cfg.data.lr_patch_size),
         "scale": int(cfg.scale), "precision": str(cfg.trainer.precision), "train_sets": used_sets,
@@ -442,7 +570,20 @@ OPTIONS = {
     "eval_sets": (list, None, f"[Set5,Set14] (default: {','.join(BENCH_SETS)} on a GPU, "
                               f"{','.join(CPU_EVAL_SETS)} on a CPU; Set5 with quick=true)"),
     "eval_degradations": (list, None, "[clean,b+n+j] (default: all 8)"),
+    "experiment": (str, "repro_small", "the campaign whose model gets its own efficiency figures (conf/experiment; "
+                                       "none: the train config's defaults)"),
+    "backbone": (str, None, "that model's backbone instead of the experiment's (conf/backbone)"),
 }
+
+
+def model_overrides(args: argparse.Namespace) -> list[str]:
+    """The train-config overrides that make the campaign model of `experiment=` / `backbone=`."""
+    out = [f"experiment={args.experiment}"] if args.experiment and args.experiment != "none" else []
+    return out + ([f"backbone={args.backbone}"] if args.backbone else [])
+
+
+def model_label(args: argparse.Namespace) -> str:
+    return "+".join(v.split("=", 1)[1] for v in model_overrides(args)) or "train_defaults"
 
 
 def usage() -> str:
@@ -451,6 +592,7 @@ def usage() -> str:
               + (f" (default: {d})" if d is not None and "default" not in h else "")
               for k, (t, d, h) in OPTIONS.items()]
     lines += ["", "examples:", "  python -m src.bench", "  python -m src.bench quick=true device=cpu threads=1",
+              "  python -m src.bench device=cpu threads=1 experiment=repro_small_rrdb",
               "  python -m src.bench device=cpu threads=1 rounds=5 reps=5 eval_sets=[Set5,Set14]"]
     return "\n".join(lines)
 
@@ -482,6 +624,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             raise SystemExit(f"src.bench: {arg!r} is not an option{hint}; options are key=value: "
                              f"{', '.join(OPTIONS)} (python -m src.bench --help)")
         setattr(args, key, _value(key, OPTIONS[key][0], text))
+    for group in ("experiment", "backbone"):
+        name = getattr(args, group)
+        if name and not (name == "none" and group == "experiment") and not (CONF_DIR / group / f"{name}.yaml").is_file():
+            known = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+            raise SystemExit(f"src.bench: {group}={name!r} is not in conf/{group}; allowed: {', '.join(known)}"
+                             + (" or none" if group == "experiment" else ""))
     if args.device not in (None, "cpu", "cuda"):
         raise SystemExit(f"src.bench: device={args.device!r}: allowed values are cpu and cuda")
     gpu = args.device == "cuda" or (args.device is None and torch.cuda.is_available())

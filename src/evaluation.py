@@ -25,8 +25,9 @@ from torch import nn
 
 from src.data.imageio import decode_image, to_rgb_uint8
 from src.data.testsets import (ALL_TEST_DEGRADATIONS, GIVEN, PROTOCOLS, TEST_DEGRADATIONS, bicubic_upscale,
-                               check_protocol, load_test_pairs, match_given_lr, read_given_pair)
-from src.metrics import METRICS, psnr, ssim
+                               check_protocol, load_test_pairs, match_given_lr, read_given_pair,
+                               read_test_hr)
+from src.metrics import METRICS, scores
 from src.models.loading import pad_multiple
 from src.runs import read_state, results_file
 from src.tiling import upscale_image
@@ -121,9 +122,7 @@ def score_image(sr: np.ndarray, hr: np.ndarray, scale: int, round_y: bool = Fals
     `round_y` rounds Y to integers (MATLAB's rgb2ycbcr on uint8); `gray` scores the Y columns on grey levels
     (src.metrics), for an HR image that is a gray file.
     """
-    y = {"round_y": round_y, "gray": gray}
-    return {"psnr": psnr(sr, hr, scale, y_channel=True, **y), "ssim": ssim(sr, hr, scale, y_channel=True, **y),
-            "psnr_rgb": psnr(sr, hr, scale, y_channel=False), "ssim_rgb": ssim(sr, hr, scale, y_channel=False)}
+    return scores(sr, hr, scale, round_y, gray)
 
 
 def _reusable(entry, scale: int, seed: int, n_paths: int, protocol: str, round_y: bool) -> bool:
@@ -223,27 +222,33 @@ def evaluate(model: nn.Module, sets: Mapping[str, Sequence[os.PathLike]],
             # matched against every HR file, so that a missing or extra LR file is named even when its HR is bad
             lr_of = dict(match_given_lr(paths, given_lr[set_name], scale)) if GIVEN in todo else {}
 
-            def pairs_of(chunk: list[Path], d: str) -> list[tuple[Path, np.ndarray, np.ndarray]]:
+            def pairs_of(chunk: list[Path], d: str, hrs: Mapping) -> list[tuple[Path, np.ndarray, np.ndarray]]:
                 if d == GIVEN:
                     return [(p, *read_given_pair(p, lr_of[p], scale)) for p in chunk]
-                return load_test_pairs(chunk, d, scale, seed, cache_dir, protocol)
+                return load_test_pairs(chunk, d, scale, seed, cache_dir, protocol, hrs)
 
+            per_image: dict[str, dict] = {d: {} for d in todo}
+            seconds = dict.fromkeys(todo, 0.0)
+            # In chunks: a whole Urban100 of decoded HR images would hold ~300 MB. Each chunk's HR images are
+            # decoded once for all degradations (PNG decoding costs as much as scoring). The noise is seeded by
+            # image content, so chunking does not change any LR image.
+            for chunk in (good[i:i + CHUNK] for i in range(0, len(good), CHUNK)):
+                hrs = {p: read_test_hr(p, protocol) for p in chunk} if set(todo) - {GIVEN} else {}
+                for d in todo:
+                    start = time.perf_counter()
+                    for path, hr, lr in pairs_of(chunk, d, hrs):
+                        sr = super_resolve(model, lr, scale, device, tile, overlap)
+                        if sr.shape != hr.shape:
+                            raise ValueError(f"{path}: SR output is {sr.shape}, HR is {hr.shape}; is the model "
+                                             f"x{scale}?")
+                        per_image[d][keys[path]] = score_image(sr, hr, scale, round_y, path in gray)
+                    seconds[d] += time.perf_counter() - start
             for d in todo:
-                start = time.time()
-                per_image = {}
-                # In chunks: a whole Urban100 of decoded HR images would hold ~300 MB. The noise is seeded by
-                # image content, so chunking does not change any LR image.
-                chunks = (good[i:i + CHUNK] for i in range(0, len(good), CHUNK))
-                for path, hr, lr in (t for c in chunks for t in pairs_of(c, d)):
-                    sr = super_resolve(model, lr, scale, device, tile, overlap)
-                    if sr.shape != hr.shape:
-                        raise ValueError(f"{path}: SR output is {sr.shape}, HR is {hr.shape}; is the model x{scale}?")
-                    per_image[keys[path]] = score_image(sr, hr, scale, round_y, path in gray)
-                entry = results_entry(per_image, len(rejected), scale, seed, protocol, round_y)
+                entry = results_entry(per_image[d], len(rejected), scale, seed, protocol, round_y)
                 results[set_name][d] = entry
                 log.info("%s/%s (%s): PSNR-Y %.2f dB, PSNR-RGB %.2f dB, SSIM-Y %.4f over %d images (%d skipped) "
                          "in %.1f s", set_name, d, protocol, entry["psnr"], entry["psnr_rgb"], entry["ssim"],
-                         entry["n_images"], len(rejected), time.time() - start)
+                         entry["n_images"], len(rejected), seconds[d])
     finally:
         model.train(was_training)
     return results

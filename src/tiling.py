@@ -240,7 +240,6 @@ def upscale_image(model: nn.Module, img: np.ndarray, scale: int, tile: int | Non
     else:
         rows, cols = _windows(h, tile, overlap, m), _windows(w, tile, overlap, m)
     out = np.empty((h0 * scale, w0 * scale, 3), dtype=img.dtype)
-    order = [2, 1, 0] if bgr else [0, 1, 2]
     show = progress and len(rows) * len(cols) > 1 and sys.stderr.isatty()
     bar = tqdm(total=len(rows) * len(cols), desc=desc, unit="tile", leave=False, disable=not show, file=sys.stderr)
     with torch.no_grad():
@@ -255,7 +254,9 @@ def upscale_image(model: nn.Module, img: np.ndarray, scale: int, tile: int | Non
                 x = x.to(device).permute(2, 0, 1)[None].float().div_(maxval)
                 y = _run(model, x, scale)[0]
                 oy, ox = (c0y - w0y) * scale, (c0x - w0x) * scale
-                y = y[order, oy:oy + (e1y - c0y) * scale, ox:ox + (e1x - c0x) * scale]
+                y = y[:, oy:oy + (e1y - c0y) * scale, ox:ox + (e1x - c0x) * scale]
+                if bgr:  # a slice, not an index list: the RGB case makes no float copy of the output
+                    y = y.flip(0)
                 y = y.clamp_(0, 1).mul_(maxval).round_().to(torch.int32 if maxval > 255 else torch.uint8)
                 out[c0y * scale:e1y * scale, c0x * scale:e1x * scale] = y.permute(1, 2, 0).cpu().numpy()
                 bar.update()

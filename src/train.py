@@ -30,7 +30,7 @@ from src.loggers import build_loggers, finish_wandb, log_results
 from src import runs
 from src.preflight import check_device, check_values
 from src.sweep import quote_non_ascii, register_resolvers
-from src.utils import apply_memory_format, build, resolve_device
+from src.utils import apply_memory_format, build, job_threads, resolve_device
 
 register_resolvers()
 log = logging.getLogger(__name__)
@@ -336,10 +336,27 @@ def fit_and_evaluate(cfg: DictConfig, run_dir: Path, module, datamodule, loggers
     return results
 
 
+def share_cores(hydra_cfg) -> None:
+    """Jobs that the joblib launcher runs side by side (sweeps/repro_*.yaml: n_jobs 2) split the cores between
+    them (src.utils.job_threads) instead of each starting one thread per core."""
+    launcher = hydra_cfg.get("launcher") or {}
+    if hydra_cfg.mode != RunMode.MULTIRUN or "Joblib" not in str(launcher.get("_target_", "")):
+        return
+    threads = job_threads(int(launcher.get("n_jobs", 1) or 1))
+    if threads is not None:
+        import cv2
+
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
+        print(f"[train] {launcher.n_jobs} jobs side by side: {threads} intra-op thread(s) each "
+              f"(OMP_NUM_THREADS=N sets it yourself)", flush=True)
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     output_dir, overrides = hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task)
+    share_cores(hydra_cfg)
     try:
         results = train(cfg, output_dir)
     except StoppedOnSignal as stop:  # the whole process stops, sweep included: that is what the signal asked

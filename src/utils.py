@@ -129,3 +129,25 @@ def portable_tree(tree: Any, folder: str | os.PathLike) -> Any:
     if isinstance(tree, str) and os.path.isabs(tree):
         return portable_path(tree, folder)
     return tree
+
+
+def job_threads(n_jobs: int, env: Any = None, cores: int | None = None) -> int | None:
+    """Intra-op threads for each of `n_jobs` jobs that a launcher runs side by side on this machine, or None to
+    leave the libraries' default (one thread per core).
+
+    Each job's torch and OpenCV would otherwise start one thread per core, and n_jobs x cores threads on `cores`
+    cores wait on each other at every parallel region. An explicit OMP_NUM_THREADS wins. `n_jobs` counts as joblib does: -1 is one job per core, -2 one fewer, and so on.
+
+    Example:
+        >>> job_threads(2, env={}, cores=16), job_threads(2, env={}, cores=2), job_threads(-1, env={}, cores=8)
+        (8, 1, 1)
+        >>> job_threads(2, env={"OMP_NUM_THREADS": "4"}, cores=16) is None, job_threads(1, env={}, cores=16) is None
+        (True, True)
+    """
+    env = os.environ if env is None else env
+    if env.get("OMP_NUM_THREADS"):
+        return None
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    jobs = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
+    return max(1, cores // jobs) if jobs > 1 else None

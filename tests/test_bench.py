@@ -11,7 +11,9 @@ from torch import nn
 from src import bench
 from src.data.imageio import write_image
 
-FIGURES = ("framework_overhead", "degradation_cost", "compute_efficiency", "data_loading", "evaluation_cache")
+FIGURES = ("framework_overhead", "degradation_cost", "compute_efficiency", "data_loading", "evaluation_cache",
+           "evaluation_efficiency", "evaluation_overhead", "compute_efficiency[repro_small]",
+           "evaluation_efficiency[repro_small]", "evaluation_overhead[repro_small]")
 
 
 @pytest.fixture()
@@ -45,8 +47,18 @@ def test_quick_bench_writes_a_well_formed_report(tmp_path, tiny_root, capsys):
         assert f["met"] in (True, False, None) and (f["target"] is None or isinstance(f["target"], str))
         numbers = [v for v in f["detail"].values() if isinstance(v, float)]
         assert numbers and all(_finite_positive(v) for v in numbers), (name, f["detail"])
-    assert report["figures"]["compute_efficiency"]["met"] is None  # the 0.5 target is for GPUs
-    assert report["figures"]["evaluation_cache"]["detail"]["sets"] == {"Set5": 2}
+    figures = report["figures"]
+    assert figures["compute_efficiency"]["met"] is None  # the paper's SRResNet: the 0.5 target is for GPUs
+    assert figures["compute_efficiency[repro_small]"]["met"] is not None  # the campaign model: judged on CPU too
+    assert figures["evaluation_cache"]["detail"]["sets"] == {"Set5": 2}
+    # the campaign model (repro_small: tiny SRResNet) in the CPU's layout, over 2 images x 2 degradations
+    campaign = figures["evaluation_overhead[repro_small]"]["detail"]
+    assert (campaign["backbone"], campaign["num_feat"], campaign["num_block"]) == ("MSRResNet", 32, 4)
+    assert campaign["images"] == 4 and campaign["channels_last"] is True
+    peaks = {f["detail"]["peak_matmul_gflops"] for n, f in figures.items() if "efficiency" in n}
+    assert len(peaks) == 1  # one peak, measured once, under every efficiency figure
+    overhead = figures["evaluation_overhead[repro_small]"]
+    assert overhead["value"] == pytest.approx(overhead["detail"]["evaluate_s"] / overhead["detail"]["bare_forward_s"])
     assert "framework_overhead" in capsys.readouterr().out
 
 
@@ -54,6 +66,18 @@ def test_conv_flops_are_counted_from_the_shapes():
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=4))
     flops = bench.count_conv_flops(net, torch.zeros(2, 3, 10, 10))
     assert flops == 2 * 3 * 8 * 9 * 10 * 10 * 2 + 2 * 2 * 8 * 9 * 5 * 5 * 2
+
+
+def test_conv_flops_of_the_campaign_srresnet_match_the_hand_count():
+    from src.models.srresnet import MSRResNet
+
+    f, blocks, h, w = 32, 4, 6, 5
+    net = MSRResNet(num_feat=f, num_block=blocks, scale=4)
+    per = lambda cin, cout, pixels: 2 * cin * cout * 9 * pixels  # noqa: E731  (3x3 convs)
+    hand = (per(3, f, h * w) + 2 * blocks * per(f, f, h * w) + per(f, 4 * f, h * w)  # first, trunk, upconv1
+            + per(f, 4 * f, 4 * h * w) + per(f, f, 16 * h * w) + per(f, 3, 16 * h * w))  # upconv2 at x2, HR convs
+    assert bench.count_conv_flops(net, torch.zeros(1, 3, h, w)) == hand == 2 * 9 * h * w * (
+        3 * f + 8 * f * f + 4 * f * f + 16 * f * f + 16 * f * f + 16 * 3 * f)
 
 
 def test_bad_arguments_are_refused():
@@ -65,6 +89,12 @@ def test_bad_arguments_are_refused():
         bench.parse_args(["stepz=3"])
     with pytest.raises(SystemExit, match="allowed values are cpu and cuda"):
         bench.parse_args(["device=tpu"])
+    with pytest.raises(SystemExit, match=r"experiment='repro_tiny' is not in conf/experiment; allowed: .*repro_small"):
+        bench.parse_args(["experiment=repro_tiny"])
+    with pytest.raises(SystemExit, match=r"backbone='tinyy' is not in conf/backbone; allowed: .*tiny"):
+        bench.parse_args(["backbone=tinyy"])
+    args = bench.parse_args(["experiment=none", "backbone=tiny"])
+    assert bench.model_overrides(args) == ["backbone=tiny"] and bench.model_label(args) == "tiny"
     with pytest.raises(SystemExit, match="allowed values are true and false"):
         bench.parse_args(["quick=yes"])
     args = bench.parse_args(["eval_sets=[Set5, Set14]", "threads=1", "quick=true"])

@@ -61,6 +61,11 @@ def test_kill9_then_resume_matches_uninterrupted_run(tmp_path, extra):
     a, b = net_state(only_job(tmp_path / "ref", "kr") / "checkpoints/last.ckpt"), net_state(ckpt)
     assert a.keys() == b.keys()
     assert any(k.startswith("net_ema.") for k in a) == ("ema.decay=0.9" in extra)  # the average is compared too
+    # Under the default layout (channels_last: auto, channels_last on a CPU): the saved tensors keep their strides.
+    convs = [k for k in a if a[k].dim() == 4]
+    assert convs and all(a[k].is_contiguous(memory_format=torch.channels_last)
+                         and b[k].is_contiguous(memory_format=torch.channels_last) for k in convs)
+    assert not all(a[k].is_contiguous() for k in convs)  # not merely a shape where both layouts coincide
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
 
 
@@ -200,3 +205,25 @@ def test_joblib_launcher_runs_two_jobs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((sweep_folder(tmp_path, "jl") / "manifest.json").read_text())
     assert len(manifest["jobs"]) == 2 and manifest["failed"] == []
+
+
+def test_joblib_jobs_split_the_cores(monkeypatch):
+    from hydra.types import RunMode
+
+    from src.train import share_cores
+    from src.utils import job_threads
+
+    assert [job_threads(n, env={}, cores=16) for n in (1, 2, 3, -1, -15)] == [None, 8, 5, 1, 8]
+    assert job_threads(2, env={"OMP_NUM_THREADS": "3"}, cores=16) is None  # the user's choice stands
+    cores = len(os.sched_getaffinity(0))
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    joblib = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 2}
+    try:
+        torch.set_num_threads(cores)
+        share_cores(OmegaConf.create({"mode": RunMode.RUN, "launcher": joblib}))  # a single run keeps every core
+        assert torch.get_num_threads() == cores
+        share_cores(OmegaConf.create({"mode": RunMode.MULTIRUN, "launcher": joblib}))
+        assert torch.get_num_threads() == max(1, cores // 2)
+    finally:
+        torch.set_num_threads(before)

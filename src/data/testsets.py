@@ -52,7 +52,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -362,19 +362,21 @@ def cache_key(name: str, scale: int, seed: int, protocol: str = "literature") ->
 
 
 def load_test_pairs(paths: Iterable[str | os.PathLike], name: str, scale: int = 4, seed: int = 0,
-                    cache_dir: str | os.PathLike | None = None,
-                    protocol: str = "literature") -> list[tuple[Path, np.ndarray, np.ndarray]]:
+                    cache_dir: str | os.PathLike | None = None, protocol: str = "literature",
+                    hr_images: Mapping[Path, np.ndarray] | None = None) -> list[tuple[Path, np.ndarray, np.ndarray]]:
     """[(path, modcropped HR uint8, LR uint8)] for test degradation `name`, both (H, W, 3) RGB.
 
     Under `official` a gray image is degraded as gray and both HR and LR are then replicated to 3 channels, as the
     official test loader reads them. With cache_dir, each LR image is computed once and kept as
     <cache_dir>/<cache_key>/<stem>-<content hash>.png; an unreadable or wrongly sized cached file is recomputed.
+    `hr_images` ({Path: read_test_hr(path, protocol)}) spares decoding the HR files again for each degradation.
     """
     steps_of(name)
     folder = Path(cache_dir) / cache_key(name, scale, seed, protocol) if cache_dir is not None else None
+    hr_images = hr_images or {}
     pairs = []
     for path in map(Path, paths):
-        hr = modcrop(read_test_hr(path, protocol), scale)
+        hr = modcrop(hr_images[path] if path in hr_images else read_test_hr(path, protocol), scale)
         lr = None
         if folder is not None:
             cached = folder / f"{path.stem}-{_content_digest(hr).hex()[:12]}.png"
