@@ -90,7 +90,7 @@ def compose_config(quick: bool, device: torch.device, data_root: Path, cache_dir
     `model` (`experiment=...` or `backbone=...` overrides) replaces the benchmark's backbone."""
     from hydra import compose, initialize_config_dir
 
-    from src.sweep import register_resolvers
+    from src.resolvers import register_resolvers
 
     register_resolvers()
     has_train_data = all((data_root / s / "HR").is_dir() for s in ("T91", "BSD200"))

@@ -51,7 +51,7 @@ def known_keys(config_name: str, argv: Sequence[str], leave_out: str | None = No
     from hydra.core.global_hydra import GlobalHydra
 
     from src.preflight import config_keys
-    from src.sweep import register_resolvers
+    from src.resolvers import register_resolvers
 
     register_resolvers()
     overrides, name = _split_overrides(argv)

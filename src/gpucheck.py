@@ -145,7 +145,7 @@ def compose(overrides: Sequence[str] = ()):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from src.sweep import register_resolvers
+    from src.resolvers import register_resolvers
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

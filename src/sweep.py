@@ -12,35 +12,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from src import runs
 
 
-def register_resolvers() -> None:
-    # A run without overrides still needs a stable folder name so that rerunning it resumes.
-    if not OmegaConf.has_resolver("run_id"):
-        OmegaConf.register_new_resolver("run_id", runs.run_id)
-    if not OmegaConf.has_resolver("sets_present"):
-        OmegaConf.register_new_resolver("sets_present", sets_present)
-
-
-_NOTED: set[str] = set()
-
-
-def sets_present(sets: Sequence[str], optional: Sequence[str], root: str | None) -> list[str]:
-    """`sets` plus each of `optional` whose `<root>/<set>/HR` exists (`${sets_present:[...],[Manga109],${data.root}}`
-    in a data option): the paper's presets score Manga109 where it can be had (it is not freely downloadable) and
-    say once, in one line, when it is left out."""
-    from src.data.datasets import default_data_root
-
-    folder = Path(root) if root else default_data_root()
-    kept = list(sets)
-    for name in optional:
-        if (folder / name / "HR").is_dir():
-            kept.append(name)
-        elif name not in _NOTED:
-            _NOTED.add(name)
-            print(f"[data] note: {name} is not scored ({folder / name / 'HR'} does not exist); put its HR images "
-                  f"there to add it to data.test_sets", file=sys.stderr)
-    return kept
-
-
 def write_sweep_report(config: DictConfig, sweep_dir: Path) -> None:
     """The paper-style tables of a finished sweep, in `<sweep>/report/`, and in W&B when the sweep logs there
     (a run of its own in the sweep's group, so the dashboard shows the comparison next to the jobs)."""

@@ -29,7 +29,8 @@ from src.cluster import PreemptionCheckpoint, StoppedOnSignal, global_rank_from_
 from src.loggers import build_loggers, finish_wandb, log_results
 from src import runs
 from src.preflight import check_device, check_values
-from src.sweep import quote_non_ascii, register_resolvers
+from src.resolvers import register_resolvers
+from src.sweep import quote_non_ascii
 from src.utils import apply_memory_format, build, job_threads, resolve_device
 
 register_resolvers()

@@ -27,7 +27,7 @@ def compose_train(overrides, run_dir, override_dirname=""):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from src.sweep import register_resolvers
+    from src.resolvers import register_resolvers
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

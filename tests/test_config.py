@@ -133,7 +133,7 @@ def _compose_sweep(name, overrides=()):
     from hydra._internal.utils import create_config_search_path
     from hydra.types import RunMode
 
-    from src.sweep import register_resolvers
+    from src.resolvers import register_resolvers
 
     register_resolvers()
     search_path = create_config_search_path(str(CONF))
@@ -148,11 +148,11 @@ PAPER_SETS = ["Set5", "Set14", "BSD100", "Urban100"]
 @pytest.mark.parametrize("preset", ["experiment=paper", "experiment=official", "sweeps/backbones"])
 @pytest.mark.parametrize("manga", [True, False], ids=["with-manga109", "without-manga109"])
 def test_paper_presets_score_both_protocols_and_manga109_when_present(tmp_path, preset, manga, capsys):
-    import src.sweep
+    import src.resolvers
 
     root = tmp_path / "data"
     (root / ("Manga109" if manga else "Set5") / "HR").mkdir(parents=True)
-    src.sweep._NOTED.clear()
+    src.resolvers._NOTED.clear()
     if preset.startswith("sweeps/"):
         cfg = _compose_sweep(preset.split("/")[1], [f"data.root={root}"])
     else:
@@ -166,7 +166,7 @@ def test_paper_presets_score_both_protocols_and_manga109_when_present(tmp_path, 
 
 
 def test_sets_present_falls_back_to_the_default_data_root(tmp_path, monkeypatch):
-    from src.sweep import sets_present
+    from src.resolvers import sets_present
 
     monkeypatch.setenv("SR_DATA_ROOT", str(tmp_path))
     (tmp_path / "Manga109" / "HR").mkdir(parents=True)

@@ -31,7 +31,7 @@ def helps():
 def _config(tool):
     from hydra import compose, initialize_config_dir
 
-    from src.sweep import register_resolvers
+    from src.resolvers import register_resolvers
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

@@ -97,11 +97,13 @@ def test_pipeline_codec_option():
         RealESRGANPipeline(jpeg="libjpeg")
 
 
-def test_repro_small_keeps_the_differentiable_codec(tmp_path):
+def test_repro_small_trains_with_the_real_codec_and_the_first_campaigns_codec_is_one_key_away(tmp_path):
     from conftest import compose_train
 
     assert compose_train([], tmp_path).degradation.jpeg == "real"
-    assert compose_train(["experiment=repro_small"], tmp_path).degradation.jpeg == "differentiable"
+    assert compose_train(["experiment=repro_small"], tmp_path).degradation.jpeg == "real"
+    first = compose_train(["experiment=repro_small", "degradation.jpeg=differentiable"], tmp_path)
+    assert first.degradation.jpeg == "differentiable"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -157,7 +157,7 @@ def test_every_sweep_file_composes_and_expands(name, tmp_path):
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from src.sweep import register_resolvers
+    from src.resolvers import register_resolvers
 
     register_resolvers()
     from hydra._internal.config_loader_impl import ConfigLoaderImpl

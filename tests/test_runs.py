@@ -99,6 +99,7 @@ def test_job_json_records_the_git_commit_and_dirty_flag(tmp_path):
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     dirty = bool(subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
                                 capture_output=True, text=True).stdout.strip())
+    runs._GIT = None  # asked once per process: the checkout may have changed since an earlier test asked
     runs.write_job_status(tmp_path, ["seed=1"], "running")
     job = json.loads((tmp_path / "job.json").read_text())
     assert len(head) == 40 and job["git"] == {"commit": head, "dirty": dirty}

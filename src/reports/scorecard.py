@@ -249,13 +249,13 @@ def measure_results(root: Path, claim: Claim, contrast: Contrast) -> tuple[Outco
     studies = contrast.studies or claim.studies
     loaded = {s: _load(root, s) for s in studies}
     everything = [r for rs in loaded.values() for r in rs]
-    for study in studies:
-        variants = [r for r in loaded[study] if _matches(r, contrast.variant)]
-        if variants:
-            break
-    else:
+    found = [(s, v) for s in studies if (v := [r for r in loaded[s] if _matches(r, contrast.variant)])]
+    if not found:
         return Outcome(contrast.label, "not run", reason="no committed run of this setting",
                        unit=contrast.unit), []
+    # The study with the most seeds of the variant speaks loudest (a campaign accumulates seeds over sittings);
+    # on a tie the first listed.
+    study, variants = max(found, key=lambda f: len(f[1]))
     fp = base_fingerprint(variants[0])
     variants = [r for r in variants if base_fingerprint(r) == fp]
     bases = [r for r in everything if _matches(r, contrast.base) and base_fingerprint(r) == fp]
@@ -290,7 +290,7 @@ def measure_results(root: Path, claim: Claim, contrast: Contrast) -> tuple[Outco
                              - np.mean([r.value(c, d, metric, protocol) for r in bases]) for c, d in cols])
     v, why = verdict(iv, contrast.direction)
     sets_txt = "+".join(sorted({s for s, _ in cols}))
-    detail = f"{protocol} protocol, {metric}, {sets_txt}"
+    detail = f"{study}, {protocol} protocol, {metric}, {sets_txt}"
     if len(cols) > 1 and col_gain.size:
         detail += f"; {int((col_gain > 0).sum())} of {len(cols)} columns higher"
     return Outcome(contrast.label, v, iv, why, contrast.unit, seeds, detail), involved
