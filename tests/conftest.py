@@ -49,3 +49,20 @@ def sweep_folder(runs, name):
 
 TINY = ["logger=none", "trainer.enable_progress_bar=false", "data.batch_size=2", "data.lr_patch_size=16",
         "data.val_crop=64", "eval.degradations=[clean,noise]"]
+
+
+def toy_root(root, seed):
+    """Two random 72x72 HR images as a set `Toy` under `root` (a data root for TOY runs)."""
+    import numpy as np
+
+    from src.data.imageio import write_image
+
+    rng = np.random.default_rng(seed)
+    for i in range(2):
+        write_image(root / "Toy" / "HR" / f"{i}.png", rng.integers(0, 256, (72, 72, 3), dtype=np.uint8))
+    return root
+
+
+# Overrides of a one-batch run that trains, validates and tests on the `Toy` set of `toy_root`.
+TOY = ["debug=fast", "data.train_sets=[Toy]", "data.val_sets=[Toy]", "data.test_sets=[Toy]",
+       "eval.degradations=[clean]"]

@@ -11,7 +11,7 @@ import warnings
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, TOY, toy_root
 from src import runs
 
 
@@ -183,19 +183,6 @@ def test_signal_checkpoints_marks_the_job_interrupted_and_exits_nonzero(tmp_path
 
 
 # --- a refused rerun ----------------------------------------------------------------------------------------
-def _toy_root(root, seed):
-    import numpy as np
-
-    from src.data.imageio import write_image
-
-    rng = np.random.default_rng(seed)
-    for i in range(2):
-        write_image(root / "Toy" / "HR" / f"{i}.png", rng.integers(0, 256, (72, 72, 3), dtype=np.uint8))
-    return root
-
-
-TOY = ["debug=fast", "data.train_sets=[Toy]", "data.val_sets=[Toy]", "data.test_sets=[Toy]",
-       "eval.degradations=[clean]"]
 
 
 def _snapshot(folder, hydras=False):
@@ -209,7 +196,7 @@ def test_refused_rerun_leaves_the_run_it_refuses_untouched(tmp_path):
     from src.train import train
 
     run = tmp_path / "runs" / "r"
-    a, b = _toy_root(tmp_path / "a", 0), _toy_root(tmp_path / "b", 1)
+    a, b = toy_root(tmp_path / "a", 0), toy_root(tmp_path / "b", 1)
 
     def go(root):
         cfg = compose_train(TINY + [f"paths.runs={run.parent}", f"paths.cache={tmp_path / 'cache'}", *TOY,
@@ -230,7 +217,7 @@ def test_refused_rerun_leaves_the_run_it_refuses_untouched(tmp_path):
 
 @pytest.mark.slow
 def test_refused_sweep_job_is_reported_as_refused_and_its_folder_kept(tmp_path):
-    a, b = _toy_root(tmp_path / "a", 0), _toy_root(tmp_path / "b", 1)
+    a, b = toy_root(tmp_path / "a", 0), toy_root(tmp_path / "b", 1)
     from conftest import TINY
 
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}

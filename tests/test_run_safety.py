@@ -6,10 +6,9 @@ import subprocess
 import sys
 import warnings
 
-import numpy as np
 import pytest
 
-from conftest import REPO, TINY, compose_train
+from conftest import REPO, TINY, TOY, compose_train, toy_root
 from src import runs
 
 
@@ -21,22 +20,11 @@ def _train(run_dir, *overrides):
     return train(cfg, run_dir)
 
 
-def _toy_root(root, seed):
-    from src.data.imageio import write_image
-
-    rng = np.random.default_rng(seed)
-    for i in range(2):
-        write_image(root / "Toy" / "HR" / f"{i}.png", rng.integers(0, 256, (72, 72, 3), dtype=np.uint8))
-    return root
-
-
-TOY = ["debug=fast", "data.train_sets=[Toy]", "data.val_sets=[Toy]", "data.test_sets=[Toy]",
-       "eval.degradations=[clean]"]
 
 
 def test_changed_data_root_is_refused_showing_the_difference(tmp_path, capsys):
     run = tmp_path / "runs" / "r"
-    a, b = _toy_root(tmp_path / "a", 0), _toy_root(tmp_path / "b", 1)
+    a, b = toy_root(tmp_path / "a", 0), toy_root(tmp_path / "b", 1)
     first = _train(run, *TOY, f"data.root={a}")
     assert json.loads((run / runs.IDENTITY).read_text())["data"]["train"]["n"] == 2
     with pytest.raises(runs.RunIdentityError) as err:  # same folder (data.root is not in its name), other photos
