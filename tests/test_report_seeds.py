@@ -143,7 +143,8 @@ def test_make_report_on_the_committed_files_reproduces_the_committed_readme_bloc
     readme = tmp_path / "README.md"
     shutil.copy(REPO / "README.md", readme)
     out = tmp_path / "docs" / "results"
-    studies = [CAMPAIGN] + [p for p in (REPO / "docs" / "results" / "repro_probabilities",) if p.is_dir()]
+    results = REPO / "docs" / "results"  # the studies `make report` reads (Makefile STUDIES), in its order
+    studies = [CAMPAIGN] + [p for p in (results / "repro_small", results / "repro_probabilities") if p.is_dir()]
     build_report(studies, out, readme=readme, bicubic=REPO / "docs" / "results" / "bicubic")
     assert readme.read_text() == (REPO / "README.md").read_text()
     for name in ("summary.md", "comparison.csv", "comparison_official.csv", "comparison_columns_official.csv"):
@@ -152,7 +153,7 @@ def test_make_report_on_the_committed_files_reproduces_the_committed_readme_bloc
     assert "+0.063 dB [95% CI +0.018, +0.107], p = 0.026" in block and "Wilcoxon" in block
     assert "+- 0.04" not in block and "moved no Set5 figure" not in block
     rows = {r["comparison"]: r for r in csv.DictReader((out / "comparison_official.csv").open())}
-    assert rows["Real-SRResNet (p=0.7) [mean of 3 seeds] vs p=0"]["columns_above"] == "14"
+    assert rows["Real-SRResNet (p=0.7) [mean of 3 seeds] [repro_small_kornia] vs p=0"]["columns_above"] == "14"
 
 
 def test_readme_without_markers_is_refused(tmp_path):
