@@ -46,6 +46,8 @@ BENCH_SETS = ("Set5", "Set14", "BSD100", "Urban100")
 # The whole protocol runs the full SRResNet over ~6 M LR pixels x 8 degradations x 2 (cold, warm): minutes on a
 # GPU, hours on a CPU, so a CPU run evaluates the smallest sets unless eval_sets= says otherwise.
 CPU_EVAL_SETS = ("Set5",)
+# The architecture arguments that say how big a benchmarked model is (SRResNet/RRDB and SwinIR spell them apart).
+SIZE_ARGS = ("num_feat", "num_block", "num_grow_ch", "embed_dim", "depths", "num_heads", "window_size")
 # A full SRResNet step takes seconds on a CPU and tens of milliseconds on a GPU: the repetition counts differ
 # so that both finish in minutes (the CPU's are the fewest that still give a median).
 DEFAULTS = {
@@ -221,23 +223,16 @@ def framework_overhead(cfg, make_module, make_dm, degradation, device, rounds: i
                   timed_steps_per_round=steps, warmup_steps=warmup)
 
 
-def count_conv_flops(net: nn.Module, x: torch.Tensor) -> int:
-    """Forward FLOPs of every Conv2d of `net` on input x: 2 * Cin/groups * Cout * kh * kw * Hout * Wout * B."""
-    total = 0
+def count_flops(net: nn.Module, x: torch.Tensor) -> int:
+    """Forward FLOPs of `net` on x as torch's FlopCounterMode counts them: convolutions as
+    2 * Cin/groups * Cout * kh * kw * Hout * Wout * B, matrix products (linear layers, attention) as 2 * M * N * K;
+    element-wise work (activations, pixel shuffle, softmax, norms) is not counted."""
+    from torch.utils.flop_counter import FlopCounterMode
 
-    def hook(m: nn.Conv2d, inputs, out):
-        nonlocal total
-        kh, kw = m.kernel_size
-        total += 2 * (m.in_channels // m.groups) * m.out_channels * kh * kw * out.shape[-2] * out.shape[-1] * out.shape[0]
-
-    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, nn.Conv2d)]
-    try:
-        with torch.no_grad():
-            net(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return total
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        net(x)
+    return int(counter.get_total_flops())
 
 
 def peak_matmul_flops(device: torch.device, n: int, reps: int) -> float:
@@ -264,7 +259,7 @@ def compute_efficiency(step: BareStep, lr: torch.Tensor, gt: torch.Tensor, devic
     """(compute_efficiency figure, median seconds per step): the training step's FLOP/s over the peak. With
     `gpu_only` the 0.5 target is not judged on a CPU (the paper's SRResNet, as the figure was first defined)."""
     step_s = _median(time_calls(lambda i: step(lr, gt), reps, 1, device))
-    train_flops = 3 * count_conv_flops(step.net, lr)  # backward ~ 2x forward (input and weight gradients)
+    train_flops = 3 * count_flops(step.net, lr)  # backward ~ 2x forward (input and weight gradients)
     achieved = train_flops / step_s
     eff = achieved / peak["flops"]
     judged = device.type == "cuda" or not gpu_only
@@ -347,8 +342,12 @@ def eval_model(cfg, device: torch.device) -> nn.Module:
 
 
 def _describe(cfg) -> dict:
-    return {"backbone": cfg.backbone._target_.rsplit(".", 1)[-1], "num_feat": int(cfg.backbone.num_feat),
-            "num_block": int(cfg.backbone.num_block)}
+    """The backbone's class and its size arguments (whatever the architecture names them)."""
+    from omegaconf import OmegaConf
+
+    args = OmegaConf.to_container(cfg.backbone, resolve=True)
+    return {"backbone": args.pop("_target_").rsplit(".", 1)[-1],
+            **{k: v for k, v in args.items() if k in SIZE_ARGS}}
 
 
 def evaluation_cache(cfg, model: nn.Module, sets: Mapping[str, Sequence], degradations: Sequence[str],
@@ -378,7 +377,7 @@ def evaluation_speed(cfg, model: nn.Module, sets: Mapping[str, Sequence], degrad
     The bare pass is the model alone on the LR images, decoded and on the device beforehand; the evaluation is
     `src.evaluation.evaluate` (cache reads, HR decoding, conversions, forward, PSNR/SSIM). They alternate, `reps`
     times each; `warm_s` are seconds of warm evaluations already measured (then each counts as one repetition).
-    FLOPs are counted once per distinct LR shape (`count_conv_flops`), the same count as the training figures.
+    FLOPs are counted once per distinct LR shape (`count_flops`), the same count as the training figures.
     """
     from src.data.testsets import load_test_pairs
     from src.evaluation import evaluate
@@ -389,7 +388,7 @@ def evaluation_speed(cfg, model: nn.Module, sets: Mapping[str, Sequence], degrad
     per_shape: dict[tuple, int] = {}
     for x in xs:
         if x.shape not in per_shape:
-            per_shape[x.shape] = count_conv_flops(model, x)
+            per_shape[x.shape] = count_flops(model, x)
     flops = sum(per_shape[x.shape] for x in xs)
 
     def bare() -> float:

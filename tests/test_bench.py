@@ -64,7 +64,7 @@ def test_quick_bench_writes_a_well_formed_report(tmp_path, tiny_root, capsys):
 
 def test_conv_flops_are_counted_from_the_shapes():
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=4))
-    flops = bench.count_conv_flops(net, torch.zeros(2, 3, 10, 10))
+    flops = bench.count_flops(net, torch.zeros(2, 3, 10, 10))
     assert flops == 2 * 3 * 8 * 9 * 10 * 10 * 2 + 2 * 2 * 8 * 9 * 5 * 5 * 2
 
 
@@ -76,8 +76,23 @@ def test_conv_flops_of_the_campaign_srresnet_match_the_hand_count():
     per = lambda cin, cout, pixels: 2 * cin * cout * 9 * pixels  # noqa: E731  (3x3 convs)
     hand = (per(3, f, h * w) + 2 * blocks * per(f, f, h * w) + per(f, 4 * f, h * w)  # first, trunk, upconv1
             + per(f, 4 * f, 4 * h * w) + per(f, f, 16 * h * w) + per(f, 3, 16 * h * w))  # upconv2 at x2, HR convs
-    assert bench.count_conv_flops(net, torch.zeros(1, 3, h, w)) == hand == 2 * 9 * h * w * (
+    assert bench.count_flops(net, torch.zeros(1, 3, h, w)) == hand == 2 * 9 * h * w * (
         3 * f + 8 * f * f + 4 * f * f + 16 * f * f + 16 * f * f + 16 * 3 * f)
+
+
+def test_linear_layers_and_attention_products_are_counted_too():
+    class Attn(nn.Module):  # a linear layer, then q k^T and (q k^T) v over 16 tokens of width 8
+        def __init__(self):
+            super().__init__()
+            self.qkv = nn.Linear(8, 24)
+
+        def forward(self, x):
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+            return (q @ k.transpose(-2, -1)).softmax(-1) @ v
+
+    tokens, width, batch = 16, 8, 3
+    hand = batch * (2 * tokens * width * 3 * width + 2 * tokens * tokens * width + 2 * tokens * tokens * width)
+    assert bench.count_flops(Attn(), torch.zeros(batch, tokens, width)) == hand
 
 
 def test_bad_arguments_are_refused():

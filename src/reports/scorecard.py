@@ -77,6 +77,7 @@ class Claim:
     source: str = "results"             # results | interp | length
     here: str = ""                      # what was measured, where no run folder says it
     contrasts: tuple = ()
+    cost: str = ""                      # a `src.bench` report (under the results root) pricing a study not run
 
 
 @dataclass
@@ -156,7 +157,7 @@ CLAIMS = (
     Claim(9, "dropout also helps SwinIR", "Table A.1", "Real", ("repro_swinir",), "conf/backbone/swinir_small.yaml",
           "python -m src.train -m experiment=repro_small backbone=swinir_small name=repro_swinir dropout.p=0,0.5 "
           "seed=0,1,2 eval.protocol=both && python -m src.report runs/repro_swinir publish=docs/results/repro_swinir "
-          "out=docs/results", backbone="SwinIR",
+          "out=docs/results", backbone="SwinIR", cost="bench/swinir_small.json",
           contrasts=(Contrast("SwinIR p=0.5 - p=0, mean of the 8 columns", (*_LAST, 0.5), ("none",), 1),)),
     Claim(10, "dropout does not change convergence; the dropout model is ahead throughout training",
           "Fig. C.1-C.3", "Real", ("training_length",), "kept step weights, src.reports.training_length",
@@ -385,6 +386,37 @@ def score(root: os.PathLike) -> list[Row]:
     return rows
 
 
+# A study whose jobs would each take longer than this on one core of the 2-core machine is priced, not run.
+JOB_BUDGET_H = 1.5
+CAMPAIGN = "repro_small"
+
+
+def cost_text(root: Path, claim: Claim) -> str:
+    """What one job of the claim's study would cost here, from its `src.bench` report: the model's training step
+    and evaluation forward against the campaign model's, measured in the same process (`quick=true` benchmarks the
+    campaign's tiny SRResNet as its main model), times the fastest committed campaign fit. "" without a report."""
+    path = root / claim.cost if claim.cost else None
+    if path is None or not path.is_file():
+        return ""
+    report = json.loads(path.read_text())
+    figures, label = report["figures"], report["model"]
+    step = figures[f"compute_efficiency[{label}]"]["detail"]["train_step_ms"]
+    base_step = figures["compute_efficiency"]["detail"]["train_step_ms"]
+    fwd = figures[f"evaluation_efficiency[{label}]"]["detail"]["bare_forward_s"]
+    base_fwd = figures["evaluation_efficiency"]["detail"]["bare_forward_s"]
+    command = " ".join(["python -m src.bench", f"device={report['device']}", f"threads={report['threads']}",
+                        *(["quick=true"] if report.get("quick") else []), *report.get("model_overrides", [])])
+    text = (f"measured cost (`{command}`): training step "
+            f"{step / 1e3:.2f} s, {step / base_step:.1f}x the campaign model's; evaluation forward "
+            f"{fwd / base_fwd:.1f}x")
+    fits = [json.loads(f.read_text())["fit_seconds"] for f in sorted((root / CAMPAIGN).glob("*/train_done.json"))]
+    if fits:
+        hours = min(fits) * step / base_step / 3600
+        text += (f"; training alone ~{hours:.1f} h per job (the fastest committed {CAMPAIGN} fit, {min(fits) / 60:.0f}"
+                 f" min, scaled), {'over' if hours > JOB_BUDGET_H else 'within'} the {JOB_BUDGET_H:g} h per-job budget")
+    return text
+
+
 def _fmt(o: Outcome) -> str:
     if o.interval is None:
         return f"{o.contrast}: not run ({o.reason})"
@@ -425,6 +457,8 @@ def render(rows: list[Row], root: os.PathLike) -> str:
                        for o in r.outcomes if o.verdict == "not run"})
         if r.verdict == "not run":
             measured = "not run: " + "; ".join(f"`{x}`" for x in cmds)
+            cost = cost_text(Path(root), c)
+            measured += f"<br>{cost}" if cost else ""
         else:
             measured = "<br>".join(_fmt(o) for o in r.outcomes)
             if cmds:
