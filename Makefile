@@ -46,7 +46,7 @@ INTERP  := $(subst $(space),$(comma),$(strip $(sort $(wildcard $(RESULTS)/interp
 report: $(STAMP)       ## rebuild every table and figure of docs/results from the committed result files (no training)
 	$(PY) -m src.report $(STUDIES) out=$(RESULTS) readme=README.md
 	$(if $(INTERP),$(PY) -m src.analyze merge sources=[$(INTERP)] out=$(RESULTS)/interp_seeds hydra.output_subdir=null)
-	$(PY) -m src.report scorecard $(RESULTS)
+	$(PY) -m src.report scorecard $(RESULTS) readme=README.md
 
 RUNS  := $(or $(SR_RUNS_DIR),runs)
 REPRO := $(RUNS)/repro_small/sweep

@@ -47,14 +47,17 @@ def _preprocess_argv(argv: list[str]) -> list[str]:
 def _hydra_main():
     import hydra
 
+    from src.cli import one_line_errors, run
+
     @hydra.main(version_base="1.3", config_path="../conf", config_name="analyze")
+    @one_line_errors("analyze")
     def main(cfg) -> None:
         from hydra.core.hydra_config import HydraConfig
 
         # ${now:...} in `out` would resolve to a later second than the folder Hydra already created.
         run_config(cfg, HydraConfig.get().runtime.output_dir)
 
-    main()
+    run(main, "analyze")  # errors as one line naming the key (the traceback with HYDRA_FULL_ERROR=1)
 
 
 if __name__ == "__main__":

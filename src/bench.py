@@ -506,9 +506,9 @@ def run(args: argparse.Namespace) -> dict:
     figures["degradation_cost"], figures["compute_efficiency"] = deg, compute
     log.info("data loading")
     figures["data_loading"] = data_loading(dm, consumed["patches_per_s"], args.reps, args.loader_batches)
-    set_names = args.eval_sets.split(",") if args.eval_sets else (
+    set_names = list(args.eval_sets) if args.eval_sets else (
         ["Set5"] if args.quick else list(BENCH_SETS if device.type == "cuda" else CPU_EVAL_SETS))
-    degradations = args.eval_degradations.split(",") if args.eval_degradations else list(cfg.eval.degradations)
+    degradations = list(args.eval_degradations or cfg.eval.degradations)
     sets = eval_sets(data_root, set_names, notes)
     model_cfg = compose_config(args.quick, device, data_root, args.cache_dir, args.batch_size, args.lr_patch,
                                total_steps=cfg.trainer.max_steps, model=model_overrides(args))
@@ -596,41 +596,23 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def _value(key: str, kind: type, text: str):
-    if kind is bool:
-        if text.lower() not in ("true", "false"):
-            raise SystemExit(f"src.bench: {key}={text!r}: allowed values are true and false")
-        return text.lower() == "true"
-    if kind is int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise SystemExit(f"src.bench: {key}={text!r} is not a whole number") from None
-        if value < 1:
-            raise SystemExit(f"src.bench: {key} must be >= 1, got {value}")
-        return value
-    if kind is list:
-        return ",".join(v.strip() for v in text.strip("[]").split(",") if v.strip())
-    return text
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    args = argparse.Namespace(**{k: d for k, (_, d, _) in OPTIONS.items()})
-    for arg in list(argv or []):
-        key, eq, text = arg.partition("=")
-        if arg.startswith("-") or not eq or key not in OPTIONS:
-            hint = f" (did you mean {arg.lstrip('-').replace('-', '_')}=...?)" if arg.startswith("--") else ""
-            raise SystemExit(f"src.bench: {arg!r} is not an option{hint}; options are key=value: "
-                             f"{', '.join(OPTIONS)} (python -m src.bench --help)")
-        setattr(args, key, _value(key, OPTIONS[key][0], text))
+    from src.cli import key_values, no_names
+
+    names, values = key_values(list(argv or []), OPTIONS, "src.bench")
+    no_names(names, OPTIONS, "src.bench")
+    for key, (kind, default, _) in OPTIONS.items():
+        if kind is int and values[key] is not None and values[key] < 1:
+            raise SystemExit(f"error: src.bench: {key} must be >= 1, got {values[key]}")
+    args = argparse.Namespace(**values)
     for group in ("experiment", "backbone"):
         name = getattr(args, group)
         if name and not (name == "none" and group == "experiment") and not (CONF_DIR / group / f"{name}.yaml").is_file():
             known = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-            raise SystemExit(f"src.bench: {group}={name!r} is not in conf/{group}; allowed: {', '.join(known)}"
+            raise SystemExit(f"error: src.bench: {group}={name!r} is not in conf/{group}; allowed: {', '.join(known)}"
                              + (" or none" if group == "experiment" else ""))
     if args.device not in (None, "cpu", "cuda"):
-        raise SystemExit(f"src.bench: device={args.device!r}: allowed values are cpu and cuda")
+        raise SystemExit(f"error: src.bench: device={args.device!r}: allowed values are cpu and cuda")
     gpu = args.device == "cuda" or (args.device is None and torch.cuda.is_available())
     for key, value in DEFAULTS[("gpu" if gpu else "cpu", "quick" if args.quick else "full")].items():
         if getattr(args, key) is None:

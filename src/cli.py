@@ -1,7 +1,8 @@
 """The command line around Hydra's entry points: errors as one line, with the fix where one can be guessed.
 
 Hydra prints a shortened traceback for any error, and for a mistyped key (`dropout.pos=b4`) it suggests adding the
-key with `+`, which would train with the default value. `run(main)` runs a `@hydra.main` function so that:
+key with `+`, which would train with the default value. `run(main)` runs a `@hydra.main` function (whose task is
+decorated with `one_line_errors`, or catches its errors itself as src.train does) so that:
 
 - an error is one `error: ...` line on stderr, exit code 1 (the traceback only with HYDRA_FULL_ERROR=1);
 - a key that does not exist gets the nearest known key (`dropout.pos=b4` -> dropout.position=b4);
@@ -10,6 +11,7 @@ key with `+`, which would train with the default value. `run(main)` runs a `@hyd
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -82,7 +84,8 @@ def flag_error(argv: Sequence[str], config_name: str) -> str | None:
         if not eq:
             following = argv[i + 1] if i + 1 < len(argv) else ""
             value = following if following and not following.startswith("-") and "=" not in following else "..."
-        close = suggest_key(word.replace("-", "_"), known_keys(config_name, argv), same_parent=False)
+        name, keys = word.replace("-", "_"), known_keys(config_name, argv)
+        close = name if name in keys else suggest_key(name, keys, same_parent=False)  # `--ckpt x` -> ckpt=x
         hint = f"did you mean {close}={value}? " if close else ""
         return (f"{arg}: settings are key=value here, not --flags; {hint}(python -m src.{config_name} --help lists "
                 f"them; --cfg job prints every key)")
@@ -121,6 +124,20 @@ def exit_with(error: BaseException, argv: Sequence[str] = (), config_name: str =
     sys.exit(1)
 
 
+def one_line_errors(config_name: str) -> Callable:
+    """Decorate a tool's task function (under `@hydra.main`) so that an error inside it ends the command as its one
+    line, exit code 1, before Hydra logs its "Error executing job" line (the traceback with HYDRA_FULL_ERROR=1)."""
+    def wrap(task: Callable) -> Callable:
+        @functools.wraps(task)
+        def inner(cfg):
+            try:
+                return task(cfg)
+            except Exception as error:  # noqa: BLE001 - every error of a command becomes its one-line message
+                exit_with(error, sys.argv[1:], config_name)
+        return inner
+    return wrap
+
+
 def run(main: Callable[[], object], config_name: str) -> None:
     """Call a `@hydra.main` function with the errors above turned into one line each."""
     argv = sys.argv[1:]
@@ -139,11 +156,16 @@ def run(main: Callable[[], object], config_name: str) -> None:
         exit_with(error, argv, config_name)
 
 
+def list_value(text: str) -> list[str]:
+    """`[a,b]` (Hydra's spelling) or `a,b` as a list of names."""
+    return [v.strip() for v in text.strip().strip("[]").split(",") if v.strip()]
+
+
 def key_values(argv: Sequence[str], options: dict[str, tuple[type, object, str]], tool: str
                ) -> tuple[list[str], dict[str, object]]:
     """A small tool's command line in the suite's one convention: positional names, then `key=value` settings
-    (`options`: {key: (type, default, help)}; bool values are true/false). A `--key value` flag is refused with its
-    new spelling, so a command copied from older notes says how to write it now."""
+    (`options`: {key: (type, default, help)}; bool values are true/false, list values `[a,b]`). A `--key value`
+    flag is refused with its new spelling, so a command copied from older notes says how to write it now."""
     values, names = {k: default for k, (_, default, _) in options.items()}, []
     for i, arg in enumerate(argv):
         key, eq, text = arg.partition("=")
@@ -164,9 +186,19 @@ def key_values(argv: Sequence[str], options: dict[str, tuple[type, object, str]]
             if text.lower() not in ("true", "false"):
                 raise SystemExit(f"error: {tool}: {key}={text!r}: allowed values are true and false")
             values[key] = text.lower() == "true"
+        elif kind is list:
+            values[key] = list_value(text)
         else:
             try:
                 values[key] = kind(text)
             except ValueError:
-                raise SystemExit(f"error: {tool}: {key}={text!r}: must be a {kind.__name__}") from None
+                what = {int: "a whole number", float: "a number"}.get(kind, kind.__name__)
+                raise SystemExit(f"error: {tool}: {key}={text!r}: must be {what}") from None
     return names, values
+
+
+def no_names(names: Sequence[str], options: dict, tool: str) -> None:
+    """Refuse positional words for a tool that takes only key=value settings."""
+    if names:
+        raise SystemExit(f"error: {tool}: {names[0]!r} is not a setting; settings are key=value: "
+                         f"{', '.join(options)} (python -m {tool} --help)")

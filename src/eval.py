@@ -151,8 +151,11 @@ def combined_rows(per_run: dict[Path, dict]) -> dict[str, dict]:
 if __name__ == "__main__":
     import hydra
 
+    from src.cli import one_line_errors, run
+
     @hydra.main(config_path="../conf", config_name="eval", version_base="1.3")
+    @one_line_errors("eval")
     def _entry(cfg: DictConfig) -> None:
         run_eval(cfg)
 
-    _entry()
+    run(_entry, "eval")  # errors as one line naming the key (the traceback with HYDRA_FULL_ERROR=1)

@@ -148,8 +148,11 @@ def main(cfg) -> Path:
 if __name__ == "__main__":
     import hydra
 
+    from src.cli import one_line_errors, run
+
     @hydra.main(config_path="../conf", config_name="export", version_base="1.3")
+    @one_line_errors("export")
     def _entry(cfg) -> None:
         main(cfg)
 
-    _entry()
+    run(_entry, "export")  # errors as one line naming the key (the traceback with HYDRA_FULL_ERROR=1)

@@ -893,7 +893,7 @@ def run(opts: dict) -> dict:
     return report
 
 
-# name: (parse, default, help)
+# name: (type, default, help), parsed by src.cli.key_values like every small tool's options
 OPTIONS = {
     "device": (str, "cuda", "cuda | cpu"),
     "size": (str, None, "full | tiny (default: full on cuda, tiny on cpu)"),
@@ -920,36 +920,22 @@ def usage() -> str:
 
 
 def parse_options(argv: Sequence[str]) -> dict:
-    opts = {k: d for k, (_, d, _) in OPTIONS.items()}
-    for arg in argv:
-        key, eq, text = arg.partition("=")
-        if not eq or key not in OPTIONS:
-            raise SystemExit(f"src.gpucheck: {arg!r} is not an option; options are key=value: {', '.join(OPTIONS)} "
-                             f"(python -m src.gpucheck --help)")
-        kind = OPTIONS[key][0]
-        if kind is bool:
-            if text.lower() not in ("true", "false"):
-                raise SystemExit(f"src.gpucheck: {key}={text!r}: allowed values are true and false")
-            opts[key] = text.lower() == "true"
-        elif kind is float:
-            try:
-                opts[key] = float(text)
-            except ValueError:
-                raise SystemExit(f"src.gpucheck: {key}={text!r} is not a number") from None
-            if opts[key] <= 0:
-                raise SystemExit(f"src.gpucheck: {key} must be > 0, got {text}")
-        elif kind is list:
-            opts[key] = [v.strip() for v in text.strip("[]").split(",") if v.strip()]
-            bad = [v for v in opts[key] if v not in CHECKS]
-            if bad or not opts[key]:
-                raise SystemExit(f"src.gpucheck: checks={text!r}: unknown {bad or 'empty'}; allowed: "
-                                 f"{', '.join(CHECKS)}")
-        else:
-            opts[key] = text
+    from src.cli import key_values, no_names
+
+    names, opts = key_values(argv, OPTIONS, "src.gpucheck")
+    no_names(names, OPTIONS, "src.gpucheck")
+    for key, (kind, _, _) in OPTIONS.items():
+        if kind is float and opts[key] is not None and opts[key] <= 0:
+            raise SystemExit(f"error: src.gpucheck: {key} must be > 0, got {opts[key]:g}")
+    if opts["checks"] is not None:
+        bad = [v for v in opts["checks"] if v not in CHECKS]
+        if bad or not opts["checks"]:
+            raise SystemExit(f"error: src.gpucheck: checks={opts['checks']}: unknown {bad or 'empty'}; allowed: "
+                             f"{', '.join(CHECKS)}")
     if opts["device"] not in ("cuda", "cpu"):
-        raise SystemExit(f"src.gpucheck: device={opts['device']!r}: allowed values are cuda and cpu")
+        raise SystemExit(f"error: src.gpucheck: device={opts['device']!r}: allowed values are cuda and cpu")
     if opts["size"] not in (None, "full", "tiny"):
-        raise SystemExit(f"src.gpucheck: size={opts['size']!r}: allowed values are full and tiny")
+        raise SystemExit(f"error: src.gpucheck: size={opts['size']!r}: allowed values are full and tiny")
     if opts["ddp"] is None:
         opts["ddp"] = opts["device"] == "cuda"
     return opts

@@ -181,10 +181,13 @@ def main(cfg) -> int:
 if __name__ == "__main__":
     import hydra
 
+    from src.cli import one_line_errors, run
+
     @hydra.main(config_path="../conf", config_name="infer", version_base="1.3")
+    @one_line_errors("infer")
     def _entry(cfg) -> None:
         code = main(cfg)
         if code:
             sys.exit(code)
 
-    _entry()
+    run(_entry, "infer")  # errors as one line naming the key (the traceback with HYDRA_FULL_ERROR=1)

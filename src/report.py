@@ -1,8 +1,9 @@
 """Rebuild the paper's tables and figures from the result files of sweeps, run folders or committed results.
 
 usage: python -m src.report FOLDER [FOLDER ...] [key=value ...]
-       python -m src.report scorecard [RESULTS]               RESULTS/scorecard.md: each claim of the paper, its
-                                                              interval and verdict (default docs/results)
+       python -m src.report scorecard [RESULTS] [readme=FILE] RESULTS/scorecard.md: each claim of the paper, its
+                                                              interval and verdict (default docs/results); the
+                                                              verdict counts between FILE's scorecard markers
        python -m src.report rescore=RUN [sets=[Set5]]         check committed weights against committed scores
        python -m src.report blend=FOLDER [val=[SET,...]]      the shrinkage control of every p=0 model in FOLDER
 
@@ -38,8 +39,9 @@ options (key=value):
                           compares with dropout. Costs one forward and two scorings per test image, degradation
                           and protocol: about the run's own evaluation time again, plus the validation images
   device=cpu|cuda         for rescore and blend (default cpu); cache_dir=DIR keeps their LR images
-  readme=FILE             also write the comparisons' summary (out/summary.md) between the
-                          `<!-- results:begin -->` and `<!-- results:end -->` lines of FILE (make report: README.md)
+  readme=FILE             also write the comparisons' headlines (one line each, with a link to out/summary.md)
+                          between the `<!-- results:begin -->` and `<!-- results:end -->` lines of FILE
+                          (make report: README.md)
 
 examples:
   python -m src.report runs/positions
@@ -112,9 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[0] == "scorecard":
         from src.reports.scorecard import write_scorecard
 
-        if len(argv) > 2:
-            raise SystemExit(f"src.report scorecard takes one results folder, got {argv[1:]}")
-        for p in write_scorecard(argv[1] if len(argv) > 1 else "docs/results"):
+        readme = [a.partition("=")[2] for a in argv[1:] if a.startswith("readme=")]
+        folders = [a for a in argv[1:] if not a.startswith("readme=")]
+        if len(folders) > 1 or len(readme) > 1:
+            raise SystemExit(f"src.report scorecard takes one results folder and readme=FILE, got {argv[1:]}")
+        for p in write_scorecard(folders[0] if folders else "docs/results", readme=readme[0] if readme else None):
             print(f"[report] scorecard: {p}")
         return 0
     folders, opts = parse_args(argv)

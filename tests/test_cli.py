@@ -69,3 +69,34 @@ def test_suggestions_come_from_every_known_key(tmp_path, typed, meant):
     assert {"dropout.position", "trainer.max_steps", "data.total_steps", "ckpt_every_n_steps"} <= set(known)
     assert not any(k.startswith("hydra") for k in known)
     assert suggest_key(typed, known, same_parent="." in typed) == meant
+
+
+def tool(tmp_path, name, *args, env=None):
+    """Another Hydra entry point, run where a failed command would leave its outputs (tmp_path)."""
+    cmd = [sys.executable, "-m", f"src.{name}", *args]
+    env = {**ENV, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.parametrize("name,args,expected", [
+    ("eval", ["ckpt=x", "protocl=both"], "error: protocl=both: there is no key protocl; did you mean protocol=both?"),
+    ("infer", ["ckpt=x", "input=y", "output=z", "tiles=256"],
+     "error: tiles=256: there is no key tiles; did you mean tile=256?"),
+    ("export", ["ckpt=x", "formt=onnx"], "error: formt=onnx: there is no key formt; did you mean format=onnx?"),
+    ("analyze", ["csm", "ckpt=x", "layr=conv_last"],
+     "error: layr=conv_last: there is no key layr; did you mean layer=conv_last?"),
+    ("eval", ["--ckpt", "x"], "error: --ckpt: settings are key=value here, not --flags; did you mean ckpt=x?"),
+], ids=["eval", "infer", "export", "analyze", "eval-dash-flag"])
+def test_every_hydra_tool_answers_a_bad_key_in_one_line_naming_it(tmp_path, name, args, expected):
+    proc = tool(tmp_path, name, *args)
+    assert proc.returncode in (1, 2), proc.stderr[-3000:]
+    assert one_error_line(proc).startswith(expected)
+    assert "Traceback" not in proc.stderr
+
+
+def test_another_tools_error_is_one_line_and_a_traceback_only_with_hydra_full_error(tmp_path):
+    missing = tmp_path / "nowhere.ckpt"
+    proc = tool(tmp_path, "export", f"ckpt={missing}")
+    assert proc.returncode == 1 and str(missing) in one_error_line(proc)
+    proc = tool(tmp_path, "export", f"ckpt={missing}", env={"HYDRA_FULL_ERROR": "1"})
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and str(missing) in proc.stderr

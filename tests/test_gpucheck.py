@@ -154,12 +154,19 @@ def test_draws_replayed_on_another_call_reproduce_the_pipeline():
 def test_options_and_cuda_message(capsys):
     with pytest.raises(SystemExit, match=r"device='tpu': allowed values are cuda and cpu"):
         G.parse_options(["device=tpu"])
-    with pytest.raises(SystemExit, match=r"checks='\[jpeg,gpu\]': unknown \['gpu'\]; allowed: jpeg, pipeline"):
+    with pytest.raises(SystemExit, match=r"checks=\['jpeg', 'gpu'\]: unknown \['gpu'\]; allowed: jpeg, pipeline"):
         G.parse_options(["checks=[jpeg,gpu]"])
-    with pytest.raises(SystemExit, match=r"'--fast' is not an option; options are key=value: device, size"):
+    with pytest.raises(SystemExit, match=r"'--fast': settings are key=value, not --flags; settings: device, size"):
         G.parse_options(["--fast"])
-    with pytest.raises(SystemExit, match=r"budget_s must be > 0"):
+    with pytest.raises(SystemExit, match=r"'--budget-s': settings are key=value, not --flags; write budget_s=60"):
+        G.parse_options(["--budget-s", "60"])
+    with pytest.raises(SystemExit, match=r"'fast' is not a setting; settings are key=value: device, size"):
+        G.parse_options(["fast"])
+    with pytest.raises(SystemExit, match=r"budget_s must be > 0, got 0"):
         G.parse_options(["budget_s=0"])
+    with pytest.raises(SystemExit, match=r"budget_s='soon': must be a number"):
+        G.parse_options(["budget_s=soon"])
+    assert G.parse_options(["checks=[jpeg, step]", "compile=false"])["checks"] == ["jpeg", "step"]
     assert G.parse_options([])["ddp"] is True and G.parse_options(["device=cpu"])["ddp"] is False
     assert G.main(["--help"]) == 0
     assert "make gpu-check device=cpu" in capsys.readouterr().out

@@ -3,6 +3,7 @@ publishing, crafted weights and memory limits."""
 import json
 import multiprocessing
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -392,23 +393,42 @@ def test_testset_writer_never_writes_into_its_source_nor_mixes_sets(tmp_path, ca
     before = _snapshot(src)
     for out in (src, src / "HR", src / "HR" / "lr"):
         with pytest.raises(SystemExit) as exit_:
-            main([str(src), str(out), "--degradations", "clean"])
+            main([str(src), str(out), "degradations=[clean]"])
         assert exit_.value.code == 2
-        assert f"error: out={out} is inside the source images' folder " in capsys.readouterr().err
+        assert f"error: src.data.testsets: out={out} is inside the source images' folder " in capsys.readouterr().err
     assert _snapshot(src) == before  # 130x127 images stay 130x127: nothing replaced, nothing added
 
     out = tmp_path / "out"
-    main([str(src), str(out), "--degradations", "clean"])
+    main([str(src), str(out), "degradations=[clean]"])
     other = _set(tmp_path / "Other", ["c"], seed=1)
     with pytest.raises(SystemExit) as exit_:
-        main([str(other), str(out), "--degradations", "clean"])
+        main([str(other), str(out), "degradations=[clean]"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert f"{out / 'HR'} already holds 2 other image(s) (a.png, b.png): another set?" in err and "--force" in err
+    assert f"{out / 'HR'} already holds 2 other image(s) (a.png, b.png): another set?" in err and "force=true" in err
     assert sorted(p.name for p in (out / "HR").iterdir()) == ["a.png", "b.png"]
-    main([str(src), str(out), "--degradations", "clean"])  # the same set again replaces its own files
-    main([str(other), str(out), "--degradations", "clean", "--force"])
+    main([str(src), str(out), "degradations=[clean]"])  # the same set again replaces its own files
+    main([str(other), str(out), "degradations=[clean]", "force=true"])
     assert sorted(p.name for p in (out / "clean").iterdir()) == ["a.png", "b.png", "c.png"]
+
+
+def test_testset_writer_takes_key_value_and_refuses_old_flags_with_their_new_spelling(tmp_path, capsys):
+    from src.data.testsets import main
+
+    src = _set(tmp_path / "Toy", ["a"])
+    for argv, message in (
+            (["--protocol", "official"], "'--protocol': settings are key=value, not --flags; write protocol=official"),
+            (["--force"], "'--force': settings are key=value, not --flags; write force=true"),
+            (["protocol=matlab"], "protocol='matlab'; allowed: literature, official"),
+            (["degradations=[clean,fog]"], "degradations: unknown ['fog']; allowed: clean,blur"),
+            (["scale=four"], "scale='four': must be a whole number")):
+        with pytest.raises(SystemExit, match=re.escape(message)):
+            main([str(src), str(tmp_path / "out"), *argv])
+    with pytest.raises(SystemExit, match=re.escape("needs SET and OUT, got ['x']")):
+        main(["x"])
+    main([str(src), str(tmp_path / "out"), "protocol=official", "degradations=[clean, noise]", "seed=0"])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["HR", "clean", "noise"]
+    assert not (tmp_path / "out" / "blur").exists()
 
 
 def test_testset_writer_unwritable_output_is_a_one_line_error(tmp_path, capsys):
@@ -417,10 +437,10 @@ def test_testset_writer_unwritable_output_is_a_one_line_error(tmp_path, capsys):
     src = _set(tmp_path / "Toy", ["a"])
     (tmp_path / "file").write_text("x")
     with pytest.raises(SystemExit) as exit_:
-        main([str(src), str(tmp_path / "file"), "--degradations", "clean"])
+        main([str(src), str(tmp_path / "file"), "degradations=[clean]"])
     err = capsys.readouterr().err
     assert exit_.value.code == 1 and len(err.strip().splitlines()) == 1
-    assert f"error: cannot write {tmp_path / 'file'}" in err and "choose a writable output folder" in err
+    assert f"error: src.data.testsets: cannot write {tmp_path / 'file'}" in err and "choose a writable output folder" in err
 
 
 # --- smaller messages ---------------------------------------------------------------------------------------

@@ -150,8 +150,12 @@ def test_make_report_on_the_committed_files_reproduces_the_committed_readme_bloc
     for name in ("summary.md", "comparison.csv", "comparison_official.csv", "comparison_columns_official.csv"):
         assert (out / name).read_text() == (REPO / "docs" / "results" / name).read_text(), name
     block = readme.read_text().split("<!-- results:begin -->")[1].split("<!-- results:end -->")[0]
-    assert "+0.063 dB [95% CI +0.018, +0.107], p = 0.026" in block and "Wilcoxon" in block
-    assert "+- 0.04" not in block and "moved no Set5 figure" not in block
+    # the README carries each comparison's seed-level headline and points at the complete summary
+    assert "+0.063 dB [95% CI +0.018, +0.107], p = 0.026" in block
+    assert block.count("\n- **") == 5 and "[docs/results/summary.md](docs/results/summary.md)" in block
+    assert "Wilcoxon" not in block and "| Model |" not in block
+    summary = (out / "summary.md").read_text()
+    assert "Wilcoxon" in summary and "| Model |" in summary and "+0.063 dB [95% CI +0.018, +0.107]" in summary
     rows = {r["comparison"]: r for r in csv.DictReader((out / "comparison_official.csv").open())}
     assert rows["Real-SRResNet (p=0.7) [mean of 3 seeds] [repro_small_kornia] vs p=0"]["columns_above"] == "14"
 
@@ -193,3 +197,23 @@ def test_two_campaigns_of_one_setting_are_compared_each_with_its_own_baseline(tm
         0.5, abs=1e-3)
     assert {p.name for p in out.glob("gains_*_official.png")} == {"gains_Real_SRResNet_old_official.png",
                                                                   "gains_Real_SRResNet_new_official.png"}
+
+
+def test_the_report_prints_the_global_batch_the_run_recorded(tmp_path):
+    """train_done.json's `batch` (global, devices, per device) is what the report says, over the config's value:
+    a run recorded with another global batch than its config names is reported with the recorded one."""
+    from src.reports.collect import read_run, size_text
+
+    study = tmp_path / "study"
+    shutil.copytree(FIXTURE / "mini", study)
+    (study / "p0_seed0" / "train_done.json").write_text(json.dumps(
+        {"global_step": 2000, "fit_seconds": 1.0, "batch": {"global": 64, "devices": 8, "per_device": 8}}))
+    (study / "p0_seed1" / "train_done.json").write_text(json.dumps(
+        {"global_step": 2000, "fit_seconds": 1.0, "batch": {"global": 16, "devices": 1, "per_device": 16}}))
+    split, single, older = (read_run(study / n) for n in ("p0_seed0", "p0_seed1", "p0_seed2"))
+    assert (split.size["batch"], split.size["devices"]) == (64, 8)
+    assert "batch 64 (8 on each of 8 devices) x 32 px LR" in size_text(split.size)
+    assert "batch 16 x 32 px LR" in size_text(single.size) and "devices" not in size_text(single.size)
+    assert "batch 16 x 32 px LR" in size_text(older.size)  # no record: the config's data.batch_size
+    build_report([study / "p0_seed0"], tmp_path / "out", bicubic=FIXTURE / "bicubic")
+    assert "batch 64 (8 on each of 8 devices) x 32 px LR" in (tmp_path / "out" / "report.md").read_text()

@@ -3,6 +3,7 @@ root whose effects are known, checked against intervals computed here from the t
 import csv
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -204,3 +205,21 @@ def test_cli_writes_the_card(results_root, capsys):
     assert (results_root / "scorecard.md").is_file()
     with pytest.raises(SystemExit, match="one results folder"):
         report.main(["scorecard", "a", "b"])
+
+
+def test_readme_block_counts_the_verdicts_of_the_card(results_root, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- scorecard:begin -->\nold\n<!-- scorecard:end -->\n\nkept\n")
+    assert report.main(["scorecard", str(results_root), f"readme={readme}"]) == 0
+    rows = S.score(results_root)
+    counts = {v: sum(r.verdict == v for r in rows) for v in S.VERDICTS}
+    block = readme.read_text().split("<!-- scorecard:begin -->")[1].split("<!-- scorecard:end -->")[0]
+    assert "old" not in block and readme.read_text().endswith("\nkept\n")
+    assert f"The paper's {len(rows)} findings" in block
+    for verdict, n in counts.items():
+        assert (f"{n} {verdict}" in block) == (n > 0), verdict
+    link = os.path.relpath(results_root / "scorecard.md", tmp_path)
+    assert f"]({link})" in block
+    (tmp_path / "bare.md").write_text("# no markers\n")
+    with pytest.raises(ValueError, match="needs one <!-- scorecard:begin --> line"):
+        S.write_scorecard(results_root, readme=tmp_path / "bare.md")

@@ -16,7 +16,7 @@ Protocols (`protocol=`):
 The noise is seeded per (seed, image content, degradation), so every model in a sweep sees the same LR inputs,
 in any process, whatever the file is called (the official script leaves it unseeded).
 
-    python -m src.data.testsets <set> <out_dir> [--protocol literature|official] [--scale 4] [--seed 0]
+    python -m src.data.testsets <set> <out_dir> [protocol=literature|official] [scale=4] [seed=0]
 
 writes <out_dir>/HR/<stem>.png (modcropped) and <out_dir>/<degradation>/<stem>.png for other tools.
 
@@ -44,7 +44,6 @@ as the degradation `given` (`load_given_pairs`).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -444,7 +443,7 @@ def check_output_folder(paths: Sequence[Path], out_dir: Path, folders: Sequence[
         if other and not force:
             raise ValueError(f"{sub} already holds {len(other)} other image(s) ({', '.join(other[:3])}"
                              f"{', ...' if len(other) > 3 else ''}): another set? choose an empty output folder, or "
-                             f"pass --force to write beside them")
+                             f"pass force=true to write beside them")
 
 
 def _lr_key(stem: str, scale: int) -> str:
@@ -506,50 +505,65 @@ def load_given_pairs(hr_paths: Iterable[str | os.PathLike], lr_dir: str | os.Pat
     return [(hr, *read_given_pair(hr, lr, scale)) for hr, lr in match_given_lr(list(hr_paths), lr_dir, scale)]
 
 
+OPTIONS = {
+    "protocol": (str, "literature", "literature: MATLAB bicubic, OpenCV JPEG; official: the paper's own script (PIL "
+                                    "bicubic and JPEG, gray stays gray)"),
+    "root": (str, None, "data root for set names (default: SR_DATA_ROOT, else ../shared/datasets beside the "
+                        "checkout, else ./data)"),
+    "scale": (int, 4, "SR factor"),
+    "seed": (int, 0, "noise seed; keep 0 to match the evaluation"),
+    "degradations": (list, list(TEST_DEGRADATIONS), f"a subset of {','.join(ALL_TEST_DEGRADATIONS)}, e.g. "
+                                                    "[clean,noise] (default: the 8 of the protocol)"),
+    "force": (bool, False, "write into output folders that already hold other images (default: refuse)"),
+}
+USAGE = ("usage: python -m src.data.testsets SET OUT [key=value ...]\n"
+         "SET: a set name under root= (Set5, Set14, ...: <root>/<set>/HR), a dataset folder holding HR/, or a folder "
+         "of HR images; OUT: where the HR/ and <degradation>/ folders of PNGs go.\n"
+         "Writes OUT/HR/<stem>.png (modcropped) and OUT/<degradation>/<stem>.png: the LR images the evaluation "
+         "scores under that protocol.\noptions:\n"
+         + "\n".join(f"  {k}={d if not isinstance(d, list) else '[' + ','.join(d) + ']'}".ljust(24) + h
+                     for k, (_, d, h) in OPTIONS.items())
+         + "\nexample: python -m src.data.testsets Set5 lr/Set5 protocol=official")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    from src.data.datasets import default_data_root, resolve_set
+    import sys
 
-    ap = argparse.ArgumentParser(
-        prog="python -m src.data.testsets", description=__doc__.split("\n\n")[0],
-        epilog="Writes <out>/HR/<stem>.png (modcropped) and <out>/<degradation>/<stem>.png: the LR images the "
-               "evaluation scores under that protocol. Example: python -m src.data.testsets Set5 lr/Set5 "
-               "--protocol official")
-    ap.add_argument("set", help="a set name under --root (Set5, Set14, ...: <root>/<set>/HR), a dataset folder "
-                                "holding HR/, or a folder of HR images")
-    ap.add_argument("out_dir", metavar="out", help="where the HR/ and <degradation>/ folders of PNGs go")
-    ap.add_argument("--protocol", choices=PROTOCOLS, default="literature",
-                    help="literature: MATLAB bicubic, OpenCV JPEG; official: the paper's own script (PIL bicubic "
-                         "and JPEG, gray stays gray) (default: literature)")
-    ap.add_argument("--root", default=None, help="data root for set names (default: SR_DATA_ROOT, else "
-                                                 "../shared/datasets beside the checkout, else ./data)")
-    ap.add_argument("--scale", type=int, default=4, help="SR factor (default: 4)")
-    ap.add_argument("--seed", type=int, default=0, help="noise seed; keep 0 to match the evaluation (default: 0)")
-    ap.add_argument("--degradations", default=",".join(TEST_DEGRADATIONS),
-                    help=f"comma-separated subset of {','.join(ALL_TEST_DEGRADATIONS)} (default: the 8 of the "
-                         "protocol)")
-    ap.add_argument("--force", action="store_true",
-                    help="write into output folders that already hold other images (default: refuse)")
-    args = ap.parse_args(argv)
-    names = [n for n in args.degradations.split(",") if n]
-    bad = [n for n in names if n not in ALL_TEST_DEGRADATIONS]
-    if bad or not names:
-        ap.error(f"--degradations: unknown {bad or names}; allowed: {','.join(ALL_TEST_DEGRADATIONS)}")
-    folder = Path(args.set)
+    from src.cli import key_values
+    from src.data.datasets import default_data_root, list_images, resolve_set
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or any(a in ("-h", "--help", "help") for a in argv):
+        print(USAGE)
+        raise SystemExit(0 if argv else 2)
+    tool = "src.data.testsets"
+    names, args = key_values(argv, OPTIONS, tool)
+    if len(names) != 2:
+        raise SystemExit(f"error: {tool}: needs SET and OUT, got {names or 'neither'} (python -m {tool} --help)")
+    set_name, out_dir = names
+    if args["protocol"] not in PROTOCOLS:
+        raise SystemExit(f"error: {tool}: protocol={args['protocol']!r}; allowed: {', '.join(PROTOCOLS)}")
+    bad = [n for n in args["degradations"] if n not in ALL_TEST_DEGRADATIONS]
+    if bad or not args["degradations"]:
+        raise SystemExit(f"error: {tool}: degradations: unknown {bad or 'empty'}; allowed: "
+                         f"{','.join(ALL_TEST_DEGRADATIONS)}")
+    folder = Path(set_name)
     if folder.is_dir():
-        from src.data.datasets import list_images
-
         paths = list_images(folder / "HR" if (folder / "HR").is_dir() else folder)
     else:
-        paths = resolve_set(args.set, args.root or default_data_root())
+        paths = resolve_set(set_name, args["root"] or default_data_root())
     try:
-        counts = write_degraded_set(paths, args.out_dir, args.scale, args.seed, names, args.protocol, args.force)
+        counts = write_degraded_set(paths, out_dir, args["scale"], args["seed"], args["degradations"],
+                                    args["protocol"], args["force"])
     except ValueError as e:
-        ap.exit(2, f"{ap.prog}: error: {e}\n")
+        print(f"error: {tool}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     except OSError as e:  # a read-only folder, a file where a folder should be, a full disk
-        ap.exit(1, f"{ap.prog}: error: cannot write {e.filename or args.out_dir}: {e.strerror or e}; choose a "
-                   f"writable output folder\n")
+        print(f"error: {tool}: cannot write {e.filename or out_dir}: {e.strerror or e}; choose a writable output "
+              "folder", file=sys.stderr)
+        raise SystemExit(1) from None
     for name, n in counts.items():
-        print(f"{Path(args.out_dir) / name}: {n} images")
+        print(f"{Path(out_dir) / name}: {n} images")
 
 
 if __name__ == "__main__":

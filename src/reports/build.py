@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -15,7 +14,7 @@ from src.reports.figures import fig_control, fig_curves, fig_dropout_bars, fig_g
 from src.reports.paper import paper_gains, paper_setting
 from src.reports.prose import (column_rows, columns_line, control_paragraph, evidence_row, evidence_section,
                                 headline, paper_line, secondary_line, weighting)
-from src.reports.render import to_csv, to_latex, to_markdown
+from src.reports.render import to_csv, to_latex, to_markdown, write_readme_block
 from src.reports.stats import Evidence, PaperEffect, evidence, paper_effect
 from src.reports.tables import slug, table_main, table_positions, table_probabilities
 from src.reports.wandb_report import log_report
@@ -41,7 +40,8 @@ def build_report(sweeps: Sequence[os.PathLike], out: os.PathLike | None = None, 
     """Write tables and figures of the runs under `sweeps` to `out` (default <first sweep>/report); returns
     {"tables": [...], "figures": [...]} paths. `bicubic` is a folder with the bicubic reference's results files
     (default: a `bicubic` folder inside or beside the first source). The comparisons' summary goes to
-    out/summary.md and, with `readme`, replaces the text between that file's results markers."""
+    out/summary.md and, with `readme`, its headlines (readme_md) replace the text between that file's results
+    markers."""
     runs, notes = load_runs(sweeps)
     settings = merge_seeds(runs)
     reference = find_reference(sweeps, bicubic)
@@ -105,8 +105,8 @@ def build_report(sweeps: Sequence[os.PathLike], out: os.PathLike | None = None, 
     if blocks:
         written["tables"].append(atomic_write_text(out / "summary.md", summary_md(blocks, out, out, digits) + "\n"))
         if readme is not None:
-            written["tables"].append(write_readme_block(readme, summary_md(blocks, out, Path(readme).parent,
-                                                                              digits)))
+            written["tables"].append(write_readme_block(readme, readme_md(blocks, out, Path(readme).parent),
+                                                                 README_BEGIN, README_END))
     return written
 
 
@@ -125,18 +125,13 @@ README_END = "<!-- results:end -->"
 
 
 def summary_md(blocks: dict, out: Path, relative_to: Path, digits: int = 2) -> str:
-    """The README's results block: per protocol the Set5 table, each comparison's seed-level headline with its
-    columns, the paper beside it and the per-image line, and the control's paragraph; links relative to
-    `relative_to`."""
+    """out/summary.md: per protocol the Set5 table, each comparison's seed-level headline with its columns, the
+    paper beside it and the per-image line, and the control's paragraph; links relative to `relative_to`."""
     link = Path(os.path.relpath(out, relative_to)).as_posix()
     lines = [f"<!-- written by `make report` (src.reports.build.summary_md) from the committed result files; "
              f"edit the code, not this text -->"]
     for protocol, (table, comps, control) in blocks.items():
-        suffix = "" if protocol == "literature" else f"_{protocol}"
-        lines += ["", f"**{PROTOCOL_NOTE.get(protocol, protocol).split(':')[0].capitalize()}** "
-                  f"([table1{suffix}.md]({link}/table1{suffix}.md), [comparison{suffix}.csv]({link}/"
-                  f"comparison{suffix}.csv), [per column]({link}/comparison_columns{suffix}.csv)).", "",
-                  to_markdown(table, digits).rstrip()]
+        lines += ["", _protocol_heading(protocol, link), "", to_markdown(table, digits).rstrip()]
         for c in comps:
             lines += ["", "- " + headline(c.name, c.evidence) + " " + columns_line(c.evidence)
                       + (" " + paper_line(c.paper, c.evidence) if c.paper else "")]
@@ -150,17 +145,25 @@ def summary_md(blocks: dict, out: Path, relative_to: Path, digits: int = 2) -> s
     return "\n".join(lines)
 
 
-def write_readme_block(readme: os.PathLike, text: str) -> Path:
-    """Replace what lies between the results markers of `readme` with `text` (a ValueError naming the file when
-    the markers are missing or out of order)."""
-    path = Path(readme)
-    body = path.read_text()
-    pattern = re.compile(re.escape(README_BEGIN) + r".*?" + re.escape(README_END), re.S)
-    if body.count(README_BEGIN) != 1 or body.count(README_END) != 1 or not pattern.search(body):
-        raise ValueError(f"readme={path}: needs one {README_BEGIN} line followed by one {README_END} line around "
-                         "the generated results block")
-    new = pattern.sub(lambda _: f"{README_BEGIN}\n{text}\n{README_END}", body)
-    return path if new == body else atomic_write_text(path, new)
+def readme_md(blocks: dict, out: Path, relative_to: Path) -> str:
+    """The README's results block: per protocol one seed-level headline per comparison, and a link to the
+    complete summary (out/summary.md: tables, per-column counts, the paper beside them, per-image tests)."""
+    link = Path(os.path.relpath(out, relative_to)).as_posix()
+    lines = ["<!-- written by `make report` (src.reports.build.readme_md) from the committed result files; "
+             f"edit the code, not this text -->"]
+    for protocol, (_, comps, _) in blocks.items():
+        lines += ["", _protocol_heading(protocol, link)]
+        lines += [f"- {headline(c.name, c.evidence)}" for c in comps]
+    lines += ["", f"Every table, per-column count, the paper's gains beside ours, the per-image tests and the "
+              f"shrinkage control: [{link}/summary.md]({link}/summary.md)."]
+    return "\n".join(lines)
+
+
+def _protocol_heading(protocol: str, link: str) -> str:
+    suffix = "" if protocol == "literature" else f"_{protocol}"
+    return (f"**{PROTOCOL_NOTE.get(protocol, protocol).split(':')[0].capitalize()}** "
+            f"([table1{suffix}.md]({link}/table1{suffix}.md), [comparison{suffix}.csv]({link}/"
+            f"comparison{suffix}.csv), [per column]({link}/comparison_columns{suffix}.csv)).")
 
 
 def _size_table(settings: list[Setting]) -> str:

@@ -174,14 +174,17 @@ def run_size(cfg) -> dict:
 
 
 def size_text(size: dict) -> str:
-    """e.g. `num_feat 32, num_block 4; 2000 iterations; T91+BSD200; batch 16 x 32 px`."""
+    """e.g. `num_feat 32, num_block 4; 2000 iterations; T91+BSD200; batch 16 x 32 px LR`; a batch split over
+    several devices says so: `batch 16 (2 on each of 8 devices) x 32 px LR`."""
     parts = [", ".join(f"{k} {v}" for k, v in size.get("arch", {}).items())]
     if size.get("iterations") is not None:
         parts.append(f"{int(size['iterations']):,} iterations")
     if size.get("data"):
         parts.append(str(size["data"]))
     if size.get("batch") is not None:
-        parts.append(f"batch {size['batch']}" + (f" x {size['lr_patch']} px LR" if size.get("lr_patch") else ""))
+        devices = int(size.get("devices") or 1)
+        split = f" ({size['batch'] // devices} on each of {devices} devices)" if devices > 1 else ""
+        parts.append(f"batch {size['batch']}{split}" + (f" x {size['lr_patch']} px LR" if size.get("lr_patch") else ""))
     return "; ".join(p for p in parts if p)
 
 
@@ -202,6 +205,10 @@ def read_run(run_dir: Path) -> Run | None:
     deg = str(_select(cfg, "degradation._target_", "")).rsplit(".", 1)[-1]
     prefix = "Real-" if "RealESRGAN" in deg else ("" if deg in ("", "BicubicPipeline") else f"{deg}-")
     size = run_size(cfg)
+    # The batch as trained (train_done.json): data.batch_size is the global batch, split over the devices.
+    batch = (run_folders.training_done(run_dir) or {}).get("batch")
+    if isinstance(batch, dict) and batch.get("global"):
+        size.update(batch=int(batch["global"]), devices=int(batch.get("devices") or 1))
     # Same class but a different width/depth must not share rows with the full one.
     arch = ",".join(f"{k}={v}" for k, v in size["arch"].items() if k in ("num_feat", "num_block", "embed_dim"))
     position = str(_select(cfg, "dropout.position", "none"))

@@ -1,12 +1,16 @@
-"""Tables as Markdown, LaTeX and CSV."""
+"""Tables as Markdown, LaTeX and CSV; generated blocks of a hand-written file (the README)."""
 from __future__ import annotations
 
 import csv
 import io
 import math
+import os
+import re
 from collections import defaultdict
+from pathlib import Path
 
 from src.reports.tables import Table
+from src.utils import atomic_write_text
 
 MARK_NOTE = ("Bold / red: best, italic / blue: second best, ranked on unrounded values and only where the 95% "
              "seed-level interval of the lead over the next excludes zero (never with one seed).")
@@ -106,3 +110,16 @@ def to_csv(t: Table) -> str:
         if any(not math.isnan(s) for s in row.std) and row.kind in ("model", "delta"):
             w.writerow([f"± std (n={row.n})", "std"] + ["" if math.isnan(s) else f"{s:.4f}" for s in row.std])
     return buf.getvalue()
+
+
+def write_readme_block(readme: os.PathLike, text: str, begin: str, end: str) -> Path:
+    """Replace what lies between the `begin` and `end` markers of `readme` with `text` (a ValueError naming the
+    file when the markers are missing or out of order)."""
+    path = Path(readme)
+    body = path.read_text()
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if body.count(begin) != 1 or body.count(end) != 1 or not pattern.search(body):
+        raise ValueError(f"readme={path}: needs one {begin} line followed by one {end} line around "
+                         "the generated block")
+    new = pattern.sub(lambda _: f"{begin}\n{text}\n{end}", body)
+    return path if new == body else atomic_write_text(path, new)

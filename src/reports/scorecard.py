@@ -21,6 +21,7 @@ contradicted when at least one is contradicted and none is reproduced; inconclus
 A claim some of whose contrasts did not run says so beside its verdict.
 
     python -m src.report scorecard docs/results       # writes docs/results/scorecard.md and scorecard.csv
+    python -m src.report scorecard docs/results readme=README.md   # and the verdict counts in README's block
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ import numpy as np
 
 from src.reports.collect import Run, load_runs, protocol_metric, size_text
 from src.reports.paper import paper_setting
+from src.reports.render import write_readme_block
 from src.reports.stats import Interval, t_interval, welch_interval
 from src.utils import atomic_write_text
 
@@ -45,6 +47,8 @@ LEVEL = 0.95
 PROTOCOL_ORDER = ("official", "literature")   # the paper's own protocol first; the literature one if it is all
 VERDICTS = ("reproduced", "contradicted", "inconclusive", "not run")
 EIGHT = ("clean", "blur", "noise", "jpeg", "b+n", "b+j", "n+j", "b+n+j")
+README_BEGIN = "<!-- scorecard:begin -->"
+README_END = "<!-- scorecard:end -->"
 INTERP_MODELS = "groups_models.csv"
 LENGTH_TABLE = "gain_vs_steps.csv"
 
@@ -434,12 +438,17 @@ def _seeds_text(outcomes: list[Outcome]) -> str:
     return "/".join(map(str, ns)) + (" pair" if ns == [1] else " pairs")
 
 
-def render(rows: list[Row], root: os.PathLike) -> str:
+def counts_text(rows: list[Row]) -> str:
+    """How many claims got each verdict, e.g. `3 reproduced, 1 inconclusive, 8 not run (12 rows)`."""
     counts = {v: sum(r.verdict == v for r in rows) for v in VERDICTS}
+    return ", ".join(f"{n} {v}" for v, n in counts.items() if n) + f" ({len(rows)} rows)"
+
+
+def render(rows: list[Row], root: os.PathLike) -> str:
     md = ["# Reproduction scorecard", "",
           f"Each finding of the paper beside what this suite measured at reduced scale (built by `make report` from "
           f"the committed files under `{root}`; `python -m src.report scorecard {root}`). "
-          + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + f" ({len(rows)} rows).", "",
+          + counts_text(rows) + ".", "",
           "**Verdict rules.** Effects are variant minus base, one value per seed, paired by seed, with a "
           f"{LEVEL:.0%} Student t interval over the seed pairs (Welch's interval when the seeds do not pair). "
           "*reproduced*: the interval excludes zero in the paper's direction; *contradicted*: it excludes zero in "
@@ -483,12 +492,27 @@ def to_csv(rows: list[Row]) -> str:
     return buf.getvalue()
 
 
-def write_scorecard(root: os.PathLike, out: os.PathLike | None = None) -> list[Path]:
-    """Write <out>/scorecard.md and scorecard.csv (out defaults to root); returns their paths."""
+def readme_md(rows: list[Row], out: Path, relative_to: Path) -> str:
+    """The README's scorecard block: the verdict counts and a link to the card."""
+    link = Path(os.path.relpath(out / "scorecard.md", relative_to)).as_posix()
+    return (f"<!-- written by `make report` (src.reports.scorecard.readme_md); edit the code, not this text -->\n"
+            f"The paper's {len(rows)} findings, each with its seed-level 95% interval and a verdict computed from "
+            f"it: {counts_text(rows)}. [{link}]({link}) gives each claim, its study, its size beside the paper's "
+            f"and the command that runs what is missing.")
+
+
+def write_scorecard(root: os.PathLike, out: os.PathLike | None = None, readme: os.PathLike | None = None
+                    ) -> list[Path]:
+    """Write <out>/scorecard.md and scorecard.csv (out defaults to root) and, with `readme`, the verdict counts
+    between that file's scorecard markers; returns the paths written."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"scorecard: results root {root} is not a folder")
     out = Path(out) if out else root
     rows = score(root)
-    return [atomic_write_text(out / "scorecard.md", render(rows, root)),
-            atomic_write_text(out / "scorecard.csv", to_csv(rows))]
+    written = [atomic_write_text(out / "scorecard.md", render(rows, root)),
+               atomic_write_text(out / "scorecard.csv", to_csv(rows))]
+    if readme is not None:
+        written.append(write_readme_block(readme, readme_md(rows, out, Path(readme).parent), README_BEGIN,
+                                          README_END))
+    return written
