@@ -223,3 +223,26 @@ def test_readme_block_counts_the_verdicts_of_the_card(results_root, tmp_path):
     (tmp_path / "bare.md").write_text("# no markers\n")
     with pytest.raises(ValueError, match="needs one <!-- scorecard:begin --> line"):
         S.write_scorecard(results_root, readme=tmp_path / "bare.md")
+
+
+def test_a_priced_study_states_its_cost_from_the_bench_report(tmp_path):
+    """The SwinIR row, not run, carries the cost its committed bench report implies: step ratio, forward ratio and
+    the fastest committed campaign fit scaled by the step ratio, judged against the per-job budget."""
+    claim = next(c for c in S.CLAIMS if c.cost)
+    figures = {"compute_efficiency": {"detail": {"train_step_ms": 500.0}},
+               "compute_efficiency[m]": {"detail": {"train_step_ms": 1500.0}},
+               "evaluation_efficiency": {"detail": {"bare_forward_s": 2.0}},
+               "evaluation_efficiency[m]": {"detail": {"bare_forward_s": 5.0}}}
+    (tmp_path / claim.cost).parent.mkdir(parents=True)
+    (tmp_path / claim.cost).write_text(json.dumps({"figures": figures, "model": "m", "device": "cpu", "threads": 1,
+                                                   "quick": True, "model_overrides": ["backbone=x"]}))
+    assert "3.0x the campaign model's; evaluation forward 2.5x" in S.cost_text(tmp_path, claim)
+    for i, seconds in enumerate((2400.0, 1500.0)):  # the faster fit (25 min) x 3 = 1.25 h: within 1.5 h
+        (tmp_path / S.CAMPAIGN / f"run{i}").mkdir(parents=True)
+        (tmp_path / S.CAMPAIGN / f"run{i}" / "train_done.json").write_text(json.dumps({"fit_seconds": seconds}))
+    text = S.cost_text(tmp_path, claim)
+    assert "training alone ~1.2 h per job" in text and "within the 1.5 h" in text
+    assert "`python -m src.bench device=cpu threads=1 quick=true backbone=x`" in text
+    card = S.render(S.score(tmp_path), tmp_path)
+    assert text in next(line for line in card.splitlines() if line.startswith(f"| {claim.number} "))
+    assert S.cost_text(tmp_path / "elsewhere", claim) == ""
