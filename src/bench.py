@@ -5,11 +5,11 @@
 1. framework_overhead  Lightning training step / bare PyTorch loop doing the same work on the same batches
                        (data loading, Real-ESRGAN degradation, forward, L1, backward, Adam, scheduler)   <= 1.03
 2. degradation_cost    Real-ESRGAN pipeline on one HR batch / one training step on that batch            <= 0.10
-3. compute_efficiency  training FLOP/s (convolutions counted from the module shapes) / peak fp32 matmul
+3. compute_efficiency  training FLOP/s (convolutions and matrix products, count_flops) / peak fp32 matmul
                        FLOP/s on the same device                                          >= 0.5 (GPU only)
 4. data_loading        HR patches/s the train dataloader delivers / patches/s the training step consumes  >= 3
 5. evaluation_cache    seconds of a test-set evaluation with a cold degraded-LR cache / with a warm one (no target)
-6. evaluation_efficiency  evaluation forward FLOP/s (convolutions over the test LR images) / the same peak  >= 0.5
+6. evaluation_efficiency  evaluation forward FLOP/s (the same count over the test LR images) / the same peak  >= 0.5
 7. evaluation_overhead    test-set evaluation with a warm cache (LR images, forward, conversions, PSNR/SSIM)
                           / the bare forward passes over the same LR images                                <= 1.15
 
