@@ -194,18 +194,28 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
         return _train(cfg, run_dir, owner)
 
 
+def build_parts(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule]:
+    """The model (`cfg.module`: the network, its EMA copy, the loss, optimizer and schedule settings) and the
+    datamodule (`cfg.data`, degrading with `cfg.degradation`) a training config describes: the one recipe that
+    training, the tests and the benchmarks build them with.
+
+    The module gets plain values, not OmegaConf nodes: it saves its arguments into every checkpoint, which loads
+    with weights_only (no unpickling of library objects). It is built first, so a bad dropout position or
+    probability fails before any data is touched.
+    """
+    kwargs = OmegaConf.to_container(cfg.module, resolve=True)
+    module = get_class(kwargs.pop("_target_"))(**kwargs)
+    return module, build(cfg.data, degradation=build(cfg.degradation))
+
+
 def _train(cfg: DictConfig, run_dir: Path, owner: bool) -> dict:
     from src.evaluation import format_table
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    # Backbone first: a bad dropout position or probability must fail before any data is touched.
-    module_kwargs = OmegaConf.to_container(cfg.module, resolve=True)
-    module = get_class(module_kwargs.pop("_target_"))(**module_kwargs)
+    module, datamodule = build_parts(cfg)
     init_from_weights(cfg, run_dir, module.net)
     if module.net_ema is not None:  # the average starts from the weights training starts from
         module.net_ema.load_state_dict(module.net.state_dict())
-    degradation = build(cfg.degradation)
-    datamodule = build(cfg.data, degradation=degradation)
     if owner:
         data = {"train": datamodule.train_paths,
                 "val": [p for paths in datamodule.val_paths.values() for p in paths],
