@@ -3,7 +3,7 @@
 A run folder (one training job) holds:
 
     config.yaml              the config this run actually used (resolved, size=cpu narrowing included)
-    .hydra/config.yaml       Hydra's composition, saved before the run started (the same values, interpolations kept)
+    .hydra/config.yaml       Hydra's composition, saved as the run took its folder (same values, interpolations kept)
     checkpoints/last.ckpt    the latest full training state (resuming starts here)
     train_done.json          training reached trainer.max_steps (global_step, fit seconds)
     results.json / .csv      scores under the literature protocol; results_official.json / .csv: the paper's own
@@ -654,6 +654,20 @@ def save_run_config(run_dir: str | os.PathLike, cfg) -> Path:
     from omegaconf import OmegaConf
 
     return atomic_write_text(Path(run_dir) / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def save_launch_record(run_dir: str | os.PathLike, cfg, hydra_cfg) -> Path:
+    """Hydra's record of a launch, as Hydra writes it at the start of a job (`.hydra/config.yaml`: the composed
+    config, interpolations kept; `hydra.yaml`; `overrides.yaml`), but written by src.train once the run holds its
+    folder (Hydra's own writing is off: hydra.output_subdir is null), so a refused launch leaves the folder as it
+    was. `hydra_cfg` is the root node holding `hydra`, as `HydraConfig.instance().cfg`."""
+    from omegaconf import OmegaConf
+
+    folder = Path(run_dir) / HYDRA_CONFIG.parent
+    for name, node in ((HYDRA_CONFIG.name, cfg), ("hydra.yaml", hydra_cfg),
+                       ("overrides.yaml", hydra_cfg.hydra.overrides.task)):
+        atomic_write_text(folder / name, OmegaConf.to_yaml(node))
+    return folder
 
 
 def run_config_path(run_dir: str | os.PathLike) -> Path | None:
