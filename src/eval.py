@@ -13,37 +13,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig
 
-from src import runs as run_folders
 from src.data.datasets import default_data_root, resolve_set
 from src.data.testsets import ALL_TEST_DEGRADATIONS, GIVEN, TEST_DEGRADATIONS, UNSEEN_DEGRADATIONS
 from src.evaluation import (BicubicUpsampler, evaluate, format_table, load_results, merge_results,
                             resolve_protocols, write_results)
 from src.utils import resolve_device
-
-
-def checkpoints_to_evaluate(target: str | os.PathLike, out_dir: str | os.PathLike | None = None
-                            ) -> list[tuple[Path, Path]]:
-    """(checkpoint, results folder) pairs for a weights file, a run folder or a sweep folder.
-
-    Run folders without a checkpoint (a job that failed before saving one) are skipped with a line naming them.
-    """
-    target = Path(target)
-    if target.is_file():
-        if out_dir is not None:
-            return [(target, Path(out_dir))]
-        return [(target, run_folders.run_of_checkpoint(target) or target.parent)]
-    if not target.exists():
-        raise FileNotFoundError(f"ckpt={target}: no such file or folder")
-    found = run_folders.find_runs(target)
-    pairs = [(run_folders.checkpoint(r), r) for r in found if run_folders.checkpoint(r).is_file()]
-    for r in found:
-        if not run_folders.checkpoint(r).is_file():
-            print(f"[eval] skipped {r}: no {run_folders.CKPT} (training failed or has not saved one yet)")
-    if not pairs:
-        raise FileNotFoundError(f"ckpt={target}: no {run_folders.CKPT} in it or in any run folder below it")
-    return pairs
 
 
 def resolve_degradations(value) -> list[str]:
@@ -75,14 +51,19 @@ def given_lr_dirs(cfg: DictConfig, names: list[str], root: Path, degradations: l
 def run_eval(cfg: DictConfig) -> dict[Path, dict]:
     """Evaluate every run `cfg.ckpt` names under `cfg.protocol`; returns {run folder: {protocol: results dict}}
     and writes each run's files."""
-    from src.models.loading import load
+    from src.models.loading import load_for_tool, weights_files
 
     if cfg.get("ckpt") in (None, "", "???"):
         raise ValueError("ckpt=... is required: a checkpoint file, a run folder or a sweep folder")
     bicubic = str(cfg.ckpt) == "bicubic"
     if bicubic and not cfg.get("out_dir"):
         raise ValueError("ckpt=bicubic (the bicubic reference) needs out_dir=... for its results files")
-    runs = [("bicubic", Path(cfg.out_dir))] if bicubic else checkpoints_to_evaluate(cfg.ckpt, cfg.get("out_dir"))
+    if bicubic:
+        runs = [("bicubic", Path(cfg.out_dir))]
+    elif cfg.get("out_dir") and Path(cfg.ckpt).is_file():
+        runs = [(Path(cfg.ckpt), Path(cfg.out_dir))]
+    else:  # each model's results go beside it: into its run folder
+        runs = weights_files(cfg.ckpt)
     root = Path(cfg.data.root) if cfg.data.get("root") else default_data_root()
     names = [cfg.sets] if isinstance(cfg.sets, str) else list(cfg.sets)
     # Resolve every set before loading any model: a missing folder should fail in a second, not after a sweep.
@@ -91,9 +72,6 @@ def run_eval(cfg: DictConfig) -> dict[Path, dict]:
     protocols = resolve_protocols(cfg.get("protocol", "literature"))
     given_lr = given_lr_dirs(cfg, names, root, degradations)
     device = resolve_device(str(cfg.device))
-    backbone = cfg.get("backbone")
-    if isinstance(backbone, (DictConfig, ListConfig)):
-        backbone = OmegaConf.to_container(backbone, resolve=True)
     out, failed, scored = {}, [], {}
     for i, (ckpt, run_dir) in enumerate(runs, 1):
         print(f"[eval] ({i}/{len(runs)}) {ckpt}")
@@ -101,9 +79,7 @@ def run_eval(cfg: DictConfig) -> dict[Path, dict]:
             if bicubic:
                 model, scale = None, int(cfg.scale or 4)
             else:
-                loaded = load(ckpt, backbone=backbone, device=device)
-                for note in loaded.notes:  # e.g. the paper's key layout, or an architecture read off the keys
-                    print(f"[load] {loaded.path.name}: {note}")
+                loaded = load_for_tool(ckpt, cfg.get("backbone"), device)
                 if cfg.get("scale") and int(cfg.scale) != loaded.scale:
                     raise ValueError(f"scale={cfg.scale} but {ckpt} is a x{loaded.scale} model; drop scale= or set "
                                      f"scale={loaded.scale}")

@@ -27,7 +27,7 @@ from src.data.imageio import decode_image, to_rgb_uint8
 from src.data.testsets import (ALL_TEST_DEGRADATIONS, GIVEN, PROTOCOLS, TEST_DEGRADATIONS, bicubic_upscale,
                                check_protocol, load_test_pairs, match_given_lr, read_given_pair,
                                read_test_hr)
-from src.metrics import METRICS, scores
+from src.metrics import METRICS, protocol_metric, scores
 from src.models.loading import pad_multiple
 from src.runs import read_state, results_file
 from src.tiling import upscale_image
@@ -37,8 +37,6 @@ log = logging.getLogger(__name__)
 
 SSIM_WINDOW = 11
 CHUNK = 8  # images decoded at a time
-# The number a protocol's tables lead with: the literature quotes PSNR on Y, the official test configs RGB PSNR.
-HEADLINE = {"literature": "psnr", "official": "psnr_rgb"}
 
 
 def results_files(run_dir: str | os.PathLike, protocol: str = "literature") -> tuple[Path, Path]:
@@ -259,7 +257,7 @@ def format_table(results: Mapping, metric: str | None = None, reference: Mapping
     (PSNR-Y for `literature`, RGB PSNR for `official`). The title names the protocol. `reference` (results of
     the bicubic reference, same shape) adds a `<set> bicubic` row under each set and a line on how to read them."""
     protocol = protocol_of(results)
-    metric = metric or HEADLINE[protocol]
+    metric = metric or protocol_metric(protocol)
     degs = [d for d in TEST_DEGRADATIONS if any(d in r for r in results.values())]
     degs += [d for r in results.values() for d in r if d not in degs]
     digits = 4 if metric.startswith("ssim") else 2

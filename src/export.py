@@ -114,33 +114,26 @@ def export(ckpt: str | os.PathLike, fmt: str, out: str | os.PathLike | None = No
            backbone: str | Mapping | None = None, opset: int = 18, exporter: str = "auto") -> Path:
     if fmt not in FORMATS:
         raise ValueError(f"format={fmt!r} is not supported; allowed: {', '.join(FORMATS)}")
-    out = Path(out) if out else default_out(ckpt, fmt)
-    if out.resolve() == Path(ckpt).resolve():
-        raise ValueError(f"out={out} is the checkpoint itself; choose another file")
-    from src.models.loading import load, save_safetensors
+    from src.models.loading import export_safetensors, load_for_tool, weights_file
 
-    # Contiguous: the files store plain tensors either way, and ONNX tracing needs no NHWC strides.
-    loaded = load(ckpt, backbone=backbone, device="cpu", channels_last=False)
-    for note in loaded.notes:  # e.g. the paper's key layout, or an architecture read off the keys
-        print(f"[load] {loaded.path.name}: {note}")
+    ckpt = weights_file(ckpt)
+    out = Path(out) if out else default_out(ckpt, fmt)
+    if out.resolve() == ckpt.resolve():
+        raise ValueError(f"out={out} is the checkpoint itself; choose another file")
     if fmt == "safetensors":
-        return save_safetensors(loaded.model, loaded.config, out, {"source": Path(ckpt).name}, loaded.scale)
-    return export_onnx(loaded.model, out, opset, exporter)
+        return export_safetensors(ckpt, out, backbone, {"source": ckpt.name})
+    # Contiguous: ONNX tracing needs no NHWC strides.
+    return export_onnx(load_for_tool(ckpt, backbone, channels_last=False).model, out, opset, exporter)
 
 
 def main(cfg) -> Path:
     from hydra.utils import to_absolute_path
-    from omegaconf import OmegaConf
 
     if cfg.get("ckpt") in (None, "", "???"):
         raise ValueError("ckpt=... is required: python -m src.export ckpt=<path> format=safetensors|onnx")
-    backbone = cfg.get("backbone")  # a conf/backbone group choice, composed (and resolved) here
-    if backbone is not None:
-        backbone = OmegaConf.to_container(backbone, resolve=True)
-    from src.runs import resolve_checkpoint
-
     out = to_absolute_path(cfg.out) if cfg.out else None
-    path = export(resolve_checkpoint(to_absolute_path(cfg.ckpt)), str(cfg.format), out, backbone, int(cfg.opset), str(cfg.exporter))
+    path = export(to_absolute_path(cfg.ckpt), str(cfg.format), out, cfg.get("backbone"), int(cfg.opset),
+                  str(cfg.exporter))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return path
 

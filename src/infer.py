@@ -155,22 +155,15 @@ def run_inference(model: nn.Module, inputs: list[Path], out_dir: str | os.PathLi
 
 def main(cfg) -> int:
     from hydra.utils import to_absolute_path
-    from omegaconf import OmegaConf
 
-    from src.models.loading import load
-    from src.runs import resolve_checkpoint
+    from src.models.loading import load_for_tool
 
     for key in ("ckpt", "input", "output"):
         if cfg.get(key) in (None, "", "???"):
             raise ValueError(f"{key}=... is required: python -m src.infer ckpt=<path> input=<image|folder> "
                              f"output=<folder>")
     device = resolve_device(str(cfg.device))
-    backbone = cfg.get("backbone")  # a conf/backbone group choice, composed (and resolved) here
-    if backbone is not None:
-        backbone = OmegaConf.to_container(backbone, resolve=True)
-    loaded = load(resolve_checkpoint(to_absolute_path(cfg.ckpt)), backbone=backbone, device=device)
-    for note in loaded.notes:  # e.g. the paper's key layout, or an architecture read off the keys
-        print(f"[load] {loaded.path.name}: {note}")
+    loaded = load_for_tool(to_absolute_path(cfg.ckpt), cfg.get("backbone"), device)
     out_dir = Path(to_absolute_path(cfg.output))
     summary = run_inference(loaded.model, gather_inputs(to_absolute_path(cfg.input)), out_dir, device, cfg.tile,
                             cfg.overlap, cfg.pad_multiple, progress=cfg.progress)

@@ -3,7 +3,7 @@
 A run folder (one training job) holds:
 
     config.yaml              the config this run actually used (resolved, size=cpu narrowing included)
-    .hydra/config.yaml       Hydra's composition, saved before the run started (the same values, interpolations kept)
+    .hydra/config.yaml       Hydra's composition, saved as the run took its folder (same values, interpolations kept)
     checkpoints/last.ckpt    the latest full training state (resuming starts here)
     train_done.json          training reached trainer.max_steps (global_step, fit seconds)
     results.json / .csv      scores under the literature protocol; results_official.json / .csv: the paper's own
@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Seque
 from src.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 CKPT = Path("checkpoints") / "last.ckpt"
+WEIGHTS = "weights.safetensors"  # a published run's final weights, exported from its checkpoint
 CONFIG = "config.yaml"
 HYDRA_CONFIG = Path(".hydra") / "config.yaml"
 DONE = "train_done.json"
@@ -121,16 +122,6 @@ def final_weights(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / WEIGHTS
 
 
-def model_file(run_dir: str | os.PathLike) -> Path:
-    """The weights that stand for a run: its checkpoint, else (a published run) its exported final weights;
-    a FileNotFoundError naming both when neither is there."""
-    for path in (checkpoint(run_dir), final_weights(run_dir)):
-        if path.is_file():
-            return path
-    raise FileNotFoundError(f"{run_dir}: neither {CKPT} nor {WEIGHTS}; a run folder after training, or a published "
-                            f"run with its weights, is needed")
-
-
 def results_file(run_dir: str | os.PathLike, protocol: str = "literature") -> Path:
     if protocol not in RESULTS:
         raise ValueError(f"protocol={protocol!r}; allowed: {', '.join(RESULTS)}")
@@ -143,20 +134,12 @@ def is_run_folder(path: str | os.PathLike) -> bool:
 
 
 def run_of_checkpoint(path: str | os.PathLike) -> Path | None:
-    """The run folder a `<run>/checkpoints/last.ckpt` belongs to, else None."""
+    """The run folder a run's weights file belongs to (`<run>/checkpoints/*`, a published `<run>/weights.safetensors`),
+    else None. Turning what a user names into weights files is `src.models.loading.weights_file`'s."""
     path = Path(path)
-    return path.parent.parent if path.parent.name == CKPT.parent.name else None
-
-
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A weights file as given, or a run folder's `checkpoints/last.ckpt` (tools accept either)."""
-    path = Path(path)
-    if path.is_dir():
-        if (path / CKPT).is_file():
-            return path / CKPT
-        raise FileNotFoundError(f"{path} is a folder without {CKPT}: pass a run folder whose training has "
-                                f"written a checkpoint, or a weights file")
-    return path
+    if path.parent.name == CKPT.parent.name:
+        return path.parent.parent
+    return path.parent if path.name == WEIGHTS else None
 
 
 def check_writable(folder: str | os.PathLike, key: str = "paths.runs") -> Path:
@@ -673,6 +656,20 @@ def save_run_config(run_dir: str | os.PathLike, cfg) -> Path:
     return atomic_write_text(Path(run_dir) / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
 
 
+def save_launch_record(run_dir: str | os.PathLike, cfg, hydra_cfg) -> Path:
+    """Hydra's record of a launch, as Hydra writes it at the start of a job (`.hydra/config.yaml`: the composed
+    config, interpolations kept; `hydra.yaml`; `overrides.yaml`), but written by src.train once the run holds its
+    folder (Hydra's own writing is off: hydra.output_subdir is null), so a refused launch leaves the folder as it
+    was. `hydra_cfg` is the root node holding `hydra`, as `HydraConfig.instance().cfg`."""
+    from omegaconf import OmegaConf
+
+    folder = Path(run_dir) / HYDRA_CONFIG.parent
+    for name, node in ((HYDRA_CONFIG.name, cfg), ("hydra.yaml", hydra_cfg),
+                       ("overrides.yaml", hydra_cfg.hydra.overrides.task)):
+        atomic_write_text(folder / name, OmegaConf.to_yaml(node))
+    return folder
+
+
 def run_config_path(run_dir: str | os.PathLike) -> Path | None:
     """The file of the config the run actually used: `config.yaml`, else (older runs) `.hydra/config.yaml`."""
     run_dir = Path(run_dir)
@@ -694,9 +691,8 @@ def load_run_config(run_dir: str | os.PathLike):
 PUBLISHED = (CONFIG, JOB, DONE, IDENTITY, METRICS, RESULTS["literature"], "results.csv", RESULTS["official"],
              "results_official.csv")
 PUBLISH_MAX_BYTES = 500_000
-# A published run's final weights (safetensors exported from its checkpoint) and the intermediate ones it kept
+# A published run's final weights (WEIGHTS, exported from its checkpoint) and the intermediate ones it kept
 # (`ckpt_keep_steps`): the reduced-scale SRResNet is 0.6 MB, so 2 MB per file admits it and refuses a full model.
-WEIGHTS = "weights.safetensors"
 WEIGHTS_MAX_BYTES = 2_000_000
 
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import hydra
 import pytorch_lightning as pl
@@ -179,11 +181,12 @@ def print_folders(run_dir: Path) -> None:
     print("\n".join(lines), flush=True)
 
 
-def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
+def train(cfg: DictConfig, run_dir: str | os.PathLike, admitted: Callable[[], None] = lambda: None) -> dict:
     """Fit, checkpoint, evaluate; returns the results dict. `run_dir` is the job's own folder.
 
     The process of rank 0 owns the folder for the whole run (a lock; other DDP ranks only train alongside it): it
-    records the run's identity, refuses a folder holding a different run, and keeps the state files.
+    records the run's identity, refuses a folder holding a different run, and keeps the state files. `admitted`
+    is called once it holds the folder (the entry point writes Hydra's record of the launch then).
     """
     run_dir = Path(run_dir)
     quiet_known_noise()
@@ -191,26 +194,78 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
     check_device(cfg)
     owner = is_rank_zero()
     with runs.lock(run_dir) if owner else contextlib.nullcontext():
-        return _train(cfg, run_dir, owner)
+        return _train(cfg, run_dir, owner, admitted)
 
 
-def _train(cfg: DictConfig, run_dir: Path, owner: bool) -> dict:
+class _HeldLog(logging.Filter):
+    """Holds a log file's records in memory until `release`, then writes them and lets later ones through."""
+
+    def __init__(self, handler: logging.Handler):
+        super().__init__()
+        self.handler, self.held, self.open = handler, [], False
+        handler.addFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.open:
+            self.held.append(record)
+        return self.open
+
+    def release(self) -> None:
+        self.open = True
+        for record in self.held:
+            self.handler.handle(record)
+        self.held.clear()
+
+
+def hold_launch_record(cfg: DictConfig, run_dir: str | os.PathLike) -> Callable[[], None]:
+    """What Hydra writes into a run folder at launch, held back until the run is admitted there: `.hydra/` (the
+    train config sets hydra.output_subdir to null, so Hydra writes none itself) and the job's log file (opened at
+    its first record, conf/hydra/job_logging/run_folder.yaml; its records wait in memory). Returns the function
+    that writes both once the run holds its folder; a refused launch (another run's folder, a folder in use) never
+    calls it and so leaves every file of the folder as it was. DDP ranks other than 0 hold nothing."""
+    if not is_rank_zero():
+        return lambda: None
+    launch = copy.deepcopy(cfg), copy.deepcopy(HydraConfig.instance().cfg)
+    folder = Path(run_dir).resolve()
+    holds = [_HeldLog(h) for h in logging.getLogger().handlers
+             if isinstance(h, logging.FileHandler) and Path(h.baseFilename).parent == folder]
+
+    def admit() -> None:
+        runs.save_launch_record(run_dir, *launch)
+        for hold in holds:
+            hold.release()
+
+    return admit
+
+
+def build_parts(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule]:
+    """The model (`cfg.module`: the network, its EMA copy, the loss, optimizer and schedule settings) and the
+    datamodule (`cfg.data`, degrading with `cfg.degradation`) a training config describes: the one recipe that
+    training, the tests and the benchmarks build them with.
+
+    The module gets plain values, not OmegaConf nodes: it saves its arguments into every checkpoint, which loads
+    with weights_only (no unpickling of library objects). It is built first, so a bad dropout position or
+    probability fails before any data is touched.
+    """
+    kwargs = OmegaConf.to_container(cfg.module, resolve=True)
+    module = get_class(kwargs.pop("_target_"))(**kwargs)
+    return module, build(cfg.data, degradation=build(cfg.degradation))
+
+
+def _train(cfg: DictConfig, run_dir: Path, owner: bool, admitted: Callable[[], None] = lambda: None) -> dict:
     from src.evaluation import format_table
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    # Backbone first: a bad dropout position or probability must fail before any data is touched.
-    module_kwargs = OmegaConf.to_container(cfg.module, resolve=True)
-    module = get_class(module_kwargs.pop("_target_"))(**module_kwargs)
+    module, datamodule = build_parts(cfg)
     init_from_weights(cfg, run_dir, module.net)
     if module.net_ema is not None:  # the average starts from the weights training starts from
         module.net_ema.load_state_dict(module.net.state_dict())
-    degradation = build(cfg.degradation)
-    datamodule = build(cfg.data, degradation=degradation)
     if owner:
         data = {"train": datamodule.train_paths,
                 "val": [p for paths in datamodule.val_paths.values() for p in paths],
                 "test": [p for paths in datamodule.test_paths.values() for p in paths]}
         runs.claim_identity(run_dir, runs.fingerprint(cfg, datamodule.root, data), force=cfg.force)
+        admitted()
         # Only now: a run refused by the folder's identity must leave the folder's job.json as it was.
         runs.write_job_status(run_dir, task_overrides(), "running")
         if cfg.force or not cfg.resume:
@@ -359,7 +414,7 @@ def main(cfg: DictConfig) -> float | None:
     output_dir, overrides = hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task)
     share_cores(hydra_cfg)
     try:
-        results = train(cfg, output_dir)
+        results = train(cfg, output_dir, admitted=hold_launch_record(cfg, output_dir))
     except StoppedOnSignal as stop:  # the whole process stops, sweep included: that is what the signal asked
         print(f"[train] {stop}", flush=True)
         if is_rank_zero():

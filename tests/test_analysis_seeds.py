@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from src.analysis.seeds import analyze_group_models, flatten, group_labels, group_stats, resolve_checkpoints
+from src.analysis.seeds import analyze_group_models, flatten, group_labels, group_stats, model_files
 from tests.test_analysis import REPO, _image, _lr_of
 
 
@@ -22,17 +22,20 @@ def _touch(path):
     return path
 
 
-def test_resolve_checkpoints_files_runs_folders_globs(tmp_path):
+def test_model_files_take_files_runs_published_runs_folders_globs(tmp_path):
     a = _touch(tmp_path / "sweep" / "p0-s0" / "checkpoints" / "last.ckpt")
     b = _touch(tmp_path / "sweep" / "p0-s1" / "checkpoints" / "last.ckpt")
     c = _touch(tmp_path / "files" / "m.pth")
-    assert resolve_checkpoints(str(c)) == [c]
-    assert resolve_checkpoints(tmp_path / "sweep" / "p0-s0") == [a]  # a run folder
-    assert resolve_checkpoints(str(tmp_path / "sweep")) == [a, b]  # a folder of runs
-    assert resolve_checkpoints(str(tmp_path / "sweep" / "p0-*")) == [a, b]  # a glob
-    assert resolve_checkpoints([str(a), str(tmp_path / "sweep" / "p0-s0"), str(c)]) == [a, c]  # duplicates once
-    with pytest.raises(ValueError, match=r"group 'p0.7': '.*nothing-\*' names no checkpoint"):
-        resolve_checkpoints([str(a), str(tmp_path / "nothing-*")], group="p0.7")
+    p = _touch(tmp_path / "published" / "p0-s2" / "weights.safetensors")
+    _touch(tmp_path / "published" / "p0-s2" / "job.json")
+    assert model_files(str(c)) == [c]
+    assert model_files(tmp_path / "sweep" / "p0-s0") == [a]  # a run folder
+    assert model_files(str(tmp_path / "sweep")) == [a, b]  # a folder of runs
+    assert model_files(str(tmp_path / "sweep" / "p0-*")) == [a, b]  # a glob
+    assert model_files(str(tmp_path / "published")) == [p]  # a folder of published runs: their final weights
+    assert model_files([str(a), str(tmp_path / "sweep" / "p0-s0"), str(c)]) == [a, c]  # duplicates once
+    with pytest.raises(FileNotFoundError, match=r"^group 'p0.7': '.*nothing-\*' names no model: looked for a "):
+        model_files([str(a), str(tmp_path / "nothing-*")], "group 'p0.7': ")
 
 
 def test_group_labels_use_run_or_folder_names(tmp_path):

@@ -171,3 +171,44 @@ def test_sets_present_falls_back_to_the_default_data_root(tmp_path, monkeypatch)
     monkeypatch.setenv("SR_DATA_ROOT", str(tmp_path))
     (tmp_path / "Manga109" / "HR").mkdir(parents=True)
     assert sets_present(["Set5"], ["Manga109", "Absent"], None) == ["Set5", "Manga109"]
+
+
+TOOLS = ["eval", "infer", "analyze", "export"]
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_tool_configs_take_their_shared_block_from_one_file(tool):
+    shared = OmegaConf.load(CONF / "_tool.yaml")
+    own = OmegaConf.load(CONF / f"{tool}.yaml")
+    assert own.defaults[0] == "_tool"
+    restated = [d for d in own.defaults if d in list(shared.defaults)]
+    assert not restated, f"conf/{tool}.yaml restates {restated} from conf/_tool.yaml"
+    cfg = _compose_sweep(tool)  # a tool config composes like a sweep file: with its Hydra part
+    choices = cfg.hydra.runtime.choices
+    assert (choices["hydra/hydra_logging"], choices["hydra/help"], choices["backbone"]) == ("disabled", tool, None)
+    run_dir = OmegaConf.to_container(cfg.hydra.run)["dir"]  # unresolved: analyze's names the time
+    assert (run_dir, cfg.hydra.output_subdir) == (("${out}", ".hydra") if tool == "analyze" else (".", None))
+
+
+SWEEPS = sorted(p.stem for p in (CONF.parent / "sweeps").glob("*.yaml"))
+
+
+def _overrides(defaults) -> dict:
+    """{group: option} of a defaults list's `override` entries."""
+    return {k.split("override ", 1)[1].lstrip("/"): v for d in defaults if isinstance(d, dict) or OmegaConf.is_dict(d)
+            for k, v in d.items() if k.startswith("override ")}
+
+
+@pytest.mark.parametrize("sweep", SWEEPS)
+def test_sweeps_say_only_what_their_experiment_and_launcher_do_not(sweep):
+    own = OmegaConf.load(CONF.parent / "sweeps" / f"{sweep}.yaml")
+    overrides = _overrides(own.defaults)
+    experiment = OmegaConf.load(CONF / "experiment" / f"{overrides['experiment']}.yaml")
+    same = {g: o for g, o in _overrides(experiment.get("defaults", [])).items() if overrides.get(g) == o}
+    assert not same, f"sweeps/{sweep}.yaml restates {same}, which experiment={overrides['experiment']} sets"
+    assert "launcher" not in own.get("hydra", {}), f"sweeps/{sweep}.yaml sets hydra.launcher keys: use a preset " \
+        f"of conf/hydra/launcher"
+    cfg = _compose_sweep(sweep)
+    if sweep.startswith("repro_"):  # CPU sweeps: two jobs side by side, as conf/hydra/launcher/local_parallel.yaml
+        assert overrides["hydra/launcher"] == "local_parallel" and cfg.hydra.launcher.n_jobs == 2
+        assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")

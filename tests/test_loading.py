@@ -310,3 +310,77 @@ def test_a_wrong_backbone_gives_a_short_error(tmp_path):
     narrow = {**backbone_config("tiny"), "num_block": 16}  # the same keys, half the width
     with pytest.raises(ValueError, match=r"shape mismatch.*conv_first\.weight \(64, 3, 3, 3\) vs \(32, 3, 3, 3\)"):
         load(path, backbone=narrow)
+
+
+# ------------------------------------------------------------------------------------------------ what a tool is given
+
+
+def _folder(path, *files):
+    for name in files:
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_bytes(b"x")
+    return path
+
+
+def test_weights_file_turns_every_kind_of_path_into_one_file(tmp_path):
+    from src import runs
+    from src.models.loading import weights_file
+
+    run = _folder(tmp_path / "run", runs.JOB, runs.CKPT)
+    job = _folder(tmp_path / "sweep" / "seed-1", runs.JOB, runs.CKPT)  # one job of a sweep is a run folder
+    published = _folder(tmp_path / "docs" / "run", runs.JOB, runs.WEIGHTS)
+    both = _folder(tmp_path / "both", runs.CKPT, runs.WEIGHTS)
+    pth = _folder(tmp_path, "m.pth") / "m.pth"
+    assert weights_file(run) == run / runs.CKPT
+    assert weights_file(job) == job / runs.CKPT
+    assert weights_file(published) == published / runs.WEIGHTS
+    assert weights_file(both) == both / runs.CKPT  # the full training state stands for a run
+    assert weights_file(run / runs.CKPT) == run / runs.CKPT and weights_file(pth) == pth
+
+    empty = _folder(tmp_path / "failed", runs.JOB)
+    with pytest.raises(FileNotFoundError) as err:
+        weights_file(empty)
+    assert str(err.value) == (f"{empty}: no weights in this folder (looked for {empty / runs.CKPT} and "
+                              f"{empty / runs.WEIGHTS}: a run writes the first once it has trained, publishing the "
+                              f"second)")
+    with pytest.raises(FileNotFoundError, match="pass one of its run folders"):
+        weights_file(tmp_path / "sweep")
+    with pytest.raises(FileNotFoundError, match=r"nowhere: no such file or folder; pass a weights file \(\.ckpt"):
+        weights_file(tmp_path / "nowhere")
+
+
+def test_weights_files_pair_each_model_with_its_run_and_name_what_they_skip(tmp_path, capsys):
+    from src import runs
+    from src.models.loading import weights_files
+
+    sweep = tmp_path / "sweep"
+    a = _folder(sweep / "a", runs.JOB, runs.CKPT)
+    b = _folder(sweep / "b", runs.JOB)  # failed before its first checkpoint
+    p = _folder(tmp_path / "docs" / "a", runs.JOB, runs.WEIGHTS)
+    assert weights_files(sweep) == [(a / runs.CKPT, a)]
+    assert f"skipped {b}: no checkpoints/last.ckpt or weights.safetensors" in capsys.readouterr().out
+    assert weights_files(str(sweep / "*")) == [(a / runs.CKPT, a)]  # a glob skips b the same way
+    assert weights_files([p / runs.WEIGHTS, tmp_path / "docs", a]) == [(p / runs.WEIGHTS, p), (a / runs.CKPT, a)]
+    with pytest.raises(FileNotFoundError, match=r"names no model: .*; 1 run folder\(s\) below it hold neither$"):
+        weights_files(str(sweep / "b*"))
+    with pytest.raises(FileNotFoundError, match="no weights in this folder"):
+        weights_files(b)  # one run named by itself: its own error
+
+
+def test_every_tool_loads_a_published_run_folder(tmp_path, capsys):
+    """eval, infer, analyze, export and the report all go through `load_for_tool`: a published run folder (final
+    weights only, no checkpoint) is a model for each."""
+    from omegaconf import OmegaConf
+
+    from src import runs
+    from src.export import export
+    from src.models.loading import load_for_tool, save_safetensors
+
+    net = _net(MSRResNet, num_feat=8, num_block=3)
+    published = _folder(tmp_path / "docs" / "run", runs.JOB)
+    save_safetensors(net, SMALL, published / runs.WEIGHTS, scale=4)
+    backbone = OmegaConf.create({"n": 3, "backbone": {**SMALL, "num_block": "${n}"}}).backbone
+    loaded = load_for_tool(published, backbone)  # a composed DictConfig, interpolations resolved
+    assert loaded.path == published / runs.WEIGHTS and _same_weights(loaded.model, net.state_dict())
+    out = export(published, "safetensors", tmp_path / "copy.safetensors")
+    assert _same_weights(load(out).model, net.state_dict())

@@ -112,3 +112,21 @@ def test_bicubic_x4_set5_baby_published_psnr():
     sr = _imresize(_imresize(hr, 0.25), 4)
     # 31.78-31.79 dB is the bicubic x4 figure for baby in SRCNN/VDSR/EDSR tables (Y channel, 4 px cropped)
     assert psnr(sr, hr, crop_border=4) == pytest.approx(31.79, abs=0.01)
+
+
+def test_the_metric_each_protocol_quotes_has_one_home():
+    import ast
+    from pathlib import Path
+
+    from src.metrics import protocol_metric
+    from src.reports import collect
+
+    assert [protocol_metric(p, m) for p in ("literature", "official") for m in ("psnr", "ssim")] == [
+        "psnr", "ssim", "psnr_rgb", "ssim_rgb"]
+    assert protocol_metric("official") == "psnr_rgb" and protocol_metric("official", "lpips") == "lpips"
+    assert collect.protocol_metric is protocol_metric
+    src = Path(__file__).resolve().parents[1] / "src"
+    homes = [p.relative_to(src).as_posix() for p in sorted(src.rglob("*.py"))
+             for node in ast.parse(p.read_text()).body if isinstance(node, ast.Assign)
+             for t in node.targets if isinstance(t, ast.Name) and t.id == "HEADLINE"]
+    assert homes == ["metrics.py"]

@@ -186,10 +186,9 @@ def test_signal_checkpoints_marks_the_job_interrupted_and_exits_nonzero(tmp_path
 # --- a refused rerun ----------------------------------------------------------------------------------------
 
 
-def _snapshot(folder, hydras=False):
-    # Hydra's own record of each launch (.hydra/, train.log) is written before the suite's code runs
+def _snapshot(folder):
     return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))
-            if p.is_file() and (hydras or not (p.parts[len(folder.parts)] == ".hydra" or p.name == "train.log"))}
+            if p.is_file()}
 
 
 def test_refused_rerun_leaves_the_run_it_refuses_untouched(tmp_path):
@@ -209,7 +208,7 @@ def test_refused_rerun_leaves_the_run_it_refuses_untouched(tmp_path):
     before = _snapshot(run)
     with pytest.raises(runs.RunIdentityError) as err:
         go(b)
-    assert _snapshot(run, hydras=True) == before  # job.json, identity, results, checkpoint: not a byte, not a timestamp
+    assert _snapshot(run) == before  # job.json, identity, results, checkpoint: not a byte, not a timestamp
     msg = str(err.value)
     assert "left as it was" in msg and "\n  data.train.sha1: " in msg
     assert "name=<new name>" in msg and "force=true instead retrains this folder from scratch, deleting its " \
@@ -235,10 +234,39 @@ def test_refused_sweep_job_is_reported_as_refused_and_its_folder_kept(tmp_path):
     before = _snapshot(manifest.parent / job)
     second = sweep(b)
     assert second.returncode == 1
-    assert _snapshot(manifest.parent / job) == before
+    assert _snapshot(manifest.parent / job) == before  # .hydra/ and train.log included
     entry = json.loads(manifest.read_text())["jobs"][job]
     assert entry["status"] == "refused" and "data.train.sha1" in entry["error"]
     assert "[sweep] 0 of 1 jobs completed" in second.stdout and f"FAILED {job}: RunIdentityError" in second.stderr
+
+
+@pytest.mark.slow
+def test_a_refused_launch_leaves_hydras_record_and_the_log_as_they_were(tmp_path):
+    """Hydra writes .hydra/ and opens train.log when a job starts; the suite writes both only once the run holds
+    its folder, so a launch refused there (another run's data, the folder in use) changes no file of it."""
+    from conftest import TINY
+
+    a, b = toy_root(tmp_path / "a", 0), toy_root(tmp_path / "b", 1)
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+
+    def launch(root):
+        return subprocess.run([sys.executable, "-m", "src.train", *TINY, *TOY, f"paths.runs={tmp_path / 'runs'}",
+                               f"paths.cache={tmp_path / 'cache'}", f"data.root={root}", "name=r"],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+    first = launch(a)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (run,) = (tmp_path / "runs" / "r").iterdir()
+    before = _snapshot(run)
+    assert {".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "train.log"} <= set(before)
+    assert f"data.root={a}" in (run / ".hydra" / "overrides.yaml").read_text()
+    other_data = launch(b)
+    assert other_data.returncode != 0 and "left as it was" in other_data.stderr
+    assert _snapshot(run) == before
+    with runs.lock(run):  # a live process holds the folder
+        busy = launch(a)
+    assert busy.returncode != 0 and str(os.getpid()) in busy.stderr
+    assert _snapshot(run) == before
 
 
 # --- publishing ---------------------------------------------------------------------------------------------

@@ -60,23 +60,12 @@ def test_run_config_prefers_the_config_that_ran(tmp_path):
         runs.load_run_config(tmp_path / "nowhere")
 
 
-def test_resolve_checkpoint_takes_a_run_folder(tmp_path):
+def test_run_of_checkpoint_knows_checkpoints_and_published_weights(tmp_path):
     run = _run(tmp_path / "r")
-    assert runs.resolve_checkpoint(run) == run / runs.CKPT
     assert runs.run_of_checkpoint(run / runs.CKPT) == run
+    assert runs.run_of_checkpoint(runs.step_weights(run, 5)) == run
+    assert runs.run_of_checkpoint(runs.final_weights(run)) == run
     assert runs.run_of_checkpoint(tmp_path / "w.pth") is None
-    with pytest.raises(FileNotFoundError, match="without checkpoints/last.ckpt"):
-        runs.resolve_checkpoint(_run(tmp_path / "s", ckpt=False))
-
-
-def test_eval_names_the_run_folders_it_skips(tmp_path, capsys):
-    from src.eval import checkpoints_to_evaluate
-
-    sweep = tmp_path / "sweep"
-    a = _run(sweep / "a", job="completed")
-    b = _run(sweep / "b", ckpt=False, job="failed")
-    assert checkpoints_to_evaluate(sweep) == [(a / runs.CKPT, a)]
-    assert f"skipped {b}: no checkpoints/last.ckpt" in capsys.readouterr().out
 
 
 def test_sweep_folder_named_by_its_command_and_jobs_by_what_varies():

@@ -89,16 +89,12 @@ class Recorder(pl.Callback):
 
 
 def test_accumulated_micro_batches_draw_distinct_degradations_and_masks(tmp_path):
-    from hydra.utils import get_class
-    from omegaconf import OmegaConf
-
+    from src.train import build_parts
     from src.utils import build
 
     cfg = compose_train(TINY + [f"paths.cache={tmp_path}/cache", "trainer.max_steps=3",
                                 "trainer.accumulate_grad_batches=2", "dropout.p=0.5", "seed=11"], tmp_path)
-    kwargs = OmegaConf.to_container(cfg.module, resolve=True)
-    module = get_class(kwargs.pop("_target_"))(**kwargs)
-    datamodule = build(cfg.data, degradation=build(cfg.degradation))
+    module, datamodule = build_parts(cfg)
     recorder = Recorder(module, datamodule)
     trainer = build(cfg.trainer, logger=False, callbacks=[recorder], default_root_dir=str(tmp_path),
                     limit_val_batches=0)

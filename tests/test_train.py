@@ -222,3 +222,29 @@ def test_progress_lines_carry_elapsed_time_and_eta():
     line = progress.line(300, 1100, {"train/loss": torch.tensor(0.05), "val/psnr": torch.tensor(27.5)}, 100.0)
     # 200 steps in 100 s = 2 it/s; 800 steps left = 400 s
     assert line == "[train] step 300/1100, train/loss 0.05, val/psnr 27.5, 2.00 it/s, elapsed 0:01:40, ETA 0:06:40"
+
+
+def test_build_parts_gives_plain_hyperparameters_and_fails_on_the_model_first(tmp_path):
+    from omegaconf import DictConfig, ListConfig
+
+    from src.train import build_parts
+
+    cfg = compose_train(TINY + [f"paths.cache={tmp_path}/cache", "ema.decay=0.5"], tmp_path)
+    module, datamodule = build_parts(cfg)
+
+    def nodes(value):
+        if isinstance(value, (DictConfig, ListConfig)):
+            yield value
+        elif isinstance(value, dict):
+            for v in value.values():
+                yield from nodes(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                yield from nodes(v)
+
+    assert not list(nodes(dict(module.hparams)))  # checkpoints load with weights_only: no OmegaConf objects
+    assert module.hparams.backbone == OmegaConf.to_container(cfg.module.backbone, resolve=True)
+    assert module.net_ema is not None and datamodule.scale == cfg.scale
+    bad = compose_train(TINY + ["dropout.position=nowhere", "data.root=/nonexistent"], tmp_path)
+    with pytest.raises(ValueError, match="nowhere"):  # the model's error, not the missing data's
+        build_parts(bad)

@@ -11,15 +11,10 @@ MANY = [f"data.val_sets=[{','.join(SETS)}]", f"data.val_degradations=[{','.join(
 
 
 def _parts(tmp_path, *overrides):
-    from hydra.utils import get_class
-    from omegaconf import OmegaConf
-
-    from src.utils import build
+    from src.train import build_parts
 
     cfg = compose_train(TINY + [f"paths.cache={tmp_path}/cache", *overrides], tmp_path)
-    kwargs = OmegaConf.to_container(cfg.module, resolve=True)
-    module = get_class(kwargs.pop("_target_"))(**kwargs)
-    return cfg, module, build(cfg.data, degradation=build(cfg.degradation))
+    return cfg, *build_parts(cfg)
 
 
 def _psnr_y(net, loader) -> float:

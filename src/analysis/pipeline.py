@@ -13,7 +13,7 @@ from pathlib import Path
 from torch import nn
 
 from src.analysis.released import check_released
-from src.analysis.seeds import analyze_group_models, group_labels, merge_groups, resolve_checkpoints
+from src.analysis.seeds import analyze_group_models, group_labels, merge_groups, model_files
 from src.analysis.tools import TOOLS, analyze, load_pairs, model_label
 from src.utils import resolve_device
 
@@ -38,14 +38,14 @@ def _models_from_config(cfg, load) -> tuple[dict[str, nn.Module], dict[str, tupl
     if groups:
         if cfg.ckpt or _as_list(cfg.ckpts):
             raise ValueError("give either groups={<setting>: [<ckpt>, ...]} or ckpt/ckpts, not both")
-        resolved = {str(g): resolve_checkpoints(_as_list(v) if not isinstance(v, str) else v, str(g))
+        resolved = {str(g): model_files(_as_list(v) if not isinstance(v, str) else v, f"group {str(g)!r}: ")
                     for g, v in groups.items()}
         labels = group_labels(resolved)
         return {lab: load(p) for lab, (_, p) in labels.items()}, labels
     specs = ([cfg.ckpt] if cfg.ckpt else []) + _as_list(cfg.ckpts)
     if not specs:
         raise ValueError("no model given: pass ckpt=<path>, ckpts=[<path>,<path>] or groups={<setting>: [...]}")
-    paths = resolve_checkpoints([str(s) for s in specs])  # run folders and glob patterns work too
+    paths = model_files([str(s) for s in specs])  # run folders and glob patterns work too
     names = _as_list(cfg.labels) or [model_label(p) for p in paths]
     if len(names) != len(paths) or len(set(names)) != len(names):
         raise ValueError(f"labels={names}: need one distinct label per checkpoint ({len(paths)}: {paths})")
@@ -55,24 +55,20 @@ def _models_from_config(cfg, load) -> tuple[dict[str, nn.Module], dict[str, tupl
 def run_config(cfg, out: str | Path | None = None) -> dict:
     """Load the checkpoints and inputs named by an analyze.yaml config and run `analyze` (with `groups`:
     `seeds.analyze_group_models`; tool=released: `released.check_released`); `out` overrides cfg.out."""
-    from omegaconf import OmegaConf
-
     from src.data.datasets import default_data_root, resolve_set
-    from src.models.loading import load, model_scale
+    from src.models.loading import load_for_tool, model_scale
 
     if cfg.tool not in CLI_TOOLS:
         raise ValueError(f"tool={cfg.tool!r}; allowed: {', '.join(CLI_TOOLS)}")
     if cfg.tool == "merge":  # pools earlier analyses' numbers: no model, data or device needed
         return merge_groups(list(cfg.sources), Path(out or cfg.out))
     device = resolve_device(str(cfg.device))
-    backbone = cfg.get("backbone")  # a conf/backbone group choice, composed (and resolved) here
-    if backbone is not None:
-        backbone = OmegaConf.to_container(backbone, resolve=True)
+    backbone = cfg.get("backbone")  # a conf/backbone group choice, composed here (load_for_tool resolves it)
     root = Path(cfg.data.root) if cfg.data.root else default_data_root()
     out = Path(out or cfg.out)
 
     def load_model(path, backbone=backbone, map_location=device):
-        return load(path, backbone=backbone, device=map_location).model
+        return load_for_tool(path, backbone, map_location).model
 
     if cfg.tool == "released":
         return _run_released(cfg, out, root, device, backbone, load_model)

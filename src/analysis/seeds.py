@@ -10,7 +10,6 @@ labels `<group>/<model>`), then reduces each model's headline numbers (summary.j
 """
 from __future__ import annotations
 
-import glob
 import json
 import math
 from pathlib import Path
@@ -33,31 +32,12 @@ GROUP_DEFINITIONS = {
 }
 
 
-def resolve_checkpoints(spec: str | Path | Sequence[str | Path], group: str = "") -> list[Path]:
-    """Checkpoint files named by `spec`: a file, a run folder (its checkpoints/last.ckpt), a folder of runs (a
-    sweep: every run below it with a checkpoint, src.runs.find_runs), a glob pattern, or a list of these."""
-    from src.runs import CKPT, find_runs, is_run_folder
+def model_files(spec: str | Path | Sequence[str | Path], where: str = "") -> list[Path]:
+    """The weights files `spec` names (anything `src.models.loading.weights_files` takes: a file, a run or
+    published run folder, a folder of runs, a glob pattern, or a list of these), each once."""
+    from src.models.loading import weights_files
 
-    items = [spec] if isinstance(spec, (str, Path)) else list(spec)
-    out: list[Path] = []
-    for item in items:
-        found = len(out)
-        text = str(item)
-        matches = [Path(p) for p in sorted(glob.glob(text, recursive=True))] if glob.has_magic(text) else [Path(text)]
-        for p in matches:
-            if p.is_file():
-                out.append(p)
-            elif p.is_dir():
-                try:
-                    runs = [p] if is_run_folder(p) else find_runs(p)
-                except FileNotFoundError:
-                    runs = []
-                out.extend(r / CKPT for r in runs if (r / CKPT).is_file())
-        if len(out) == found:
-            where = f"group {group!r}: " if group else ""
-            raise ValueError(f"{where}{text!r} names no checkpoint (a file, a run folder with {CKPT}, a folder of "
-                             f"runs, or a glob pattern)")
-    return list(dict.fromkeys(out))  # a checkpoint named twice counts once
+    return [path for path, _ in weights_files(spec, where)]
 
 
 def group_labels(groups: Mapping[str, Sequence[Path]]) -> dict[str, tuple[str, Path]]:
@@ -204,12 +184,12 @@ def analyze_groups(groups: Mapping[str, Sequence[str | Path]], tool: str, out: s
                    pairs=None, ddr_images=None, **options) -> dict:
     """Run `tool` on every checkpoint of every group and reduce the numbers to mean +- std per group.
 
-    `groups` maps a setting's name to its checkpoints (anything `resolve_checkpoints` takes); `load(path)` turns
+    `groups` maps a setting's name to its checkpoints (anything `model_files` takes); `load(path)` turns
     one into a model. `options` go to `analyze`. Returns the groups.json document.
     """
     if not groups:
         raise ValueError("groups is empty: give {<setting>: [<checkpoint>, ...], ...}")
-    resolved = {str(g): resolve_checkpoints(spec, str(g)) for g, spec in groups.items()}
+    resolved = {str(g): model_files(spec, f"group {str(g)!r}: ") for g, spec in groups.items()}
     labels = group_labels(resolved)
     models: dict[str, nn.Module] = {lab: load(p) for lab, (_, p) in labels.items()}
     return analyze_group_models(models, labels, tool, out, pairs, ddr_images, **options)

@@ -1,4 +1,6 @@
-"""One path from a weights file to a ready model: `load(path) -> LoadedModel`.
+"""One path from a weights file to a ready model: `load(path) -> LoadedModel`; and from whatever a user hands a
+tool (a file, a run folder, a published run, a sweep, a glob) to weights files: `weights_file`, `weights_files`,
+`load_for_tool`.
 
 Accepted files: this suite's Lightning checkpoints (`.ckpt`, carrying their backbone config), BasicSR `.pth`
 files (`params_ema` preferred over `params`, as BasicSR's own loader does) and `.safetensors` files (the backbone
@@ -15,6 +17,7 @@ them from here rather than probing the model.
 from __future__ import annotations
 
 import contextlib
+import glob
 import inspect
 import json
 import math
@@ -23,11 +26,12 @@ import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from src import runs as run_folders
 from src.models.rrdb import RRDBNet
 from src.models.srresnet import MSRResNet
 from src.models.swinir import SwinIR
@@ -332,11 +336,13 @@ def save_safetensors(model: nn.Module, cfg: Mapping[str, Any] | None, out: str |
     return atomic_write_bytes(out, save(tensors, metadata=metadata))
 
 
-def export_safetensors(path: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """The weights a tool would load from `path` (any file `load` reads: for a suite checkpoint, the evaluated
-    ones) as a self-describing safetensors file: what a published run commits instead of its checkpoint."""
-    loaded = load(path, channels_last=False)
-    return save_safetensors(loaded.model, loaded.config, out, scale=loaded.scale)
+def export_safetensors(path: str | os.PathLike, out: str | os.PathLike, backbone: str | Mapping | None = None,
+                       extra_metadata: Mapping[str, str] | None = None) -> Path:
+    """The weights a tool would load from `path` (anything `load_for_tool` takes: for a suite checkpoint, the
+    evaluated ones) as a self-describing safetensors file: what a published run commits instead of its checkpoint,
+    and what `python -m src.export format=safetensors` writes."""
+    loaded = load_for_tool(path, backbone, channels_last=False)  # the file stores plain tensors either way
+    return save_safetensors(loaded.model, loaded.config, out, extra_metadata, scale=loaded.scale)
 
 
 # ---------------------------------------------------------------------------------------------------- key layouts
@@ -648,3 +654,87 @@ def load_model(path: str | os.PathLike, backbone: str | Mapping | None = None, m
                key: str | None = None) -> nn.Module:
     """Just the model of `load(...)`."""
     return load(path, backbone=backbone, device=map_location, key=key).model
+
+
+# ---------------------------------------------------------------------------------------------------- paths
+# What a user may hand any tool (eval, infer, analyze, export, the report's rescore/blend/figures) for a model, and
+# the one place that turns it into a weights file. The folder layouts themselves are `src.runs`'s.
+ACCEPTED = (f"a weights file (.ckpt, .pth, .safetensors), a run or sweep-job folder (its {run_folders.CKPT}) or a "
+            f"published run folder (its {run_folders.WEIGHTS})")
+
+
+def weights_file(path: str | os.PathLike) -> Path:
+    """The one weights file `path` stands for: a file as it is; a run folder (a training run or one job of a
+    sweep) its checkpoint; a published run folder its exported final weights. Anything else is a
+    FileNotFoundError naming what was looked for."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such file or folder; pass {ACCEPTED}")
+    candidates = (run_folders.checkpoint(path), run_folders.final_weights(path))
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    hint = "" if run_folders.is_run_folder(path) else (
+        "; for a sweep or a folder of runs, pass one of its run folders (eval and analyze take the whole folder)")
+    raise FileNotFoundError(f"{path}: no weights in this folder (looked for {' and '.join(map(str, candidates))}: "
+                            f"a run writes the first once it has trained, publishing the second){hint}")
+
+
+def weights_files(spec: str | os.PathLike | Sequence[str | os.PathLike], where: str = ""
+                  ) -> list[tuple[Path, Path]]:
+    """(weights file, the folder its results belong in) for every model `spec` names: anything `weights_file`
+    takes, a folder of runs (a sweep: each run below it; one without weights, a job that failed before saving, is
+    skipped with a line naming it), a glob pattern, or a list of these. A model named twice counts once. A spec
+    that names no model is a FileNotFoundError (prefixed by `where`) saying what was looked for."""
+    items = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+    found: dict[Path, Path] = {}
+    for item in items:
+        text = str(item)
+        pattern = glob.has_magic(text)
+        matches = [Path(p) for p in sorted(glob.glob(text, recursive=True))] if pattern else [Path(text)]
+        named, skipped = [], []
+        for path in matches:
+            if path.is_file():
+                named.append((path, run_folders.run_of_checkpoint(path) or path.parent))
+                continue
+            if not path.is_dir():
+                continue
+            one_run = run_folders.is_run_folder(path) or run_folders.final_weights(path).is_file()
+            if one_run and not pattern:  # exactly this run was named: its missing weights are the error
+                named.append((weights_file(path), path))
+                continue
+            try:
+                runs = [path] if one_run else run_folders.find_runs(path)
+            except FileNotFoundError:
+                continue
+            for run in runs:
+                try:
+                    named.append((weights_file(run), run))
+                except FileNotFoundError:
+                    skipped.append(run)
+                    print(f"[load] skipped {run}: no {run_folders.CKPT} or {run_folders.WEIGHTS} (training failed "
+                          f"or has not saved one yet)")
+        if not named:
+            also = f"; {len(skipped)} run folder(s) below it hold neither" if skipped else ""
+            raise FileNotFoundError(f"{where}{text!r} names no model: looked for {ACCEPTED}, a folder of such runs, "
+                                    f"or a glob pattern matching them{also}")
+        for path, run in named:
+            found.setdefault(path, run)
+    return list(found.items())
+
+
+def load_for_tool(path: str | os.PathLike, backbone: Any = None, device: torch.device | str = "cpu",
+                  **kwargs: Any) -> LoadedModel:
+    """`load` as every tool calls it: `path` as a user gives it (`weights_file`), `backbone` as the tool's config
+    composed it (a DictConfig is resolved against its whole config, `${...}` included), and what the loader noticed
+    (a paper key layout, an architecture read off the weights) printed. `kwargs` go to `load`."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(backbone, DictConfig):
+        backbone = OmegaConf.to_container(backbone, resolve=True)
+    loaded = load(weights_file(path), backbone=backbone, device=device, **kwargs)
+    for note in loaded.notes:
+        print(f"[load] {loaded.path.name}: {note}")
+    return loaded

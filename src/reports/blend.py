@@ -116,7 +116,7 @@ def blend_run(run_dir: os.PathLike, val_sets: Sequence[str] | None = None, out: 
 
     from src.data.datasets import default_data_root, resolve_set
     from src.evaluation import write_results
-    from src.models.loading import load
+    from src.models.loading import load_for_tool
     from src.reports.collect import read_results
     from src.utils import atomic_write_text
 
@@ -135,7 +135,7 @@ def blend_run(run_dir: os.PathLike, val_sets: Sequence[str] | None = None, out: 
                          f"{run_dir.name} ({', '.join(sorted(tests))}); `a` is chosen on them")
     root = Path(data_root) if data_root else default_data_root()
     val_paths = [p for name in val_sets for p in resolve_set(name, root)]
-    loaded = load(run_folders.model_file(run_dir), device=device)
+    loaded = load_for_tool(run_dir, device=device)
     out = Path(out) if out else run_dir.parent
     chosen, scored = {}, {mode: {} for mode in MODES}
     for protocol, res in results.items():

@@ -20,6 +20,7 @@ import numpy as np
 
 from src import runs as run_folders
 from src.data.testsets import TEST_DEGRADATIONS
+from src.metrics import protocol_metric  # noqa: F401 - the report modules take it from here with the labels
 from src.models.dropout import POSITIONS, is_baseline
 
 SET_ORDER = ("Set5", "Set14", "BSD100", "Manga109", "Urban100")
@@ -28,16 +29,9 @@ POSITION_ORDER = POSITIONS
 POSITION_LABEL = {"last": "last", "b4": "B4", "b8": "B8", "b12": "B12", "b16": "B16", "quarter": "quarter",
                   "half": "half", "all": "all"}
 BACKBONE_LABEL = {"MSRResNet": "SRResNet", "RRDBNet": "RRDB", "SwinIR": "SwinIR"}
-# Results file of each test protocol, and the number each protocol's tables lead with (as src.evaluation):
-# the literature quotes PSNR on Y, the paper's own test configs RGB PSNR.
+# Results file of each test protocol (the metric each quotes is src.metrics.protocol_metric's).
 RESULTS_FILE = run_folders.RESULTS
-HEADLINE = {"literature": {"psnr": "psnr", "ssim": "ssim"}, "official": {"psnr": "psnr_rgb", "ssim": "ssim_rgb"}}
 METRIC_LABEL = {"psnr": "PSNR-Y (dB)", "ssim": "SSIM-Y", "psnr_rgb": "PSNR-RGB (dB)", "ssim_rgb": "SSIM-RGB"}
-
-
-def protocol_metric(protocol: str, metric: str) -> str:
-    """The metric a table of `protocol` shows when `metric` is asked for (psnr -> the protocol's own PSNR)."""
-    return HEADLINE.get(protocol, {}).get(metric, metric)
 
 
 def read_results(run_dir: Path) -> dict[str, dict]:

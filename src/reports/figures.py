@@ -272,9 +272,9 @@ def fig_visual(ckpt_without, ckpt_with, image, path: Path, degradations=("clean"
     from src.data.testsets import degrade_test_image, modcrop
     from src.evaluation import super_resolve
     from src.metrics import psnr
-    from src.models.loading import load_model
+    from src.models.loading import load_for_tool
 
-    models = [load_model(c, backbone=backbone, map_location=device) for c in (ckpt_without, ckpt_with)]
+    models = [load_for_tool(c, backbone, device).model for c in (ckpt_without, ckpt_with)]
     hr = modcrop(read_image(image), scale)
     y, x = _texture_crop(hr, crop)
     c = min(crop, *hr.shape[:2])

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from src import runs as run_folders
 from src.reports.collect import read_results
 
 # Scores of 8-bit outputs: the same weights give the same pixels, except where a float sum lands on a rounding
@@ -31,18 +30,18 @@ class Check:
 
 def rescore(run_dir: os.PathLike, sets: Sequence[str] | None = None, data_root: os.PathLike | None = None,
             device: str = "cpu", cache_dir: os.PathLike | None = None) -> list[Check]:
-    """Evaluate the run's weights (`src.runs.model_file`) on `sets` (default: every set of its results files) under
+    """Evaluate the run's weights (`src.models.loading.weights_file`) on `sets` (default: every set of its results files) under
     each protocol it has results for, with the seed, degradations and Y rounding those results record, and
     compare image by image with them."""
     from src.data.datasets import default_data_root, resolve_set
     from src.evaluation import evaluate
-    from src.models.loading import load
+    from src.models.loading import load_for_tool
 
     run_dir = Path(run_dir)
     results = read_results(run_dir)
     if not results:
         raise FileNotFoundError(f"rescore={run_dir}: no results.json or results_official.json to check against")
-    loaded = load(run_folders.model_file(run_dir), device=device)
+    loaded = load_for_tool(run_dir, device=device)
     root = Path(data_root) if data_root else default_data_root()
     checks = []
     for protocol, res in results.items():
@@ -69,7 +68,9 @@ def rescore(run_dir: os.PathLike, sets: Sequence[str] | None = None, data_root: 
 
 
 def format_checks(run_dir: os.PathLike, checks: list[Check]) -> str:
-    lines = [f"{run_dir}: re-scored from {run_folders.model_file(run_dir).name}"]
+    from src.models.loading import weights_file
+
+    lines = [f"{run_dir}: re-scored from {weights_file(run_dir).name}"]
     for c in checks:
         lines.append(f"  {c.set}/{c.degradation} ({c.protocol}): {c.images} images, largest difference to the "
                      f"committed per-image scores {c.max_diff:.1e} ({'ok' if c.ok else 'MISMATCH'})")
