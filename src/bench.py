@@ -23,7 +23,6 @@ Networks run in the layout training and the tools use (`channels_last`, src.util
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import os
 import platform
@@ -452,10 +451,10 @@ def _device_name(device: torch.device) -> str:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from hydra.utils import get_class
     from omegaconf import OmegaConf
 
     from src.data.datasets import default_data_root
+    from src.train import build_module
     from src.utils import apply_memory_format, build, resolve_device
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -476,12 +475,10 @@ def run(args: argparse.Namespace) -> dict:
              f"cores slow every figure and add noise (see the load averages); more threads than free cores make "
              f"them wait on each other (threads=1 avoids that)"] if device.type == "cpu" else []
     degradation = build(cfg.degradation)
-    module_kwargs = OmegaConf.to_container(cfg.module, resolve=True)
-    module_cls = get_class(module_kwargs.pop("_target_"))
 
     def make_module():  # in the layout training gives the network and its average (src.train)
         torch.manual_seed(cfg.seed)
-        module = module_cls(**copy.deepcopy(module_kwargs)).to(device)
+        module = build_module(cfg).to(device)
         for net in (module.net, module.net_ema):
             if net is not None:
                 apply_memory_format(net, cfg.channels_last, device)
@@ -523,10 +520,8 @@ def run(args: argparse.Namespace) -> dict:
             cfg, model, sets, degradations, device, cache, reps, peak,
             warm_s=[figures["evaluation_cache"]["detail"]["warm_s"]])
         log.info("%s: training step and evaluation, %d repetitions", label, args.reps)
-        model_kwargs = OmegaConf.to_container(model_cfg.module, resolve=True)
-        model_cls = get_class(model_kwargs.pop("_target_"))
         torch.manual_seed(model_cfg.seed)
-        step = BareStep(model_cls(**model_kwargs).to(device), device, model_cfg.channels_last)
+        step = BareStep(build_module(model_cfg).to(device), device, model_cfg.channels_last)
         figures[f"compute_efficiency[{label}]"] = compute_efficiency(step, consumed["lr"], consumed["gt"], device,
                                                                      args.reps, peak)[0]
         figures[f"evaluation_efficiency[{label}]"], figures[f"evaluation_overhead[{label}]"] = evaluation_speed(

@@ -724,19 +724,18 @@ COST_SETTINGS = {  # label: (overrides, runs)
 def step_seconds(ctx: Context, overrides: Sequence[str], reps: int, warmup: int) -> dict:
     """Median seconds of one training step of the composed config on the device: the degradation (with
     crop-degrade-crop and the pool where the recipe has them), forward, L1, backward, Adam, EMA."""
-    from hydra.utils import get_class
     from omegaconf import OmegaConf
 
     from src.bench import BareStep, time_calls
+    from src.train import build_module
     from src.utils import apply_memory_format, build
 
     cfg = compose(overrides)
     data = OmegaConf.merge(cfg.data, {"train_sets": ["skimage"], "val_sets": [], "test_sets": [],
                                       "subimages": None, "cache_dir": None, "num_workers": 0})
     dm = build(data, degradation=build(cfg.degradation))
-    module_kwargs = OmegaConf.to_container(cfg.module, resolve=True)
     torch.manual_seed(0)
-    module = get_class(module_kwargs.pop("_target_"))(**module_kwargs).to(ctx.device)
+    module = build_module(cfg).to(ctx.device)
     for net in (module.net, module.net_ema):
         if net is not None:
             apply_memory_format(net, cfg.channels_last, ctx.device)

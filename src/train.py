@@ -247,9 +247,15 @@ def build_parts(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataMo
     with weights_only (no unpickling of library objects). It is built first, so a bad dropout position or
     probability fails before any data is touched.
     """
-    kwargs = OmegaConf.to_container(cfg.module, resolve=True)
-    module = get_class(kwargs.pop("_target_"))(**kwargs)
+    module = build_module(cfg)
     return module, build(cfg.data, degradation=build(cfg.degradation))
+
+
+def build_module(cfg: DictConfig) -> pl.LightningModule:
+    """The LightningModule of `cfg.module` from plain values (see build_parts); the benchmarks and the GPU check
+    build their models with it too."""
+    kwargs = OmegaConf.to_container(cfg.module, resolve=True)
+    return get_class(kwargs.pop("_target_"))(**kwargs)
 
 
 def _train(cfg: DictConfig, run_dir: Path, owner: bool, admitted: Callable[[], None] = lambda: None) -> dict:
