@@ -592,7 +592,7 @@ def usage() -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    from src.cli import key_values, no_names
+    from src.options import key_values, no_names
 
     names, values = key_values(list(argv or []), OPTIONS, "src.bench")
     no_names(names, OPTIONS, "src.bench")

@@ -892,7 +892,7 @@ def run(opts: dict) -> dict:
     return report
 
 
-# name: (type, default, help), parsed by src.cli.key_values like every small tool's options
+# name: (type, default, help), parsed by src.options.key_values like every small tool's options
 OPTIONS = {
     "device": (str, "cuda", "cuda | cpu"),
     "size": (str, None, "full | tiny (default: full on cuda, tiny on cpu)"),
@@ -919,7 +919,7 @@ def usage() -> str:
 
 
 def parse_options(argv: Sequence[str]) -> dict:
-    from src.cli import key_values, no_names
+    from src.options import key_values, no_names
 
     names, opts = key_values(argv, OPTIONS, "src.gpucheck")
     no_names(names, OPTIONS, "src.gpucheck")

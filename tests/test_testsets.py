@@ -130,7 +130,7 @@ def test_load_test_pairs_caches_on_disk(tmp_path):
 def test_cli_writes_png_folders(tmp_path):
     for i in range(2):
         write_image(tmp_path / "Set" / "HR" / f"im{i}.png", synthetic(48, 40, seed=i))
-    T.main([str(tmp_path / "Set"), str(tmp_path / "out"), "--degradations", "clean,b+n"])
+    T.main([str(tmp_path / "Set"), str(tmp_path / "out"), "degradations=clean,b+n"])
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["HR", "b+n", "clean"]
     lr = read_image(tmp_path / "out" / "b+n" / "im1.png")
     hr = read_image(tmp_path / "out" / "HR" / "im1.png")
@@ -304,8 +304,8 @@ def test_given_lr_matched_by_name_with_clear_errors(tmp_path):
 def test_cli_protocol_and_set_names(tmp_path, capsys):
     gray = synthetic(48, 40, seed=1)[..., 0]
     write_image(tmp_path / "root" / "Gray" / "HR" / "g.png", gray)
-    T.main(["Gray", str(tmp_path / "out"), "--protocol", "official", "--root", str(tmp_path / "root"),
-            "--degradations", "clean,noise,jpeg"])
+    T.main(["Gray", str(tmp_path / "out"), "protocol=official", f"root={tmp_path / 'root'}",
+            "degradations=[clean,noise,jpeg]"])
     assert "images" in capsys.readouterr().out
     from src.data.imageio import decode_image
 
@@ -315,9 +315,10 @@ def test_cli_protocol_and_set_names(tmp_path, capsys):
     assert decode_image(tmp_path / "out" / "jpeg" / "g.png").ndim == 3
     (_, _, lr), = T.load_test_pairs([tmp_path / "root" / "Gray" / "HR" / "g.png"], "noise", protocol="official")
     assert np.array_equal(lr[..., 0], noise)
-    with pytest.raises(SystemExit):
-        T.main(["Gray", str(tmp_path / "x"), "--protocol", "matlab"])
-    assert "invalid choice: 'matlab'" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=r"protocol='matlab'; allowed: literature, official"):
+        T.main(["Gray", str(tmp_path / "x"), "protocol=matlab"])
+    with pytest.raises(SystemExit, match=r"'--protocol': settings are key=value, not --flags; write protocol=official"):
+        T.main(["Gray", str(tmp_path / "x"), "--protocol", "official"])
     helptext = subprocess.run([sys.executable, "-m", "src.data.testsets", "--help"], cwd=REPO, capture_output=True,
                               text=True, check=True).stdout
-    assert "--protocol {literature,official}" in helptext and "<root>/<set>/HR" in helptext
+    assert "protocol=literature" in helptext and "<root>/<set>/HR" in helptext

@@ -294,7 +294,7 @@ OPTIONS = {"root": (str, None, "data root (default: SR_DATA_ROOT, else ../shared
 
 
 def main(argv: list[str] | None = None) -> int:
-    from src.cli import key_values
+    from src.options import key_values
     from src.data.datasets import default_data_root
 
     argv = sys.argv[1:] if argv is None else list(argv)

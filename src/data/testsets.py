@@ -529,7 +529,7 @@ USAGE = ("usage: python -m src.data.testsets SET OUT [key=value ...]\n"
 def main(argv: Sequence[str] | None = None) -> None:
     import sys
 
-    from src.cli import key_values
+    from src.options import key_values
     from src.data.datasets import default_data_root, list_images, resolve_set
 
     argv = sys.argv[1:] if argv is None else list(argv)
