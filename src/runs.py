@@ -628,10 +628,13 @@ def read_job(run_dir: str | os.PathLike) -> dict | None:
 REFUSED = ".refused"
 
 
-def record_refusal(run_dir: str | os.PathLike, overrides: Sequence[str], error: BaseException) -> Path:
+def record_refusal(run_dir: str | os.PathLike, overrides: Sequence[str], error: BaseException,
+                   status: str = "refused") -> Path:
+    """A sweep job's outcome kept beside its folder, not in it: the folder belongs to the run it already holds
+    (refused for another run's folder, or failed before it was admitted there); the sweep's manifest reads it."""
     run_dir = Path(run_dir)
     return atomic_write_json(run_dir.parent / REFUSED / f"{run_dir.name}.json",
-                             {"overrides": list(overrides), "dir": run_dir.name, "status": "refused",
+                             {"overrides": list(overrides), "dir": run_dir.name, "status": status,
                               "error": f"{type(error).__name__}: {error}"})
 
 

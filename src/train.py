@@ -419,9 +419,14 @@ def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     output_dir, overrides = hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task)
     share_cores(hydra_cfg)
-    admit = hold_launch_record(cfg, output_dir)
+    admit, admitted = hold_launch_record(cfg, output_dir), []
+
+    def on_admit() -> None:
+        admit()
+        admitted.append(True)
+
     try:
-        results = train(cfg, output_dir, admitted=admit)
+        results = train(cfg, output_dir, admitted=on_admit)
     except StoppedOnSignal as stop:  # the whole process stops, sweep included: that is what the signal asked
         print(f"[train] {stop}", flush=True)
         if is_rank_zero():
@@ -442,9 +447,13 @@ def main(cfg: DictConfig) -> float | None:
         return None
     except Exception as error:
         if is_rank_zero():
-            if not (Path(output_dir) / runs.IDENTITY).exists():
-                admit()  # a folder no run holds keeps the failed launch's record and log, as any launcher's job
-            runs.write_job_status(output_dir, overrides, "failed", error)
+            held = not admitted and (Path(output_dir) / runs.IDENTITY).exists()
+            if held and hydra_cfg.mode == RunMode.MULTIRUN:  # another run's folder: left as it was
+                runs.record_refusal(output_dir, overrides, error, status="failed")
+            elif not held:
+                if not admitted:
+                    on_admit()  # a folder no run holds keeps the failed launch's record and log, as any job's
+                runs.write_job_status(output_dir, overrides, "failed", error)
         if hydra_cfg.mode != RunMode.MULTIRUN:
             from src.cli import exit_with
 

@@ -241,6 +241,33 @@ def test_refused_sweep_job_is_reported_as_refused_and_its_folder_kept(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_sweep_job_failing_before_it_holds_a_finished_runs_folder_leaves_it_as_it_was(tmp_path):
+    """A data root without the run's sets fails the job while it builds its data, before it is admitted to the
+    folder a finished run holds: that run's job.json still says completed, and the sweep's manifest says failed."""
+    from conftest import TINY
+
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+
+    def sweep(root):
+        return subprocess.run([sys.executable, "-m", "src.train", "-m", *TINY, *TOY, f"paths.runs={tmp_path / 'runs'}",
+                               f"paths.cache={tmp_path / 'cache'}", f"data.root={root}", "seed=0"],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+    first = sweep(toy_root(tmp_path / "a", 0))
+    assert first.returncode == 0, first.stderr[-3000:]
+    (manifest,) = (tmp_path / "runs").rglob(runs.MANIFEST)
+    (job,) = json.loads(manifest.read_text())["jobs"]
+    before = _snapshot(manifest.parent / job)
+    (tmp_path / "empty").mkdir()
+    second = sweep(tmp_path / "empty")
+    assert second.returncode == 1
+    assert _snapshot(manifest.parent / job) == before
+    assert json.loads((manifest.parent / job / runs.JOB).read_text())["status"] == "completed"
+    entry = json.loads(manifest.read_text())["jobs"][job]
+    assert entry["status"] == "failed" and str(tmp_path / "empty") in entry["error"], entry
+
+
+@pytest.mark.slow
 def test_a_refused_launch_leaves_hydras_record_and_the_log_as_they_were(tmp_path):
     """Hydra writes .hydra/ and opens train.log when a job starts; the suite writes both only once the run holds
     its folder, so a launch refused there (another run's data, the folder in use) changes no file of it."""
