@@ -217,25 +217,30 @@ class _HeldLog(logging.Filter):
         self.held.clear()
 
 
-def hold_launch_record(cfg: DictConfig, run_dir: str | os.PathLike) -> Callable[[], None]:
+class LaunchRecord:
     """What Hydra writes into a run folder at launch, held back until the run is admitted there: `.hydra/` (the
     train config sets hydra.output_subdir to null, so Hydra writes none itself) and the job's log file (opened at
-    its first record, conf/hydra/job_logging/run_folder.yaml; its records wait in memory). Returns the function
-    that writes both once the run holds its folder; a refused launch (another run's folder, a folder in use) never
-    calls it and so leaves every file of the folder as it was. DDP ranks other than 0 hold nothing."""
-    if not is_rank_zero():
-        return lambda: None
-    launch = copy.deepcopy(cfg), copy.deepcopy(HydraConfig.instance().cfg)
-    folder = Path(run_dir).resolve()
-    holds = [_HeldLog(h) for h in logging.getLogger().handlers
-             if isinstance(h, logging.FileHandler) and Path(h.baseFilename).parent == folder]
+    its first record, conf/hydra/job_logging/run_folder.yaml; its records wait in memory). Calling it writes both,
+    once, when the run holds its folder; a refused launch (another run's folder, a folder in use) never calls it and
+    so leaves every file of the folder as it was; `admitted` says whether it was called. DDP ranks other than 0
+    hold nothing."""
 
-    def admit() -> None:
-        runs.save_launch_record(run_dir, *launch)
-        for hold in holds:
+    def __init__(self, cfg: DictConfig, run_dir: str | os.PathLike):
+        self.admitted, self.run_dir, self.launch, self.holds = False, run_dir, None, []
+        if is_rank_zero():
+            self.launch = copy.deepcopy(cfg), copy.deepcopy(HydraConfig.instance().cfg)
+            folder = Path(run_dir).resolve()
+            self.holds = [_HeldLog(h) for h in logging.getLogger().handlers
+                          if isinstance(h, logging.FileHandler) and Path(h.baseFilename).parent == folder]
+
+    def __call__(self) -> None:
+        if self.admitted:
+            return
+        self.admitted = True
+        if self.launch is not None:
+            runs.save_launch_record(self.run_dir, *self.launch)
+        for hold in self.holds:
             hold.release()
-
-    return admit
 
 
 def build_parts(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule]:
@@ -419,14 +424,9 @@ def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     output_dir, overrides = hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task)
     share_cores(hydra_cfg)
-    admit, admitted = hold_launch_record(cfg, output_dir), []
-
-    def on_admit() -> None:
-        admit()
-        admitted.append(True)
-
+    record = LaunchRecord(cfg, output_dir)
     try:
-        results = train(cfg, output_dir, admitted=on_admit)
+        results = train(cfg, output_dir, admitted=record)
     except StoppedOnSignal as stop:  # the whole process stops, sweep included: that is what the signal asked
         print(f"[train] {stop}", flush=True)
         if is_rank_zero():
@@ -447,12 +447,11 @@ def main(cfg: DictConfig) -> float | None:
         return None
     except Exception as error:
         if is_rank_zero():
-            held = not admitted and (Path(output_dir) / runs.IDENTITY).exists()
+            held = not record.admitted and (Path(output_dir) / runs.IDENTITY).exists()
             if held and hydra_cfg.mode == RunMode.MULTIRUN:  # another run's folder: left as it was
                 runs.record_refusal(output_dir, overrides, error, status="failed")
             elif not held:
-                if not admitted:
-                    on_admit()  # a folder no run holds keeps the failed launch's record and log, as any job's
+                record()  # a folder no run holds keeps the failed launch's record and log, as any job's
                 runs.write_job_status(output_dir, overrides, "failed", error)
         if hydra_cfg.mode != RunMode.MULTIRUN:
             from src.cli import exit_with
