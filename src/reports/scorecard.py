@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from src import runs as run_folders
 from src.reports.collect import Run, load_runs, protocol_metric, size_text
 from src.reports.paper import paper_setting
 from src.reports.render import write_readme_block
@@ -413,7 +414,7 @@ def cost_text(root: Path, claim: Claim) -> str:
     text = (f"measured cost (`{command}`): training step "
             f"{step / 1e3:.2f} s, {step / base_step:.1f}x the campaign model's; evaluation forward "
             f"{fwd / base_fwd:.1f}x")
-    fits = [json.loads(f.read_text())["fit_seconds"] for f in sorted((root / CAMPAIGN).glob("*/train_done.json"))]
+    fits = [run_folders.read_state(f)["fit_seconds"] for f in sorted((root / CAMPAIGN).glob(f"*/{run_folders.DONE}"))]
     if fits:
         hours = min(fits) * step / base_step / 3600
         text += (f"; training alone ~{hours:.1f} h per job (the fastest committed {CAMPAIGN} fit, {min(fits) / 60:.0f}"
