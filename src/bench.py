@@ -12,6 +12,8 @@
 6. evaluation_efficiency  evaluation forward FLOP/s (the same count over the test LR images) / the same peak  >= 0.5
 7. evaluation_overhead    test-set evaluation with a warm cache (LR images, forward, conversions, PSNR/SSIM)
                           / the bare forward passes over the same LR images                                <= 1.15
+8. parallel_jobs[<model>] training steps/s of `jobs` processes side by side (one thread each, as a local sweep
+                          runs them) / steps/s of one such process alone; CPU only, `jobs` at most the cores  (ideal: jobs)
 
 Every time is a median over repetitions after warm-up steps. The full run uses the paper's SRResNet (batch 16 of
 32x32 LR); quick=true the tiny backbone and Set5. The composed train config (conf/train.yaml with data=t91_bsd200
@@ -26,6 +28,7 @@ import argparse
 import logging
 import os
 import platform
+import queue
 import statistics
 import sys
 import tempfile
@@ -50,10 +53,10 @@ SIZE_ARGS = ("num_feat", "num_block", "num_grow_ch", "embed_dim", "depths", "num
 # A full SRResNet step takes seconds on a CPU and tens of milliseconds on a GPU: the repetition counts differ
 # so that both finish in minutes (the CPU's are the fewest that still give a median).
 DEFAULTS = {
-    ("cpu", "full"): dict(rounds=3, warmup=1, steps=2, reps=3, matmul_size=2048),
-    ("cpu", "quick"): dict(rounds=2, warmup=1, steps=2, reps=3, matmul_size=1024),
-    ("gpu", "full"): dict(rounds=5, warmup=10, steps=50, reps=20, matmul_size=8192),
-    ("gpu", "quick"): dict(rounds=3, warmup=5, steps=20, reps=10, matmul_size=4096),
+    ("cpu", "full"): dict(rounds=3, warmup=1, steps=2, reps=3, matmul_size=2048, jobs=2),
+    ("cpu", "quick"): dict(rounds=2, warmup=1, steps=2, reps=3, matmul_size=1024, jobs=1),
+    ("gpu", "full"): dict(rounds=5, warmup=10, steps=50, reps=20, matmul_size=8192, jobs=1),
+    ("gpu", "quick"): dict(rounds=3, warmup=5, steps=20, reps=10, matmul_size=4096, jobs=1),
 }
 
 
@@ -424,6 +427,66 @@ def evaluation_speed(cfg, model: nn.Module, sets: Mapping[str, Sequence], degrad
     return efficiency, overhead
 
 
+def _job_steps(model: Sequence[str], quick: bool, data_root: str, lr: torch.Tensor, gt: torch.Tensor,
+               warmup: int, steps: int, start, out) -> None:
+    """One side-by-side job (a spawned process): the campaign model's bare training step on one thread, `warmup`
+    steps, then waits at `start` (a barrier) with the other jobs and puts its seconds for `steps` steps on `out`."""
+    torch.set_num_threads(1)
+    import cv2
+
+    cv2.setNumThreads(1)
+    from src.train import build_module
+
+    cfg = compose_config(quick, torch.device("cpu"), Path(data_root), None, None, None, 1000, model=model)
+    torch.manual_seed(cfg.seed)
+    step = BareStep(build_module(cfg), torch.device("cpu"), cfg.channels_last)
+    for _ in range(warmup):
+        step(lr, gt)
+    start.wait()
+    begin = time.perf_counter()
+    for _ in range(steps):
+        step(lr, gt)
+    out.put(time.perf_counter() - begin)
+
+
+def parallel_jobs(model: Sequence[str], quick: bool, data_root: Path, lr: torch.Tensor, gt: torch.Tensor,
+                  jobs: int, warmup: int, steps: int) -> dict:
+    """Training steps per second of `jobs` processes side by side, one thread each (as a local sweep runs them,
+    src.utils.job_threads), over those of one such process alone: how much of `jobs` times the work the cores
+    deliver when memory bandwidth and caches are shared. The aggregate is all jobs' steps over the time until
+    the last one finishes (a job done early does not inflate it)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # a fresh interpreter per job, as joblib's loky workers are
+
+    def side_by_side(n: int) -> list[float]:
+        start, out = ctx.Barrier(n), ctx.Queue()
+        procs = [ctx.Process(target=_job_steps, args=(list(model), quick, str(data_root), lr, gt, warmup, steps,
+                                                       start, out)) for _ in range(n)]
+        for p in procs:
+            p.start()
+        seconds = []
+        while len(seconds) < n:  # a job that dies never reports: fail then instead of waiting for ever
+            try:
+                seconds.append(out.get(timeout=1))
+            except queue.Empty:
+                failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                if failed:
+                    for p in procs:
+                        p.kill()
+                    raise RuntimeError(f"parallel_jobs: a benchmark job exited with code {failed[0]}") from None
+        for p in procs:
+            p.join()
+        return seconds
+
+    alone = side_by_side(1)[0]
+    together = side_by_side(jobs)
+    single, aggregate = steps / alone, jobs * steps / max(together)
+    return figure(aggregate / single, None, None, jobs=jobs, steps=steps, single_steps_per_s=single,
+                  aggregate_steps_per_s=aggregate, alone_step_ms=1e3 * alone / steps,
+                  side_by_side_step_ms=[round(1e3 * s / steps, 1) for s in together], threads_per_job=1)
+
+
 # ------------------------------------------------------------------------------------------------ report
 def format_report(report: dict) -> str:
     width = max(map(len, report["figures"]), default=20)
@@ -526,6 +589,11 @@ def run(args: argparse.Namespace) -> dict:
                                                                      args.reps, peak)[0]
         figures[f"evaluation_efficiency[{label}]"], figures[f"evaluation_overhead[{label}]"] = evaluation_speed(
             model_cfg, eval_model(model_cfg, device), sets, degradations, device, cache, args.reps, peak)
+    if device.type == "cpu" and args.jobs > 1:
+        log.info("%s: %d jobs side by side vs one alone, %d steps each", label, args.jobs, args.steps)
+        figures[f"parallel_jobs[{label}]"] = parallel_jobs(model_overrides(args), args.quick, data_root,
+                                                           consumed["lr"], consumed["gt"], args.jobs,
+                                                           args.warmup, max(args.steps, 8))
 
     import pytorch_lightning as pl
 
@@ -561,6 +629,7 @@ OPTIONS = {
     "threads": (int, None, "intra-op threads of torch and OpenCV (default: torch's, one per core); on a machine "
                            "shared with other jobs, 1 avoids threads waiting on each other"),
     "matmul_size": (int, None, "n of the n x n peak matmul"),
+    "jobs": (int, None, "training jobs side by side for parallel_jobs, one thread each (CPU only; 1: skip it)"),
     "eval_sets": (list, None, f"[Set5,Set14] (default: {','.join(BENCH_SETS)} on a GPU, "
                               f"{','.join(CPU_EVAL_SETS)} on a CPU; Set5 with quick=true)"),
     "eval_degradations": (list, None, "[clean,b+n+j] (default: all 8)"),
@@ -606,6 +675,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             known = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
             raise SystemExit(f"error: src.bench: {group}={name!r} is not in conf/{group}; allowed: {', '.join(known)}"
                              + (" or none" if group == "experiment" else ""))
+    if args.jobs is not None and args.jobs > (os.cpu_count() or 1):
+        raise SystemExit(f"error: src.bench: jobs={args.jobs} is more than this machine's {os.cpu_count()} cores; "
+                         f"side-by-side jobs of one thread each need a core each")
     if args.device not in (None, "cpu", "cuda"):
         raise SystemExit(f"error: src.bench: device={args.device!r}: allowed values are cpu and cuda")
     gpu = args.device == "cuda" or (args.device is None and torch.cuda.is_available())

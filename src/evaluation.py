@@ -295,12 +295,11 @@ def bicubic_reference(sets: Mapping[str, Sequence[os.PathLike]], degradations: S
     """Results of the bicubic reference on `sets`, kept in `cache_dir` (one file per protocol and scale) so that
     each set is scored once per machine, not after every training run."""
     path = Path(cache_dir) / f"bicubic_{protocol}_x{scale}.json" if cache_dir is not None else None
-    done = {}
-    if path is not None and path.is_file():
-        try:
-            done = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            done = {}
+    try:  # a corrupt cache file is moved aside by read_state; an unreadable one only costs a recomputation
+        done = read_state(path) if path is not None else None
+    except OSError:
+        done = None
+    done = done if isinstance(done, Mapping) else {}
     # A cached set is reused only when it scored exactly these images (same count is checked by evaluate).
     done = {s: r for s, r in done.items() if s in sets and isinstance(r, Mapping)
             and sorted(r.get("_images", [])) == sorted(Path(p).name for p in sets[s])}

@@ -95,6 +95,11 @@ def test_groups_of_tiny_models_end_to_end(tmp_path):
     row = rows[("p0.7", "ddr.chi")]
     assert float(row["mean"]) == pytest.approx(doc["stats"]["p0.7"]["ddr.chi"]["mean"], rel=1e-5)
     assert len(row["values"].split(";")) == 2
+    table = (tmp_path / "groups.md").read_text().splitlines()
+    assert table[1] == "| statistic | p0 (2 models) | p0.7 (2 models) |"
+    drop = next(line for line in table if line.startswith("| largest single-channel drop (dB) |"))
+    s = doc["stats"]["p0"]["ablation.max_drop"]
+    assert drop.split(" | ")[1] == f"{s['mean']:.3f} +- {s['std']:.3f} [{s['min']:.3f}, {s['max']:.3f}]"
     for name in ("groups_stats.png", "groups_ablation_curve.png", "ablation_curve.png", "ddr_tsne.png"):
         assert (tmp_path / name).stat().st_size > 1000, name
 

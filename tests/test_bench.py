@@ -118,9 +118,28 @@ def test_bad_arguments_are_refused():
         bench.parse_args(["quick=yes"])
     args = bench.parse_args(["eval_sets=[Set5, Set14]", "threads=1", "quick=true"])
     assert (args.eval_sets, args.threads, args.quick) == (["Set5", "Set14"], 1, True)
+    with pytest.raises(SystemExit, match=r"jobs=999 is more than this machine's \d+ cores"):
+        bench.parse_args(["jobs=999"])
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="device=cuda"):
             bench.run(bench.parse_args(["device=cuda"]))
+
+
+@pytest.mark.slow  # three spawned interpreters, each importing torch and Lightning
+def test_parallel_jobs_time_each_job_and_compare_the_aggregate_with_one_job_alone(tiny_root):
+    torch.manual_seed(0)
+    gt = torch.rand(2, 3, 32, 32)
+    lr = torch.nn.functional.avg_pool2d(gt, 4)
+    f = bench.parallel_jobs([], True, tiny_root, lr, gt, jobs=2, warmup=1, steps=3)
+    d = f["detail"]
+    assert (d["jobs"], d["steps"], d["threads_per_job"], len(d["side_by_side_step_ms"])) == (2, 3, 1, 2)
+    # aggregate: 2 x 3 steps over the slower job's time; single: 3 steps over the lone job's time
+    assert d["aggregate_steps_per_s"] == pytest.approx(6 / (max(d["side_by_side_step_ms"]) * 3 / 1e3), rel=1e-2)
+    assert d["single_steps_per_s"] == pytest.approx(1e3 / d["alone_step_ms"])
+    assert f["value"] == pytest.approx(d["aggregate_steps_per_s"] / d["single_steps_per_s"])
+    assert f["target"] is None and f["value"] > 0  # tiny steps of milliseconds: the ratio itself is noise here
+    with pytest.raises(RuntimeError, match="a benchmark job exited with code 1"):  # not a wait for ever
+        bench.parallel_jobs(["experiment=no_such_experiment"], True, tiny_root, lr, gt, jobs=2, warmup=1, steps=1)
 
 
 def test_help_lists_every_option(capsys):

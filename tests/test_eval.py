@@ -449,6 +449,13 @@ def test_bicubic_reference_rows_are_scored_once_and_printed_with_a_reading_line(
     with pytest.raises(AssertionError, match="recomputed"):  # another image list is scored anew
         bicubic_reference({"Toy": toy_set[:1]}, ["clean"], 4, 0, "literature", True, cache)
 
+    monkeypatch.undo()
+    (cache / "bicubic_literature_x4.json").write_text("{truncated")  # a corrupt cache: aside, then scored anew
+    with pytest.warns(RuntimeWarning, match="bicubic_literature_x4.json was unreadable"):
+        anew = bicubic_reference({"Toy": toy_set}, ["clean"], 4, 0, "literature", True, cache)
+    assert anew["Toy"]["clean"]["psnr"] == ref["Toy"]["clean"]["psnr"]
+    assert len(list(cache.glob("bicubic_literature_x4.json.corrupt-*"))) == 1
+
     model = evaluate(Bicubic(), {"Toy": toy_set}, ["clean", "noise"], scale=4, seed=0)
     lines = format_table(model, reference=ref).splitlines()
     row = next(line for line in lines if line.startswith("Toy bicubic"))

@@ -115,6 +115,42 @@ def write_group_files(out: Path, stats: dict, per_model: dict, labels: dict[str,
            "stats": stats, "options": options,
            "definitions": {**DEFINITIONS, **GROUP_DEFINITIONS}}
     atomic_write_text(out / "groups.json", json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(out / "groups.md", groups_md(stats))
+
+
+# The rows of groups.md: statistic, its label, and the digits it is printed with.
+TABLE_STATS = (("ablation.max_drop", "largest single-channel drop (dB)", 3),
+               ("ablation.mean_drop", "mean single-channel drop (dB)", 4),
+               ("ablation.baseline_psnr", "PSNR, every channel intact (dB)", 2),
+               ("ablation.psnr_half_ablated", "PSNR with half of the channels ablated (dB)", 2),
+               ("csm.saliency_cv", "saliency spread over channels (std / mean)", 2),
+               ("csm.top_channel_share", "share of saliency in the top channel", 3),
+               ("ddr.chi", "DDR Calinski-Harabasz index", 2))
+
+
+def groups_md(stats: dict) -> str:
+    """The main statistics per group as a Markdown table: mean +- sample std over the group's models, [min, max]
+    when it has several, and the number of models in the header."""
+    groups = list(stats)
+
+    def cell(s, digits):
+        if s is None or s["mean"] is None:
+            return "-"
+        text = f"{s['mean']:.{digits}f}"
+        if s["n"] > 1:
+            text += f" +- {s['std']:.{digits}f} [{s['min']:.{digits}f}, {s['max']:.{digits}f}]"
+        return text
+
+    def count(g):
+        return max((s["n"] for s in stats[g].values()), default=0)
+
+    lines = ["<!-- written by src.analysis.seeds.groups_md from groups.csv; edit the code, not this text -->",
+             "| statistic | " + " | ".join(f"{g} ({count(g)} models)" for g in groups) + " |",
+             "|---|" + "---:|" * len(groups)]
+    for name, label, digits in TABLE_STATS:
+        if any(name in stats[g] for g in groups):
+            lines.append(f"| {label} | " + " | ".join(cell(stats[g].get(name), digits) for g in groups) + " |")
+    return "\n".join(lines) + "\n\nmean +- sample std [min, max] over the models of each group.\n"
 
 
 def plot_group_stats(stats: dict, path, names: Sequence[str] = MAIN_STATS):
