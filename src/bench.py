@@ -431,11 +431,10 @@ def _job_steps(model: Sequence[str], quick: bool, data_root: str, lr: torch.Tens
                warmup: int, steps: int, start, out) -> None:
     """One side-by-side job (a spawned process): the campaign model's bare training step on one thread, `warmup`
     steps, then waits at `start` (a barrier) with the other jobs and puts its seconds for `steps` steps on `out`."""
-    torch.set_num_threads(1)
-    import cv2
-
-    cv2.setNumThreads(1)
     from src.train import build_module
+    from src.utils import set_threads
+
+    set_threads(1)
 
     cfg = compose_config(quick, torch.device("cpu"), Path(data_root), None, None, None, 1000, model=model)
     torch.manual_seed(cfg.seed)
@@ -518,16 +517,13 @@ def run(args: argparse.Namespace) -> dict:
 
     from src.data.datasets import default_data_root
     from src.train import build_module
-    from src.utils import apply_memory_format, build, resolve_device
+    from src.utils import apply_memory_format, build, portable_path, resolve_device, set_threads
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device=cuda: no CUDA device is available; use device=cpu")
     device = resolve_device(args.device or "auto")
     if args.threads:
-        import cv2
-
-        torch.set_num_threads(args.threads)
-        cv2.setNumThreads(args.threads)
+        set_threads(args.threads)
     data_root = Path(args.data_root) if args.data_root else default_data_root()
     load_start, wall = os.getloadavg(), time.perf_counter()
     warmup, steps, rounds = args.warmup, args.steps, args.rounds
@@ -608,7 +604,7 @@ def run(args: argparse.Namespace) -> dict:
         "num_feat": int(cfg.backbone.num_feat), "num_block": int(cfg.backbone.num_block),
         "batch_size": int(cfg.data.batch_size), "lr_patch_size": int(cfg.data.lr_patch_size),
         "scale": int(cfg.scale), "precision": str(cfg.trainer.precision), "train_sets": used_sets,
-        "data_root": str(data_root), "figures": figures, "notes": notes,
+        "data_root": portable_path(data_root, Path(args.out).parent), "figures": figures, "notes": notes,
         "seconds": round(time.perf_counter() - wall, 1),
     }
 

@@ -33,7 +33,7 @@ from src import runs
 from src.preflight import check_device, check_values
 from src.resolvers import register_resolvers
 from src.sweep import quote_non_ascii
-from src.utils import apply_memory_format, build, job_threads, resolve_device
+from src.utils import apply_memory_format, build, job_threads, resolve_device, set_threads
 
 register_resolvers()
 log = logging.getLogger(__name__)
@@ -411,10 +411,7 @@ def share_cores(hydra_cfg) -> None:
         return
     threads = job_threads(int(launcher.get("n_jobs", 1) or 1))
     if threads is not None:
-        import cv2
-
-        torch.set_num_threads(threads)
-        cv2.setNumThreads(threads)
+        set_threads(threads)
         print(f"[train] {launcher.n_jobs} jobs side by side: {threads} intra-op thread(s) each "
               f"(OMP_NUM_THREADS=N sets it yourself)", flush=True)
 

@@ -151,3 +151,12 @@ def job_threads(n_jobs: int, env: Any = None, cores: int | None = None) -> int |
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     jobs = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
     return max(1, cores // jobs) if jobs > 1 else None
+
+
+def set_threads(n: int) -> None:
+    """`n` intra-op threads for both libraries that run parallel regions in a job: torch and OpenCV (the test
+    degradations and the real JPEG codec), so neither starts one thread per core behind the other's back."""
+    import cv2
+
+    torch.set_num_threads(n)
+    cv2.setNumThreads(n)

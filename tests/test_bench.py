@@ -41,6 +41,7 @@ def test_quick_bench_writes_a_well_formed_report(tmp_path, tiny_root, capsys):
     for key in ("device", "torch", "threads", "load_avg_start", "load_avg_end", "figures", "notes", "backbone"):
         assert key in report, key
     assert report["device"] == "cpu" and report["threads"] >= 1 and report["quick"] is True
+    assert report["data_root"] == "data"  # relative to the report's folder: no path of this machine in the file
     assert set(report["figures"]) == set(FIGURES)
     for name, f in report["figures"].items():
         assert _finite_positive(f["value"]), (name, f["value"])

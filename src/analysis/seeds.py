@@ -22,7 +22,7 @@ from src.analysis.common import pyplot, save_figure, write_csv
 from src.analysis.tools import DEFINITIONS, analyze, model_label
 from src.utils import atomic_write_text, portable_path
 
-# Statistics shown in groups_stats.png (all numeric ones are in groups.csv/json).
+# Statistics shown in groups_stats.png and groups.md (all numeric ones are in groups.csv/json).
 MAIN_STATS = ("ablation.baseline_psnr", "ablation.max_drop", "ablation.mean_drop", "ablation.psnr_half_ablated",
               "csm.saliency_cv", "csm.top_channel_share", "ddr.chi")
 GROUP_DEFINITIONS = {
@@ -118,18 +118,18 @@ def write_group_files(out: Path, stats: dict, per_model: dict, labels: dict[str,
     atomic_write_text(out / "groups.md", groups_md(stats))
 
 
-# The rows of groups.md: statistic, its label, and the digits it is printed with.
-TABLE_STATS = (("ablation.max_drop", "largest single-channel drop (dB)", 3),
-               ("ablation.mean_drop", "mean single-channel drop (dB)", 4),
-               ("ablation.baseline_psnr", "PSNR, every channel intact (dB)", 2),
-               ("ablation.psnr_half_ablated", "PSNR with half of the channels ablated (dB)", 2),
-               ("csm.saliency_cv", "saliency spread over channels (std / mean)", 2),
-               ("csm.top_channel_share", "share of saliency in the top channel", 3),
-               ("ddr.chi", "DDR Calinski-Harabasz index", 2))
+# How groups.md prints each of MAIN_STATS: its label and digits.
+STAT_FORMAT = {"ablation.baseline_psnr": ("PSNR, every channel intact (dB)", 2),
+               "ablation.max_drop": ("largest single-channel drop (dB)", 3),
+               "ablation.mean_drop": ("mean single-channel drop (dB)", 4),
+               "ablation.psnr_half_ablated": ("PSNR with half of the channels ablated (dB)", 2),
+               "csm.saliency_cv": ("saliency spread over channels (std / mean)", 2),
+               "csm.top_channel_share": ("share of saliency in the top channel", 3),
+               "ddr.chi": ("DDR Calinski-Harabasz index", 2)}
 
 
 def groups_md(stats: dict) -> str:
-    """The main statistics per group as a Markdown table: mean +- sample std over the group's models, [min, max]
+    """The main statistics (MAIN_STATS) per group as a Markdown table: mean +- sample std over the group's models, [min, max]
     when it has several, and the number of models in the header."""
     groups = list(stats)
 
@@ -147,7 +147,8 @@ def groups_md(stats: dict) -> str:
     lines = ["<!-- written by src.analysis.seeds.groups_md from groups.csv; edit the code, not this text -->",
              "| statistic | " + " | ".join(f"{g} ({count(g)} models)" for g in groups) + " |",
              "|---|" + "---:|" * len(groups)]
-    for name, label, digits in TABLE_STATS:
+    for name in MAIN_STATS:
+        label, digits = STAT_FORMAT[name]
         if any(name in stats[g] for g in groups):
             lines.append(f"| {label} | " + " | ".join(cell(stats[g].get(name), digits) for g in groups) + " |")
     return "\n".join(lines) + "\n\nmean +- sample std [min, max] over the models of each group.\n"
