@@ -246,3 +246,54 @@ def test_a_priced_study_states_its_cost_from_the_bench_report(tmp_path):
     card = S.render(S.score(tmp_path), tmp_path)
     assert text in next(line for line in card.splitlines() if line.startswith(f"| {claim.number} "))
     assert S.cost_text(tmp_path / "elsewhere", claim) == ""
+
+
+def test_trend_over_p_is_one_least_squares_slope_per_seed(tmp_path):
+    """Claim 7's trend line: per seed, the slope of the mean PSNR against p over the probabilities every seed ran
+    (written here as cov(p, y) / var(p)), per +0.1 of p, with a t interval over the seeds; a p run by one seed only
+    is left out, and the verdict is untouched by the line."""
+    root = tmp_path / "r"
+    gain = {0: {0.1: 0.02, 0.7: 0.10}, 1: {0.1: -0.01, 0.7: 0.05}, 2: {0.1: 0.00, 0.7: 0.12}}
+    real_study(root, {s: {d: g[0.7] for d in S.EIGHT} for s, g in gain.items()}, degs=S.EIGHT)
+    for s, g in gain.items():
+        write_run(root / "repro_probabilities" / f"p01_{s}", "last", 0.1, s, {d: g[0.1] for d in S.EIGHT})
+    write_run(root / "repro_probabilities" / "p09_0", "last", 0.9, 0, {d: 0.3 for d in S.EIGHT})
+    row = by_number(S.score(root))[7]
+    assert len(row.extras) == 1
+    ps = np.array([0.0, 0.1, 0.7])
+    slopes = [0.1 * np.cov(ps, [0.0, g[0.1], g[0.7]])[0, 1] / ps.var(ddof=1) for g in gain.values()]
+    mean, low, high = t_ci(slopes)
+    assert f"slope {mean:+.3f} dB per +0.1 of p, 95% CI [{low:+.3f}, {high:+.3f}] (t over 3 seeds)" in row.extras[0]
+    assert "p = 0, 0.1, 0.7, seeds 0, 1, 2" in row.extras[0] and "p=0.9" not in row.extras[0]
+    assert "p=0.1 +0.003, p=0.7 +0.090" in row.extras[0]
+    assert row.extras[0] in S.render(S.score(root), root)
+    assert row.verdict == "inconclusive"     # p=0.1's interval contains zero; the trend does not vote
+    # two probabilities only (p=0 and 0.7): no trend line
+    assert by_number(S.score(tmp_path / "none"))[7].extras == []
+    only_pair = tmp_path / "pair"
+    real_study(only_pair, {s: {d: 0.1 for d in S.EIGHT} for s in range(3)}, degs=S.EIGHT)
+    assert by_number(S.score(only_pair))[7].extras == []
+
+
+def test_versus_rrdb_counts_columns_by_the_seed_level_interval(tmp_path):
+    """Claim 5's red-text line: SRResNet p=0.7 minus RRDB p=0 per column, paired by seed, counted by sign and by
+    whether the t interval over the seeds excludes zero."""
+    root = tmp_path / "r"
+    degs = ("clean", "noise")
+    real_study(root, {s: {"clean": 0.2, "noise": 0.2} for s in range(3)}, degs=degs)
+    assert "not run (no committed repro_rrdb p=0 run)" in by_number(S.score(root))[5].extras[0]
+    # RRDB p=0 vs SRResNet p=0.7 (BASE + 0.2): clean RRDB lower by 0.1 +- 0.01 (SRResNet surely above),
+    # noise RRDB higher by 0.2-0.4 (surely below)
+    for s, (c, n) in enumerate([(0.10, 0.60), (0.09, 0.50), (0.11, 0.40)]):
+        folder = root / "repro_rrdb" / f"p0_{s}"
+        write_run(folder, "none", 0.0, s, {"clean": c, "noise": n})
+        cfg = folder / "config.yaml"
+        cfg.write_text(cfg.read_text().replace("src.models.srresnet.MSRResNet", "src.models.rrdbnet.RRDBNet"))
+    line = by_number(S.score(root))[5].extras[0]
+    assert "higher on 2 of 4 columns; the 95% interval over seeds above zero on 2, below zero on 2" in line
+    assert "3 seed pairs" in line and "official protocol" in line
+    # an RRDB trained on other data is not compared
+    for s in range(3):
+        cfg = root / "repro_rrdb" / f"p0_{s}" / "config.yaml"
+        cfg.write_text(cfg.read_text().replace("max_steps: 2000", "max_steps: 4000"))
+    assert "no SRResNet p=0.7 run trained as" in by_number(S.score(root))[5].extras[0]

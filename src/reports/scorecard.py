@@ -18,7 +18,9 @@ Verdict rules, per contrast (`verdict`):
 - no committed result: not run, with the command that runs it.
 Per claim (`combine`): not run when no contrast ran; reproduced when every contrast that ran is reproduced;
 contradicted when at least one is contradicted and none is reproduced; inconclusive otherwise (the parts are named).
-A claim some of whose contrasts did not run says so beside its verdict.
+A claim some of whose contrasts did not run says so beside its verdict. Descriptive lines (`Claim.extras`: the
+gain's trend over p for Table A.2, the paper's "red text" SRResNet-with-dropout against RRDB-without for Table 1)
+are printed beside a claim's contrasts and take no part in its verdict.
 
     python -m src.report scorecard docs/results       # writes docs/results/scorecard.md and scorecard.csv
     python -m src.report scorecard docs/results readme=README.md   # and the verdict counts in README's block
@@ -83,6 +85,7 @@ class Claim:
     here: str = ""                      # what was measured, where no run folder says it
     contrasts: tuple = ()
     cost: str = ""                      # a `src.bench` report (under the results root) pricing a study not run
+    extras: tuple = ()                  # descriptive lines beside the verdict (keys of EXTRAS)
 
 
 @dataclass
@@ -141,6 +144,7 @@ CLAIMS = (
                               command=_UNSEEN_EVAL))),
     Claim(5, "Real-SRResNet p=0.7 and Real-RRDB p=0.5 improve almost every test column", "Table 1", "Real",
           ("repro_small", "repro_small_kornia"), "sweeps/repro_small.yaml", "make repro",
+          extras=("versus_rrdb",),
           contrasts=(Contrast("SRResNet p=0.7 - p=0, mean of the 8 columns", (*_LAST, 0.7), ("none",), 1),
                      Contrast("RRDB p=0.5 - p=0, mean of the 8 columns", (*_LAST, 0.5), ("none",), 1,
                               studies=("repro_rrdb",), command=_sweep_command("repro_rrdb")))),
@@ -151,7 +155,7 @@ CLAIMS = (
                           for d in ("motion", "jpeg15", "impulse"))),
     Claim(7, "every p from 0.1 to 0.9 improves on p=0", "Table A.2", "Real",
           ("repro_probabilities", "repro_small", "repro_small_kornia"), "sweeps/repro_probabilities.yaml",
-          _sweep_command("repro_probabilities"),
+          _sweep_command("repro_probabilities"), extras=("trend",),
           contrasts=tuple(Contrast(f"p={p} - p=0, mean of the 8 columns", (*_LAST, p), ("none",), 1)
                           for p in (0.1, 0.3, 0.5, 0.9))),
     Claim(8, "most positions improve except `half` and `all`; `last` gives most of the best results", "Table B.3",
@@ -249,6 +253,19 @@ def _load(root: Path, study: str) -> list[Run]:
         return []
 
 
+def _columns(runs: list[Run], degradations=EIGHT) -> tuple[str, str, list] | None:
+    """(protocol, metric, [(set, degradation)]) that every run scored, under the first protocol of PROTOCOL_ORDER
+    with any such column; None when there is none."""
+    for protocol in PROTOCOL_ORDER:
+        metric = protocol_metric(protocol, "psnr")
+        sets = set.intersection(*(set(r.results.get(protocol, {})) for r in runs))
+        cols = [(s, d) for s in sorted(sets) for d in degradations
+                if all(not math.isnan(r.value(s, d, metric, protocol)) for r in runs)]
+        if cols:
+            return protocol, metric, cols
+    return None
+
+
 def measure_results(root: Path, claim: Claim, contrast: Contrast) -> tuple[Outcome, list[Run]]:
     """The contrast over the first study folder holding its variant; bases may come from any of the claim's
     folders, paired by seed among runs of the same experiment (config without dropout)."""
@@ -269,16 +286,11 @@ def measure_results(root: Path, claim: Claim, contrast: Contrast) -> tuple[Outco
         return Outcome(contrast.label, "not run", reason=f"no base run of the same experiment as {study}",
                        unit=contrast.unit), variants
     involved = variants + bases
-    for protocol in PROTOCOL_ORDER:
-        metric = protocol_metric(protocol, "psnr")
-        sets = set.intersection(*(set(r.results.get(protocol, {})) for r in involved))
-        cols = [(s, d) for s in sorted(sets) for d in contrast.degradations
-                if all(not math.isnan(r.value(s, d, metric, protocol)) for r in involved)]
-        if cols:
-            break
-    else:
+    scored = _columns(involved, contrast.degradations)
+    if scored is None:
         why = f"{study} has no score on {', '.join(contrast.degradations)}"
         return Outcome(contrast.label, "not run", reason=why, unit=contrast.unit), involved
+    protocol, metric, cols = scored
     by_seed_v = {r.seed: r for r in variants}
     by_seed_b = {r.seed: r for r in bases}
     common = sorted(set(by_seed_v) & set(by_seed_b), key=str)
@@ -300,6 +312,100 @@ def measure_results(root: Path, claim: Claim, contrast: Contrast) -> tuple[Outco
     if len(cols) > 1 and col_gain.size:
         detail += f"; {int((col_gain > 0).sum())} of {len(cols)} columns higher"
     return Outcome(contrast.label, v, iv, why, contrast.unit, seeds, detail), involved
+
+
+def _by_fingerprint(runs: list[Run]) -> list[list[Run]]:
+    """Runs grouped by experiment (base_fingerprint), the group with most runs first."""
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(base_fingerprint(r), []).append(r)
+    return sorted(groups.values(), key=len, reverse=True)
+
+
+def trend_over_p(root: Path, claim: Claim) -> list[str]:
+    """The gain's trend over the dropout probability, per campaign: for each seed that ran every p that at least
+    two seeds ran (p = 0 included, at least 3 such p), the least-squares slope of its mean PSNR over the 8 columns
+    against p; a t interval over those seeds. Descriptive: the paper names no trend (Table A.2 finds every p above
+    p = 0 and picks 0.7), so it takes no part in the verdict."""
+    runs = [r for s in claim.studies for r in _load(root, s) if r.baseline or (r.position, r.dim) == _LAST]
+    out = []
+    for rs in _by_fingerprint(runs):
+        at: dict[float, dict] = {}
+        for r in rs:
+            at.setdefault(0.0 if r.baseline else round(r.p, 6), {})[r.seed] = r
+        ps = sorted(p for p, by_seed in at.items() if len(by_seed) >= 2)
+        seeds = sorted(set.intersection(*(set(at[p]) for p in ps)), key=str) if ps else []
+        if len(ps) < 3 or 0.0 not in ps or len(seeds) < 2:
+            continue
+        scored = _columns([at[p][s] for p in ps for s in seeds])
+        if scored is None:
+            continue
+        protocol, metric, cols = scored
+        means = {(p, s): _run_mean(at[p][s], cols, metric, protocol) for p in ps for s in seeds}
+        slopes = [0.1 * np.polyfit(ps, [means[p, s] for p in ps], 1)[0] for s in seeds]
+        iv = t_interval(slopes, LEVEL)
+        gains = ", ".join(f"p={p:g} {np.mean([means[p, s] - means[0.0, s] for s in seeds]):+.3f}" for p in ps if p)
+        where = "+".join(sorted({r.dir.parent.name for r in rs if not r.baseline}))
+        out.append(f"trend over p (descriptive, not part of the verdict; {where}, p = "
+                   f"{', '.join(f'{p:g}' for p in ps)}, seeds {', '.join(map(str, seeds))}, {protocol} protocol, "
+                   f"{metric}): slope {iv.mean:+.3f} dB per +0.1 of p, 95% CI [{iv.low:+.3f}, {iv.high:+.3f}] "
+                   f"(t over {iv.n} seeds); mean gain over p=0 by p: {gains}")
+    return out
+
+
+RRDB_STUDY = "repro_rrdb"
+
+
+def _training_key(run: Run) -> str:
+    """The run's training without its network and dropout: an SRResNet and an RRDB equal here saw the same data."""
+    cfg = json.loads(run.fingerprint)
+    for k in ("backbone", "dropout"):
+        cfg.pop(k, None)
+    if isinstance(cfg.get("module"), dict):
+        cfg["module"] = {k: v for k, v in cfg["module"].items() if k not in ("backbone", "dropout")}
+    return json.dumps(cfg, sort_keys=True)
+
+
+def versus_rrdb(root: Path, claim: Claim) -> list[str]:
+    """The paper's red text in Table 1 (on half of the test sets the SRResNet with dropout, p=0.7, scores above
+    the RRDB without it): per column, the SRResNet-with-dropout minus RRDB-p=0 difference over seeds (paired by
+    seed: the two saw the same batches; Welch's interval when the seeds do not pair), counted by sign and by
+    interval. Descriptive: the paper states it as an observation, so it takes no part in the verdict."""
+    label = "SRResNet p=0.7 above RRDB p=0 (the paper's red text: half of Table 1's test sets)"
+    rrdb = [r for r in _load(root, RRDB_STUDY) if r.baseline]
+    srr = [r for s in claim.studies for r in _load(root, s) if _matches(r, (*_LAST, 0.7))]
+    if not rrdb:
+        return [f"{label}: not run (no committed {RRDB_STUDY} p=0 run)"] if srr else []
+    keys = {_training_key(r) for r in rrdb}
+    groups = [g for g in _by_fingerprint(srr) if _training_key(g[0]) in keys]
+    if not groups:
+        return [f"{label}: no SRResNet p=0.7 run trained as the committed {RRDB_STUDY} runs were"]
+    srr = groups[0]
+    rrdb = [r for r in rrdb if _training_key(r) == _training_key(srr[0])]
+    scored = _columns(srr + rrdb)
+    if scored is None:
+        return [f"{label}: no test column scored by both"]
+    protocol, metric, cols = scored
+    by_v, by_b = {r.seed: r for r in srr}, {r.seed: r for r in rrdb}
+    common = sorted(set(by_v) & set(by_b), key=str)
+    paired = len(common) >= 2 or not (len(by_v) >= 2 and len(by_b) >= 2)
+    higher = above = below = 0
+    for s, d in cols:
+        if paired:
+            iv = t_interval([by_v[k].value(s, d, metric, protocol) - by_b[k].value(s, d, metric, protocol)
+                             for k in common], LEVEL)
+        else:
+            iv = welch_interval([r.value(s, d, metric, protocol) for r in rrdb],
+                                [r.value(s, d, metric, protocol) for r in srr], LEVEL)
+        higher += iv.mean > 0
+        above += bool(iv.kind) and iv.low > 0
+        below += bool(iv.kind) and iv.high < 0
+    n = f"{len(common)} seed pairs" if paired else f"{len(srr)} and {len(rrdb)} unpaired seeds"
+    return [f"{label}: higher on {higher} of {len(cols)} columns; the 95% interval over seeds above zero on {above}"
+            f", below zero on {below} ({protocol} protocol, {metric}, {n})"]
+
+
+EXTRAS = {"trend": trend_over_p, "versus_rrdb": versus_rrdb}
 
 
 def _seed_of(model: str) -> str:
@@ -367,6 +473,7 @@ class Row:
     note: str
     here: str
     paper: str
+    extras: list = field(default_factory=list)     # descriptive lines, outside the verdict
 
 
 def score(root: os.PathLike) -> list[Row]:
@@ -387,7 +494,8 @@ def score(root: os.PathLike) -> list[Row]:
                 runs = runs or involved
         word, note = combine(outcomes)
         here = size_text(runs[0].size) if runs else claim.here
-        rows.append(Row(claim, outcomes, word, note, here, paper_setting(claim.backbone)))
+        extras = [line for key in claim.extras for line in EXTRAS[key](root, claim)]
+        rows.append(Row(claim, outcomes, word, note, here, paper_setting(claim.backbone), extras))
     return rows
 
 
@@ -473,6 +581,7 @@ def render(rows: list[Row], root: os.PathLike) -> str:
             measured = "<br>".join(_fmt(o) for o in r.outcomes)
             if cmds:
                 measured += "<br>to fill the rest: " + "; ".join(f"`{x}`" for x in cmds)
+        measured += "".join(f"<br>{line}" for line in r.extras)
         study = ", ".join(f"`{s}`" for s in c.studies[:1]) + f" ({c.sweep})"
         size = f"{r.here or '-'} / {r.paper}"
         word = f"**{r.verdict}**" + (f" ({r.note})" if r.note else "")
