@@ -297,3 +297,26 @@ def test_versus_rrdb_counts_columns_by_the_seed_level_interval(tmp_path):
         cfg = root / "repro_rrdb" / f"p0_{s}" / "config.yaml"
         cfg.write_text(cfg.read_text().replace("max_steps: 2000", "max_steps: 4000"))
     assert "no SRResNet p=0.7 run trained as" in by_number(S.score(root))[5].extras[0]
+
+
+def test_positions_line_names_the_positions_surely_below_and_the_column_winners(tmp_path):
+    """Claim 8's descriptive lines: per-position gain over p=0 with its t interval over seed pairs, the positions
+    whose interval lies below zero, and how many columns each position wins."""
+    root = tmp_path / "r"
+    study = root / "repro_positions"
+    gains = {"last": (0.20, 0.25, 0.30), "b8": (0.10, -0.10, 0.05), "half": (-0.30, -0.35, -0.40),
+             "all": (-0.50, -0.45, -0.55)}
+    for seed in range(3):
+        write_run(study / f"none{seed}", "none", 0.0, seed, {d: 0.0 for d in S.EIGHT})
+        for k, g in gains.items():
+            # last wins every column but jpeg, where b8 is 1 dB ahead
+            write_run(study / f"{k}{seed}", k, 0.7, seed,
+                      {d: g[seed] + (1.0 if (k, d) == ("b8", "jpeg") else 0.0) for d in S.EIGHT})
+    row = by_number(S.score(root))[8]
+    table, verdicts = row.extras
+    mean, low, high = t_ci(gains["half"])
+    assert f"half {mean:+.3f} [{low:+.3f}, {high:+.3f}] (n=3)" in table
+    assert table.index("last") < table.index("b8") < table.index("half") < table.index("all")   # the paper's order
+    assert "surely below p=0: half, all (the paper: half, all); surely above: last;" in verdicts
+    assert "highest position per column (of 16): last 14, b8 2" in verdicts
+    assert [o.verdict for o in row.outcomes][:1] == ["reproduced"]           # last's own contrast

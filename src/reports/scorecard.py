@@ -19,7 +19,7 @@ Verdict rules, per contrast (`verdict`):
 Per claim (`combine`): not run when no contrast ran; reproduced when every contrast that ran is reproduced;
 contradicted when at least one is contradicted and none is reproduced; inconclusive otherwise (the parts are named).
 A claim some of whose contrasts did not run says so beside its verdict. Descriptive lines (`Claim.extras`: the
-gain's trend over p for Table A.2, the paper's "red text" SRResNet-with-dropout against RRDB-without for Table 1)
+gain's trend over p for Table A.2, Table B.3's positions side by side, the paper's "red text" SRResNet-with-dropout against RRDB-without for Table 1)
 are printed beside a claim's contrasts and take no part in its verdict.
 
     python -m src.report scorecard docs/results       # writes docs/results/scorecard.md and scorecard.csv
@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from src import runs as run_folders
+from src.models.dropout import POSITIONS
 from src.reports.collect import Run, load_runs, protocol_metric, size_text
 from src.reports.paper import paper_setting
 from src.reports.render import write_readme_block
@@ -160,7 +161,7 @@ CLAIMS = (
                           for p in (0.1, 0.3, 0.5, 0.9))),
     Claim(8, "most positions improve except `half` and `all`; `last` gives most of the best results", "Table B.3",
           "Real", ("repro_positions",), "sweeps/repro_positions.yaml",
-          _sweep_command("repro_positions"),
+          _sweep_command("repro_positions"), extras=("positions",),
           contrasts=tuple(Contrast(f"{pos} p=0.7 - none, mean of the 8 columns", (pos, "channel", 0.7), ("none",), 1)
                           for pos in ("last", "b4", "b8", "b12", "b16", "quarter"))),
     Claim(9, "dropout also helps SwinIR", "Table A.1", "Real", ("repro_swinir",), "conf/backbone/swinir_small.yaml",
@@ -405,7 +406,50 @@ def versus_rrdb(root: Path, claim: Claim) -> list[str]:
             f", below zero on {below} ({protocol} protocol, {metric}, {n})"]
 
 
-EXTRAS = {"trend": trend_over_p, "versus_rrdb": versus_rrdb}
+def by_position(root: Path, claim: Claim) -> list[str]:
+    """Table B.3 read as the paper reads it: each position's gain over p=0 (mean over the 8 columns, t interval
+    over seed pairs), which positions lie surely below p=0 (the paper: `half` and `all`), and on how many columns
+    each position scores highest. Descriptive, beside the per-position verdicts."""
+    runs = [r for s in claim.studies for r in _load(root, s)]
+    groups = _by_fingerprint(runs)
+    if not groups:
+        return []
+    runs = groups[0]
+    base = {r.seed: r for r in runs if r.baseline}
+    pos = {}
+    for r in runs:
+        if not r.baseline and r.dim == "channel" and abs(r.p - 0.7) < 1e-6:
+            pos.setdefault(r.position, {})[r.seed] = r
+    if not base or len(pos) < 2:
+        return []
+    scored = _columns(list(base.values()) + [r for v in pos.values() for r in v.values()])
+    if scored is None:
+        return []
+    protocol, metric, cols = scored
+    order = sorted(pos, key=lambda k: POSITIONS.index(k) if k in POSITIONS else len(POSITIONS))
+    parts, below, above = [], [], []
+    for k in order:
+        seeds = sorted(set(pos[k]) & set(base), key=str)
+        iv = t_interval([_run_mean(pos[k][s], cols, metric, protocol) - _run_mean(base[s], cols, metric, protocol)
+                         for s in seeds], LEVEL)
+        ci = f" [{iv.low:+.3f}, {iv.high:+.3f}]" if iv.kind else ""
+        parts.append(f"{k} {iv.mean:+.3f}{ci} (n={iv.n})")
+        if iv.kind and iv.high < 0:
+            below.append(k)
+        if iv.kind and iv.low > 0:
+            above.append(k)
+    wins = {k: 0 for k in order}
+    for s, d in cols:
+        means = {k: np.mean([r.value(s, d, metric, protocol) for r in pos[k].values()]) for k in order}
+        wins[max(means, key=means.get)] += 1
+    most = ", ".join(f"{k} {n}" for k, n in sorted(wins.items(), key=lambda kv: -kv[1]) if n)
+    return [f"by position, p=0.7 - p=0 over the 8 columns, dB, 95% CI over seed pairs ({protocol} protocol): "
+            + "; ".join(parts),
+            f"surely below p=0: {', '.join(below) or 'none'} (the paper: half, all); surely above: "
+            f"{', '.join(above) or 'none'}; highest position per column (of {len(cols)}): {most}"]
+
+
+EXTRAS = {"trend": trend_over_p, "versus_rrdb": versus_rrdb, "positions": by_position}
 
 
 def _seed_of(model: str) -> str:
