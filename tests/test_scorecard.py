@@ -220,6 +220,15 @@ def test_readme_block_counts_the_verdicts_of_the_card(results_root, tmp_path):
         assert (f"{n} {verdict}" in block) == (n > 0), verdict
     link = os.path.relpath(results_root / "scorecard.md", tmp_path)
     assert f"]({link})" in block
+    # one line per claim that ran, with each measured effect and its interval; the rest named on one line
+    ran = [r for r in rows if r.verdict != "not run"]
+    listed = [line for line in block.splitlines() if line.startswith("- ") and not line.startswith("- not run")]
+    assert [int(line[2:].split(".")[0]) for line in listed] == [r.claim.number for r in ran]
+    mean, low, high = t_ci([-0.5, -0.6, -0.4])
+    assert f"**reproduced**; DDR CHI, p=0.7 - p=0 {mean:+.3f} [{low:+.3f}, {high:+.3f}]" in listed[-1]
+    assert "(one seed pair, no interval)" in next(line for line in listed if line.startswith("- 7."))
+    idle = [str(r.claim.number) for r in rows if r.verdict == "not run"]
+    assert f"- not run: claims {', '.join(idle)}" in block
     (tmp_path / "bare.md").write_text("# no markers\n")
     with pytest.raises(ValueError, match="needs one <!-- scorecard:begin --> line"):
         S.write_scorecard(results_root, readme=tmp_path / "bare.md")

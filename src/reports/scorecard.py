@@ -646,13 +646,32 @@ def to_csv(rows: list[Row]) -> str:
     return buf.getvalue()
 
 
+def _brief(o: Outcome) -> str:
+    """One contrast in a few words: its label up to the first comma, the effect and the interval (or why none)."""
+    iv = o.interval
+    unit = f" {o.unit}" if o.unit else ""
+    if iv.kind:
+        return f"{o.contrast} {iv.mean:+.3f}{unit} [{iv.low:+.3f}, {iv.high:+.3f}]"
+    return f"{o.contrast} {iv.mean:+.3f}{unit} (one seed pair, no interval)"
+
+
 def readme_md(rows: list[Row], out: Path, relative_to: Path) -> str:
-    """The README's scorecard block: the verdict counts and a link to the card."""
+    """The README's scorecard block: the verdict counts, one line per claim that ran (its verdict and each
+    measured effect with its 95% interval over seeds), the claims not run, and a link to the card."""
     link = Path(os.path.relpath(out / "scorecard.md", relative_to)).as_posix()
-    return (f"<!-- written by `make report` (src.reports.scorecard.readme_md); edit the code, not this text -->\n"
-            f"The paper's {len(rows)} findings, each with its seed-level 95% interval and a verdict computed from "
-            f"it: {counts_text(rows)}. [{link}]({link}) gives each claim, its study, its size beside the paper's "
-            f"and the command that runs what is missing.")
+    lines = ["<!-- written by `make report` (src.reports.scorecard.readme_md); edit the code, not this text -->",
+             f"The paper's {len(rows)} findings, each with its seed-level 95% interval and a verdict computed from "
+             f"it: {counts_text(rows)} ([{link}]({link}): each claim's study, its size beside the paper's and the "
+             f"command that runs what is missing). Effect, 95% interval over seeds:"]
+    for r in rows:
+        ran = [o for o in r.outcomes if o.verdict != "not run"]
+        if ran:
+            lines.append(f"- {r.claim.number}. {r.claim.text} ({r.claim.where}): **{r.verdict}**; "
+                         + "; ".join(_brief(o) for o in ran))
+    idle = [str(r.claim.number) for r in rows if r.verdict == "not run"]
+    if idle:
+        lines.append(f"- not run: claims {', '.join(idle)}")
+    return "\n".join(lines)
 
 
 def write_scorecard(root: os.PathLike, out: os.PathLike | None = None, readme: os.PathLike | None = None
