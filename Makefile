@@ -38,7 +38,7 @@ gpu-check: $(STAMP)    ## every GPU-only path against its bound, < 8 min (make g
 
 RESULTS := docs/results
 # The kornia-codec campaign (committed without weights) and, once published, the real-codec one with its weights.
-STUDIES := $(RESULTS)/repro_small_kornia $(wildcard $(RESULTS)/repro_small) $(wildcard $(RESULTS)/repro_probabilities)
+STUDIES := $(RESULTS)/repro_small_kornia $(wildcard $(addprefix $(RESULTS)/,repro_small repro_probabilities repro_positions repro_rrdb repro_bicubic))
 # Interpretation of the campaign's models, one folder per sitting (docs/results/interp/<seeds>), pooled by merge.
 comma   := ,
 space   := $(subst ,, )

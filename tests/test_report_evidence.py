@@ -44,8 +44,9 @@ def _exact_wilcoxon_p(x: np.ndarray) -> float:
 
 def test_make_report_rebuilds_tables_and_figures_from_committed_files(tmp_path, capsys):
     makefile = (REPO / "Makefile").read_text()
-    assert re.search(r"^STUDIES := \$\(RESULTS\)/repro_small_kornia \$\(wildcard \$\(RESULTS\)/repro_small\) ",
-                     makefile, re.M)
+    # every study folder the scorecard reads, each once it is published
+    assert re.search(r"^STUDIES := \$\(RESULTS\)/repro_small_kornia \$\(wildcard \$\(addprefix \$\(RESULTS\)/,"
+                     r"repro_small repro_probabilities repro_positions repro_rrdb repro_bicubic\)\)$", makefile, re.M)
     assert re.search(r"^report:.*\n\t\$\(PY\) -m src.report \$\(STUDIES\) out=\$\(RESULTS\) readme=README.md\n"
                      r"\t.*src.analyze merge sources=\[\$\(INTERP\)\] out=\$\(RESULTS\)/interp_seeds", makefile, re.M)
     out = tmp_path / "results"
@@ -207,3 +208,52 @@ def test_a_study_scored_under_one_protocol_only_stays_out_of_the_other_protocols
     a2 = (out / "table_a2_Real_SRResNet_last_channel_official.md").read_text()
     assert all(f"p={p}" in a2 for p in ("0", "0.1", "0.7", "0.9"))
     assert not list(out.glob("table_a2_*_channel.md"))  # the literature protocol has only p = 0 and 0.7
+
+
+def test_table_a2_is_one_table_per_campaign_with_its_own_baseline_and_the_papers_cells(tmp_path):
+    """Two campaigns that differ in their training (not only in dropout) get a Table A.2 each, named after their
+    baseline's folder, each p=0 column being that campaign's own baseline; the paper's two published cells
+    (Manga109 and Urban100 under noise) follow as rows on the probabilities the campaign ran, and the cells this
+    study did not score are named."""
+    import shutil
+
+    def add_p(folder, p):
+        run = folder / f"p{p}_seed0"
+        shutil.copytree(folder / "p0.7_seed0", run)
+        (run / "results.json").unlink()
+        cfg = run / "config.yaml"
+        cfg.write_text(cfg.read_text().replace("  p: 0.7\n", f"  p: {p}\n"))
+
+    mini, other = tmp_path / "mini", tmp_path / "other"
+    shutil.copytree(FIXTURE / "mini", mini)
+    shutil.copytree(FIXTURE / "mini", other)
+    for job in other.iterdir():   # a second campaign: longer training, its baseline 1 dB higher
+        cfg = job / "config.yaml"
+        cfg.write_text(cfg.read_text().replace("max_steps: 2000", "max_steps: 4000"))
+        if job.name.startswith("p0_"):
+            res = json.loads((job / "results_official.json").read_text())
+            for degs in res.values():
+                for cell in degs.values():
+                    cell["psnr_rgb"] += 1.0
+            (job / "results_official.json").write_text(json.dumps(res))
+    add_p(mini, "0.1")
+    add_p(other, "0.9")
+    out = tmp_path / "out"
+    assert main([str(mini), str(other), f"out={out}", f"bicubic={FIXTURE / 'bicubic'}"]) == 0
+    assert sorted(p.name for p in out.glob("table_a2_*_official.csv")) == [
+        "table_a2_Real_SRResNet_last_channel_mini_official.csv", "table_a2_Real_SRResNet_last_channel_other_official.csv"]
+    for folder, ps in ((mini, ["0", "0.1", "0.7"]), (other, ["0", "0.7", "0.9"])):
+        rows = list(csv.reader((out / f"table_a2_Real_SRResNet_last_channel_{folder.name}_official.csv").open()))
+        header = rows[0]
+        assert header[:2] == ["row", "kind"] and [h.split("p=")[-1] for h in header[2:]] == ps
+        clean = next(r for r in rows if r[0] == "Set5 clean")
+        base = np.mean([json.loads((folder / f"p0_seed{s}" / "results_official.json").read_text())
+                        ["Set5"]["clean"]["psnr_rgb"] for s in range(3)])
+        assert float(clean[2]) == pytest.approx(base, abs=1e-4)
+        paper = {r[0]: r[2:] for r in rows if r[1] == "paper"}
+        published_a2 = {float(r["p"]): row_values(r) for r in published()["tables"]["table_a2"]["rows"]}
+        assert list(paper) == ["paper: Manga109 noise", "paper: Urban100 noise"]
+        assert [float(v) for v in paper["paper: Urban100 noise"]] == [published_a2[float(p)]["Urban100"]["noise"]
+                                                                       for p in ps]
+    md = (out / "table_a2_Real_SRResNet_last_channel_mini_official.md").read_text()
+    assert "- the paper's Manga109 noise is not scored here" in md and "(campaign mini)" in md
