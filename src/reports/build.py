@@ -11,7 +11,7 @@ from typing import Sequence
 from src.reports.collect import (METRIC_LABEL, Setting, columns, find_reference, load_runs, groups, merge_seeds,
                                  protocol_metric, size_text, sort_key)
 from src.reports.figures import fig_control, fig_curves, fig_dropout_bars, fig_gains, fig_visual
-from src.reports.paper import paper_gains, paper_setting
+from src.reports.paper import paper_gains, paper_setting, published
 from src.reports.prose import (column_rows, columns_line, control_paragraph, evidence_row, evidence_section,
                                 headline, paper_line, secondary_line, weighting)
 from src.reports.render import to_csv, to_latex, to_markdown, write_readme_block
@@ -145,17 +145,31 @@ def summary_md(blocks: dict, out: Path, relative_to: Path, digits: int = 2) -> s
     return "\n".join(lines)
 
 
+def table1_setting(st: Setting) -> bool:
+    """Whether a setting is a dropout row of the paper's Table 1 (its backbone at the paper's position and p)."""
+    rows = published()["tables"]["table1"]["rows"]
+    return st.dropout and any((r["backbone"], r["position"], round(float(r["p"]), 3))
+                              == (st.backbone, st.position, round(st.p, 3)) for r in rows)
+
+
 def readme_md(blocks: dict, out: Path, relative_to: Path) -> str:
-    """The README's results block: per protocol one seed-level headline per comparison, and a link to the
-    complete summary (out/summary.md: tables, per-column counts, the paper beside them, per-image tests)."""
+    """The README's results block: per protocol the seed-level headline of each comparison of the paper's Table 1
+    settings (against p=0 and against the controls), the number of other comparisons, and a link to the complete
+    summary (out/summary.md: every comparison, tables, per-column counts, the paper beside them, per-image tests).
+    The other studies have their line in the scorecard block."""
     link = Path(os.path.relpath(out, relative_to)).as_posix()
     lines = ["<!-- written by `make report` (src.reports.build.readme_md) from the committed result files; "
              f"edit the code, not this text -->"]
+    others = 0
     for protocol, (_, comps, _) in blocks.items():
-        lines += ["", _protocol_heading(protocol, link)]
-        lines += [f"- {headline(c.name, c.evidence)}" for c in comps]
+        shown = [c for c in comps if table1_setting(c.variant)]
+        others += len(comps) - len(shown)
+        if shown:
+            lines += ["", _protocol_heading(protocol, link)]
+            lines += [f"- {headline(c.name, c.evidence)}" for c in shown]
+    more = f" ({others} more comparisons of other dropout settings there)" if others else ""
     lines += ["", f"Every table, per-column count, the paper's gains beside ours, the per-image tests and the "
-              f"shrinkage control: [{link}/summary.md]({link}/summary.md)."]
+              f"shrinkage control: [{link}/summary.md]({link}/summary.md){more}."]
     return "\n".join(lines)
 
 
