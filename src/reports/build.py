@@ -145,11 +145,9 @@ def summary_md(blocks: dict, out: Path, relative_to: Path, digits: int = 2) -> s
     return "\n".join(lines)
 
 
-def table1_setting(st: Setting) -> bool:
-    """Whether a setting is a dropout row of the paper's Table 1 (its backbone at the paper's position and p)."""
-    rows = published()["tables"]["table1"]["rows"]
-    return st.dropout and any((r["backbone"], r["position"], round(float(r["p"]), 3))
-                              == (st.backbone, st.position, round(st.p, 3)) for r in rows)
+def table1_settings() -> set[tuple[str, str, float]]:
+    """(backbone, position, p) of each row of the paper's Table 1."""
+    return {(r["backbone"], r["position"], round(float(r["p"]), 3)) for r in published()["tables"]["table1"]["rows"]}
 
 
 def readme_md(blocks: dict, out: Path, relative_to: Path) -> str:
@@ -160,9 +158,10 @@ def readme_md(blocks: dict, out: Path, relative_to: Path) -> str:
     link = Path(os.path.relpath(out, relative_to)).as_posix()
     lines = ["<!-- written by `make report` (src.reports.build.readme_md) from the committed result files; "
              f"edit the code, not this text -->"]
-    others = 0
+    others, table1 = 0, table1_settings()
     for protocol, (_, comps, _) in blocks.items():
-        shown = [c for c in comps if table1_setting(c.variant)]
+        shown = [c for c in comps if c.variant.dropout
+                 and (c.variant.backbone, c.variant.position, round(c.variant.p, 3)) in table1]
         others += len(comps) - len(shown)
         if shown:
             lines += ["", _protocol_heading(protocol, link)]

@@ -224,12 +224,14 @@ def combine(outcomes: list[Outcome]) -> tuple[str, str]:
 
 
 # --- measuring --------------------------------------------------------------------------------------------------
-def base_fingerprint(run: Run) -> str:
-    """The run's experiment without its dropout: runs equal here differ only in dropout and seed, so they pair."""
+def base_fingerprint(run: Run, leave_out: tuple = ("dropout",)) -> str:
+    """The run's experiment without its dropout (and any other `leave_out` key, at the top and under `module`):
+    runs equal here differ only in those keys and the seed, so they pair."""
     cfg = json.loads(run.fingerprint)
-    cfg.pop("dropout", None)
+    for k in leave_out:
+        cfg.pop(k, None)
     if isinstance(cfg.get("module"), dict):
-        cfg["module"].pop("dropout", None)
+        cfg["module"] = {k: v for k, v in cfg["module"].items() if k not in leave_out}
     return json.dumps(cfg, sort_keys=True)
 
 
@@ -359,12 +361,7 @@ RRDB_STUDY = "repro_rrdb"
 
 def _training_key(run: Run) -> str:
     """The run's training without its network and dropout: an SRResNet and an RRDB equal here saw the same data."""
-    cfg = json.loads(run.fingerprint)
-    for k in ("backbone", "dropout"):
-        cfg.pop(k, None)
-    if isinstance(cfg.get("module"), dict):
-        cfg["module"] = {k: v for k, v in cfg["module"].items() if k not in ("backbone", "dropout")}
-    return json.dumps(cfg, sort_keys=True)
+    return base_fingerprint(run, ("dropout", "backbone"))
 
 
 def versus_rrdb(root: Path, claim: Claim) -> list[str]:
