@@ -183,3 +183,15 @@ def test_cli_key_value_options_help_and_errors(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "usage: python -m src.report FOLDER" in out and "examples:" in out and "out=DIR" in out
+
+
+def test_published_rows_stand_only_beside_models_trained_as_the_paper_trained():
+    from src.reports.paper import paper_gains, paper_rows
+
+    args = ("table1", "SRResNet", [("none", 0.0), ("last", 0.7)], "official", "psnr_rgb")
+    real = paper_rows(*args, "RealESRGANPipeline")
+    assert [kind for _, _, kind in real] == ["paper", "paper", "paper_delta"]
+    assert real[0][1]["Set5"]["clean"] == 24.89   # the paper's Real-SRResNet (p=0), Set5 clean
+    # a bicubic-trained SRResNet is not the paper's Real-SRResNet: no published row, no published gain beside it
+    assert paper_rows(*args, "BicubicPipeline") == [] and paper_rows(*args, "") == []
+    assert paper_gains(*args[1:], "BicubicPipeline") == {} and paper_gains(*args[1:], "RealESRGANPipeline")

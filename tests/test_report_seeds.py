@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -13,8 +14,9 @@ import pytest
 from scipy import stats as sps
 
 from src.reports import build_report
-from src.reports.collect import columns, load_runs, merge_seeds
-from src.reports.stats import (bootstrap_ci, evidence, holm, paper_effect, seed_difference, set_scores,
+from src.reports.collect import Setting, columns, load_runs, merge_seeds
+from src.reports.prose import over
+from src.reports.stats import (bootstrap_ci, evidence, holm, pairing, paper_effect, seed_difference, set_scores,
                                t_interval, welch_interval)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +45,15 @@ def _pair_gains(folder, name, metric, sets=None, degs=None):
     return out
 
 
+def _make_studies() -> list[Path]:
+    """The study folders `make report` reads, in its order: the Makefile's STUDIES, the wildcard ones that exist."""
+    line = next(x for x in (REPO / "Makefile").read_text().splitlines() if x.startswith("STUDIES := "))
+    first, rest = re.fullmatch(r"STUDIES := \$\(RESULTS\)/(\S+) "
+                               r"\$\(wildcard \$\(addprefix \$\(RESULTS\)/,([^)]*)\)\)", line).groups()
+    results = REPO / "docs" / "results"
+    return [results / first] + [results / n for n in rest.split() if (results / n).is_dir()]
+
+
 def _t_formula(x):
     x = np.asarray(x, float)
     n, m, sd = len(x), x.mean(), x.std(ddof=1)
@@ -64,9 +75,18 @@ def test_t_interval_and_welch_match_their_formulas():
     assert (w.mean, w.low, w.high, w.kind) == pytest.approx((b.mean() - a.mean(), b.mean() - a.mean() - half,
                                                              b.mean() - a.mean() + half, "Welch t"))
     assert math.isnan(t_interval([0.3]).low) and math.isnan(welch_interval([1.0], [1.0, 2.0]).low)
-    # equal seed sets pair, different ones do not
+    # equal seed sets pair, seed sets with fewer than two in common do not
     assert seed_difference({0: 1.0, 1: 2.0, 2: 2.5}, {0: 1.5, 1: 2.4, 2: 3.1}).kind == "paired t"
     assert seed_difference({0: 1.0, 1: 2.0}, {0: 1.5, 5: 2.4}).kind == "Welch t"
+
+
+def test_pairing_pairs_on_the_common_seeds_whenever_two_pair():
+    assert pairing([0, 1, 2], [1, 2]) == [1, 2] and pairing([0, 1], [1, 2]) is None
+    assert pairing([0, 1, 2], [0]) == [0] and pairing([0], [1]) == []
+    # 3 seeds against 2: the seed only one side ran is left out and the two pairs give the paired interval
+    iv = seed_difference({0: 1.0, 1: 2.0, 2: 9.0}, {0: 1.5, 1: 2.7})
+    m, lo, hi, p = _t_formula([0.5, 0.7])
+    assert (iv.kind, iv.n, iv.mean, iv.low, iv.high, iv.p) == pytest.approx(("paired t", 2, m, lo, hi, p))
 
 
 def test_holm_steps_down():
@@ -97,6 +117,15 @@ def test_seed_level_gain_on_the_committed_fixture_matches_the_formula(protocol, 
     assert ev.column_mean == pytest.approx(np.mean([iv.mean for iv in ev.by_column.values()]))
     # the fixture's per-seed offsets are shared by both settings of a seed: the paired gain is the set gain
     assert ev.overall.mean == pytest.approx({"literature": 0.01, "official": 0.30}[protocol], abs=0.01)
+    # a base seed the variant did not run is left out: the remaining seed pairs give the interval
+    kept = sorted(gains)[:-1]
+    drop2 = Setting([r for r in drop.runs if str(r.seed) in kept])
+    ev2 = evidence(base, drop2, columns([base, drop2], protocol), metric, protocol, b=50)
+    assert (ev2.paired, ev2.seeds, ev2.left_out) == (True, (len(kept), len(kept)), 1)
+    m2, lo2, hi2, _ = _t_formula([gains[k] for k in kept])
+    assert (ev2.overall.mean, ev2.overall.low, ev2.overall.high) == pytest.approx((m2, lo2, hi2))
+    assert over(ev2) == (f"paired t over {len(kept)} seed pairs, df = {len(kept) - 1}; "
+                         "1 run(s) without a seed pair left out")
 
 
 def test_two_level_bootstrap_equals_a_plain_loop_over_the_same_draws():
@@ -143,8 +172,7 @@ def test_make_report_on_the_committed_files_reproduces_the_committed_readme_bloc
     readme = tmp_path / "README.md"
     shutil.copy(REPO / "README.md", readme)
     out = tmp_path / "docs" / "results"
-    results = REPO / "docs" / "results"  # the studies `make report` reads (Makefile STUDIES), in its order
-    studies = [CAMPAIGN] + [p for p in (results / "repro_small", results / "repro_probabilities") if p.is_dir()]
+    studies = _make_studies()
     build_report(studies, out, readme=readme, bicubic=REPO / "docs" / "results" / "bicubic")
     assert readme.read_text() == (REPO / "README.md").read_text()
     for name in ("summary.md", "comparison.csv", "comparison_official.csv", "comparison_columns_official.csv"):

@@ -11,12 +11,12 @@ from typing import Sequence
 from src.reports.collect import (METRIC_LABEL, Setting, columns, find_reference, load_runs, groups, merge_seeds,
                                  protocol_metric, size_text, sort_key)
 from src.reports.figures import fig_control, fig_curves, fig_dropout_bars, fig_gains, fig_visual
-from src.reports.paper import paper_gains, paper_setting, published
+from src.reports.paper import paper_gains, paper_setting, published, same_training
 from src.reports.prose import (column_rows, columns_line, control_paragraph, evidence_row, evidence_section,
                                 headline, paper_line, secondary_line, weighting)
 from src.reports.render import to_csv, to_latex, to_markdown, write_readme_block
 from src.reports.stats import Evidence, PaperEffect, evidence, paper_effect
-from src.reports.tables import slug, table_main, table_positions, table_probabilities
+from src.reports.tables import main_tables, slug, table_positions, table_probabilities
 from src.reports.wandb_report import log_report
 from src.utils import atomic_write_text
 
@@ -60,7 +60,7 @@ def build_report(sweeps: Sequence[os.PathLike], out: os.PathLike | None = None, 
         scored = [st for st in settings if protocol in st.protocols()]
         cols = columns(scored, protocol)
         m = protocol_metric(protocol, metric)
-        tables = [table_main(scored, cols, metric, protocol, reference)] \
+        tables = main_tables(scored, metric, protocol, reference) \
             + table_positions(scored, cols, metric, protocol) + table_probabilities(scored, cols, metric, protocol)
         md += [f"## {METRIC_LABEL.get(m, m)}, {PROTOCOL_NOTE.get(protocol, protocol)}", ""]
         for t in tables:
@@ -84,8 +84,7 @@ def build_report(sweeps: Sequence[os.PathLike], out: os.PathLike | None = None, 
                 written["tables"].append(atomic_write_text(out / f"comparison_columns{suffix}.csv", _csv(per_column)))
             summary.update({f"report/{protocol}/{r['comparison']}/{k}": r[k] for r in rows
                             for k in ("gain", "ci_low", "ci_high", "p", "wilcoxon_p")})
-            blocks[protocol] = (table_main(scored, [c for c in cols if c[0] == SUMMARY_SET], metric, protocol,
-                                           reference), comps, control)
+            blocks[protocol] = (main_tables(scored, metric, protocol, reference, sets=(SUMMARY_SET,)), comps, control)
         written["figures"] += _protocol_figures(scored, cols, metric, protocol, fig4, out, comps, reference)
     for group in groups(settings):
         val = next((st.size.get("val") for st in settings if st.group == group), "")
@@ -125,13 +124,14 @@ README_END = "<!-- results:end -->"
 
 
 def summary_md(blocks: dict, out: Path, relative_to: Path, digits: int = 2) -> str:
-    """out/summary.md: per protocol the Set5 table, each comparison's seed-level headline with its columns, the
+    """out/summary.md: per protocol the Set5 tables, each comparison's seed-level headline with its columns, the
     paper beside it and the per-image line, and the control's paragraph; links relative to `relative_to`."""
     link = Path(os.path.relpath(out, relative_to)).as_posix()
     lines = [f"<!-- written by `make report` (src.reports.build.summary_md) from the committed result files; "
              f"edit the code, not this text -->"]
-    for protocol, (table, comps, control) in blocks.items():
-        lines += ["", _protocol_heading(protocol, link), "", to_markdown(table, digits).rstrip()]
+    for protocol, (tables, comps, control) in blocks.items():
+        lines += ["", _protocol_heading(protocol, link)]
+        lines += [x for t in tables for x in ("", to_markdown(t, digits).rstrip())]
         for c in comps:
             lines += ["", "- " + headline(c.name, c.evidence) + " " + columns_line(c.evidence)
                       + (" " + paper_line(c.paper, c.evidence) if c.paper else "")]
@@ -160,7 +160,7 @@ def readme_md(blocks: dict, out: Path, relative_to: Path) -> str:
              f"edit the code, not this text -->"]
     others, table1 = 0, table1_settings()
     for protocol, (_, comps, _) in blocks.items():
-        shown = [c for c in comps if c.variant.dropout
+        shown = [c for c in comps if c.variant.dropout and same_training(c.variant.pipeline)
                  and (c.variant.backbone, c.variant.position, round(c.variant.p, 3)) in table1]
         others += len(comps) - len(shown)
         if shown:
@@ -202,7 +202,8 @@ def comparisons(settings: list[Setting], cols, metric: str, protocol: str) -> li
         drops = [r for r in rs if r.dropout]
         for v in drops:
             base = next((b for b in bases if b.family == v.family), bases[0])
-            published = paper_gains(base.backbone, [(base.position, base.p), (v.position, v.p)], protocol, metric)
+            published = paper_gains(base.backbone, [(base.position, base.p), (v.position, v.p)], protocol, metric,
+                                    base.pipeline)
             ev = evidence(base, v, cols, metric, protocol)
             pe = paper_effect({c: iv.mean for c, iv in ev.by_column.items()}, published)
             out.append(Comparison(f"{v.label} vs p=0", base, v, ev, pe))
@@ -258,7 +259,8 @@ def _protocol_figures(settings, cols, metric, protocol, fig4, out: Path, comps=(
             # two campaigns of one group (e.g. two JPEG codecs) get a figure each, named by the campaign's folder
             tag = "" if len(bases) == 1 else "_" + slug(base.runs[0].dir.parent.name)
             published = paper_gains(base.backbone, [(r.position, r.p) for r in rs if r.dropout
-                                                    and r.family == base.family] + [("none", 0.0)], protocol, m)
+                                                    and r.family == base.family] + [("none", 0.0)], protocol, m,
+                                    base.pipeline)
             name = f"{slug(group)}{tag}{suffix}.png"
             for p in (fig_dropout_bars(settings, group, s, d, metric, out / f"fig4_{name}", protocol, base),
                       fig_gains(settings, group, cols, metric, out / f"gains_{name}", protocol, published, base),

@@ -60,6 +60,7 @@ class Run:
     config_file: str = "config.yaml"
     control: str = ""               # a control made from a baseline model (e.g. "blind blend"), not trained
     family: str = ""                # the fingerprint less dropout and control: runs that differ only in those
+    pipeline: str = ""              # the training degradation's class, e.g. RealESRGANPipeline
 
     @property
     def dropout(self) -> bool:
@@ -85,7 +86,7 @@ class Setting:
 
     def __getattr__(self, name):    # backbone, group, position, dim, p, size, dir: those of its runs
         if name in ("backbone", "group", "position", "dim", "p", "size", "dir", "fingerprint", "baseline", "dropout",
-                    "control", "family"):
+                    "control", "family", "pipeline"):
             return getattr(self.runs[0], name)
         raise AttributeError(name)
 
@@ -214,7 +215,7 @@ def read_run(run_dir: Path) -> Run | None:
     return Run(run_dir, name, prefix + name + (f"[{arch}]" if arch else ""), position,
                str(_select(cfg, "dropout.dim", "channel")), p, results, seed=seed, size=size,
                fingerprint=_fingerprint(cfg), config_file=str(cfg_path.relative_to(run_dir)), control=str(control),
-               family=_fingerprint(cfg, ("dropout", "module.dropout", "control")))
+               family=_fingerprint(cfg, ("dropout", "module.dropout", "control")), pipeline=deg)
 
 
 def _fingerprint(cfg, also: tuple = ()) -> str:

@@ -58,13 +58,16 @@ def _errors(stds):
 
 
 def gain_ci(base: Setting, variant: Setting, s: str, d: str, metric: str, protocol: str) -> tuple[float, float, float]:
-    """(gain, error below, error above) of `variant` over `base` in one column: the difference of the seed means
-    and its 95% seed-level interval (paired over seed pairs, else Welch); NaN errors with one seed."""
+    """(gain, error below, error above) of `variant` over `base` in one column: the seed-level gain and its 95%
+    interval, as `stats.seed_difference` gives them (over the seed pairs when the seeds pair, else the difference
+    of the seed means with Welch's interval); NaN errors with one seed."""
     from src.reports.stats import seed_difference
     from src.reports.tables import per_seed
 
     iv = seed_difference(per_seed(base, s, d, metric, protocol), per_seed(variant, s, d, metric, protocol))
-    gain = variant.value(s, d, metric, protocol) - base.value(s, d, metric, protocol)
+    gain = iv.mean
+    if math.isnan(gain):   # no seed pair and one seed on a side: the difference of the seed means, no error bar
+        gain = variant.value(s, d, metric, protocol) - base.value(s, d, metric, protocol)
     return gain, gain - iv.low, iv.high - gain
 
 

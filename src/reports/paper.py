@@ -24,13 +24,21 @@ def row_values(row: dict, degradations: list[str] | None = None) -> dict[str, di
     return out
 
 
+def same_training(pipeline: str) -> bool:
+    """Whether models trained with the degradation pipeline `pipeline` (its class name) compare with the published
+    rows: every one of them was trained with Real-ESRGAN's second-order pipeline (`setting.degradation`), so a
+    bicubic-trained model's row is not the paper's Real-SRResNet."""
+    return "RealESRGAN" in pipeline
+
+
 def paper_rows(table: str, backbone: str, settings: list[tuple[str, float]], protocol: str,
-               metric: str) -> list[tuple[str, dict, str]]:
+               metric: str, pipeline: str) -> list[tuple[str, dict, str]]:
     """[(label, {set: {deg: value}}, "paper" | "paper_delta")] of `table` for `backbone` whose (position, p)
     is among `settings`, each followed by its published Improvement; [] unless `protocol` and `metric` are the
-    paper's (its numbers are RGB PSNR on its own test LR: beside anything else they would mislead)."""
+    paper's (its numbers are RGB PSNR on its own test LR: beside anything else they would mislead) and the
+    models were trained as the paper's were (`same_training`)."""
     data = published()
-    if protocol != data["protocol"] or metric != data["metric"]:
+    if protocol != data["protocol"] or metric != data["metric"] or not same_training(pipeline):
         return []
     wanted = {(pos, round(float(p), 3)) for pos, p in settings}
     out, has_base, previous = [], False, None
@@ -70,10 +78,11 @@ def paper_setting(backbone: str) -> str:
     return "; ".join(x for x in (arch, f"{int(s['iterations']):,} iterations", s["data"], s["batch"]) if x)
 
 
-def paper_gains(backbone: str, settings: list[tuple[str, float]], protocol: str, metric: str) -> dict:
+def paper_gains(backbone: str, settings: list[tuple[str, float]], protocol: str, metric: str, pipeline: str) -> dict:
     """{(set, degradation): the paper's published Improvement} of the dropout setting among `settings`
-    ((position, p) pairs, the baseline's included); {} where the paper has none or the protocol is not its."""
-    for _, values, kind in paper_rows("table1", backbone, settings, protocol, metric):
+    ((position, p) pairs, the baseline's included); {} where the paper has none, the protocol is not its, or the
+    training is not its (`paper_rows`)."""
+    for _, values, kind in paper_rows("table1", backbone, settings, protocol, metric, pipeline):
         if kind == "paper_delta":
             return {(s, d): v for s, degs in values.items() for d, v in degs.items()}
     return {}

@@ -48,7 +48,8 @@ def over(ev: Evidence) -> str:
     if ev.overall is None or not ev.overall.kind:
         return f"{ev.seeds[0]} vs {ev.seeds[1]} seeds: no seed-level interval"
     if ev.paired:
-        return f"paired t over {ev.overall.n} seed pairs, df = {ev.overall.n - 1}"
+        extra = f"; {ev.left_out} run(s) without a seed pair left out" if ev.left_out else ""
+        return f"paired t over {ev.overall.n} seed pairs, df = {ev.overall.n - 1}{extra}"
     return f"Welch t over {ev.seeds[0]} and {ev.seeds[1]} seeds"
 
 

@@ -4,8 +4,8 @@ seed-level 95% interval and a verdict computed from that interval.
 Every number comes from committed files under the results root (docs/results): the run folders of a study
 (config.yaml + results files), the pooled interpretation (`interp_seeds/groups_models.csv`) and the training-length
 table (`training_length/gain_vs_steps.csv`). A claim is tested by one or more contrasts (variant minus base); each
-contrast gives one number per seed, paired by seed, and `stats.t_interval` (or `stats.welch_interval` when the seeds
-do not pair) turns them into an interval.
+contrast gives one number per seed, and `stats.seed_difference` turns them into an interval, paired by seed or
+not as `stats.pairing` decides for every comparison of the suite.
 
 Verdict rules, per contrast (`verdict`):
 - the paper says the variant is better (direction +1) or lower (-1):
@@ -43,7 +43,7 @@ from src.models.dropout import POSITIONS
 from src.reports.collect import Run, load_runs, protocol_metric, size_text
 from src.reports.paper import paper_setting
 from src.reports.render import write_readme_block
-from src.reports.stats import Interval, t_interval, welch_interval
+from src.reports.stats import Interval, pairing, seed_difference, t_interval
 from src.utils import atomic_write_text
 
 MARGIN_DB = 0.05        # the largest harm a "does not affect" claim tolerates (dB)
@@ -294,18 +294,14 @@ def measure_results(root: Path, claim: Claim, contrast: Contrast) -> tuple[Outco
         why = f"{study} has no score on {', '.join(contrast.degradations)}"
         return Outcome(contrast.label, "not run", reason=why, unit=contrast.unit), involved
     protocol, metric, cols = scored
-    by_seed_v = {r.seed: r for r in variants}
-    by_seed_b = {r.seed: r for r in bases}
-    common = sorted(set(by_seed_v) & set(by_seed_b), key=str)
-    if len(common) >= 2 or not (len(variants) >= 2 and len(bases) >= 2):
-        diffs = [_run_mean(by_seed_v[s], cols, metric, protocol) - _run_mean(by_seed_b[s], cols, metric, protocol)
-                 for s in common]
-        iv, seeds = t_interval(diffs, LEVEL), common
+    iv = seed_difference({r.seed: _run_mean(r, cols, metric, protocol) for r in bases},
+                         {r.seed: _run_mean(r, cols, metric, protocol) for r in variants}, LEVEL)
+    by_seed_v, by_seed_b = {r.seed: r for r in variants}, {r.seed: r for r in bases}
+    seeds = pairing(by_seed_b, by_seed_v)
+    if seeds is not None:
         col_gain = np.mean([[by_seed_v[s].value(c, d, metric, protocol) - by_seed_b[s].value(c, d, metric, protocol)
-                             for c, d in cols] for s in common], axis=0) if common else np.array([])
+                             for c, d in cols] for s in seeds], axis=0) if seeds else np.array([])
     else:  # seeds that do not pair: independent samples
-        iv = welch_interval([_run_mean(r, cols, metric, protocol) for r in bases],
-                            [_run_mean(r, cols, metric, protocol) for r in variants], LEVEL)
         seeds = sorted({r.seed for r in involved}, key=str)
         col_gain = np.array([np.mean([r.value(c, d, metric, protocol) for r in variants])
                              - np.mean([r.value(c, d, metric, protocol) for r in bases]) for c, d in cols])
@@ -385,16 +381,12 @@ def versus_rrdb(root: Path, claim: Claim) -> list[str]:
         return [f"{label}: no test column scored by both"]
     protocol, metric, cols = scored
     by_v, by_b = {r.seed: r for r in srr}, {r.seed: r for r in rrdb}
-    common = sorted(set(by_v) & set(by_b), key=str)
-    paired = len(common) >= 2 or not (len(by_v) >= 2 and len(by_b) >= 2)
+    common = pairing(by_b, by_v)
+    paired = common is not None
     higher = above = below = 0
     for s, d in cols:
-        if paired:
-            iv = t_interval([by_v[k].value(s, d, metric, protocol) - by_b[k].value(s, d, metric, protocol)
-                             for k in common], LEVEL)
-        else:
-            iv = welch_interval([r.value(s, d, metric, protocol) for r in rrdb],
-                                [r.value(s, d, metric, protocol) for r in srr], LEVEL)
+        iv = seed_difference({k: r.value(s, d, metric, protocol) for k, r in by_b.items()},
+                             {k: r.value(s, d, metric, protocol) for k, r in by_v.items()}, LEVEL)
         higher += iv.mean > 0
         above += bool(iv.kind) and iv.low > 0
         below += bool(iv.kind) and iv.high < 0
@@ -426,9 +418,8 @@ def by_position(root: Path, claim: Claim) -> list[str]:
     order = sorted(pos, key=lambda k: POSITIONS.index(k) if k in POSITIONS else len(POSITIONS))
     parts, below, above = [], [], []
     for k in order:
-        seeds = sorted(set(pos[k]) & set(base), key=str)
-        iv = t_interval([_run_mean(pos[k][s], cols, metric, protocol) - _run_mean(base[s], cols, metric, protocol)
-                         for s in seeds], LEVEL)
+        iv = seed_difference({s: _run_mean(r, cols, metric, protocol) for s, r in base.items()},
+                             {s: _run_mean(r, cols, metric, protocol) for s, r in pos[k].items()}, LEVEL)
         ci = f" [{iv.low:+.3f}, {iv.high:+.3f}]" if iv.kind else ""
         parts.append(f"{k} {iv.mean:+.3f}{ci} (n={iv.n})")
         if iv.kind and iv.high < 0:
@@ -469,11 +460,8 @@ def measure_interp(root: Path, claim: Claim, contrast: Contrast) -> Outcome:
     if not v or not b:
         return Outcome(contrast.label, "not run", reason=f"{path.name} lacks {contrast.statistic} for "
                        f"{contrast.variant[0]} or {contrast.base[0]}", unit=contrast.unit)
-    common = sorted(set(v) & set(b))
-    if len(common) >= 2 or not (len(v) >= 2 and len(b) >= 2):
-        iv, seeds = t_interval([v[s] - b[s] for s in common], LEVEL), common
-    else:
-        iv, seeds = welch_interval(list(b.values()), list(v.values()), LEVEL), sorted(set(v) | set(b))
+    common = pairing(b, v)
+    iv, seeds = seed_difference(b, v, LEVEL), (sorted(set(v) | set(b)) if common is None else common)
     word, why = verdict(iv, contrast.direction)
     detail = f"{contrast.statistic}: {np.mean(list(b.values())):.4g} -> {np.mean(list(v.values())):.4g}"
     return Outcome(contrast.label, word, iv, why, contrast.unit, seeds, detail)

@@ -2,8 +2,9 @@
 
 The claim "dropout helps" is about training runs, so the headline (`evidence`) has one number per seed pair: the
 image-weighted mean gain of that pair's two models (every image x degradation counts once), with a t interval
-over the pairs and a two-level bootstrap (seed pairs, then images). Settings that ran different seeds are
-compared with Welch's interval over their per-seed means.
+over the pairs and a two-level bootstrap (seed pairs, then images). `pairing` decides, for every comparison of
+the reports and the scorecard, which seeds pair: those both settings ran, when at least two do (seeds only one side
+ran are left out); settings with fewer common seeds are compared with Welch's interval over their per-seed means.
 
 The per-image statistics (`paired`) hold the trained models fixed: the per-image scores, averaged over each
 setting's seeds, give one difference per image x degradation; the 8 degradations of one image are not
@@ -163,12 +164,31 @@ def holm(pvalues, alpha: float = 0.05) -> list[bool]:
     return out
 
 
-def seed_difference(base: dict, variant: dict) -> Interval:
-    """variant - base from per-seed values ({seed: value}): a paired t interval over the seeds both have when
-    the two seed sets are equal, else Welch's. With one seed on a side the interval is NaN (nothing to say)."""
-    if set(base) == set(variant) and len(base) >= 2:
-        return t_interval([variant[s] - base[s] for s in sorted(base, key=str)])
-    return welch_interval(list(base.values()), list(variant.values()))
+def pairing(base_seeds, variant_seeds) -> list | None:
+    """The seeds a comparison pairs on, or None when it compares the two sides as independent samples (Welch).
+
+    Two runs of one seed saw the same initialisation and batches, so their difference cancels what the seed
+    adds: a comparison pairs on the seeds both sides ran whenever at least two pair, leaving out the seeds only
+    one side ran. With fewer pairs, Welch's interval over each side's seeds if each side has two; with less
+    still there is no interval, and the (at most one) common seed is returned.
+
+    Example:
+        >>> pairing([0, 1, 2], [0, 1]), pairing([0, 1], [2, 3]), pairing([0, 1, 2], [0])
+        ([0, 1], None, [0])
+    """
+    common = sorted(set(base_seeds) & set(variant_seeds), key=str)
+    if len(common) >= 2 or len(set(base_seeds)) < 2 or len(set(variant_seeds)) < 2:
+        return common
+    return None
+
+
+def seed_difference(base: dict, variant: dict, level: float = 0.95) -> Interval:
+    """variant - base from per-seed values ({seed: value}), paired or not as `pairing` decides: a paired t
+    interval over the common seeds, or Welch's over every seed of each side. NaN where nothing can be said."""
+    seeds = pairing(base, variant)
+    if seeds is None:
+        return welch_interval(list(base.values()), list(variant.values()), level)
+    return t_interval([variant[s] - base[s] for s in seeds], level)
 
 
 @dataclass
@@ -200,10 +220,6 @@ def set_scores(base: Setting, variant: Setting, cols, metric: str, protocol: str
 
         out[s] = SetScores(degs, images, stack(base), stack(variant))
     return out
-
-
-def _paired(base: Setting, variant: Setting) -> bool:
-    return base.n >= 1 and sorted(map(str, base.seeds)) == sorted(map(str, variant.seeds))
 
 
 def _select(scores: dict[str, SetScores], sets=None, degs=None):
@@ -284,7 +300,8 @@ class Evidence:
     protocol: str
     metric: str
     paired: bool
-    seeds: tuple[int, int]                  # runs of (base, variant)
+    seeds: tuple[int, int]                  # runs of (base, variant) compared
+    left_out: int = 0                       # runs without a seed pair, left out of a paired comparison
     images: int = 0                         # test images (per degradation)
     overall: Interval = None                # image-weighted mean gain over every image x degradation
     per_pair: list = field(default_factory=list)    # each seed pair's overall gain
@@ -316,8 +333,13 @@ class Evidence:
 def evidence(base: Setting, variant: Setting, cols, metric: str, protocol: str,
              b: int = BOOTSTRAP_B) -> Evidence:
     """Seed-level inference of `variant` - `base` over the columns `cols` (see `Evidence`)."""
-    paired_seeds = _paired(base, variant)
-    out = Evidence(protocol, metric, paired_seeds, (base.n, variant.n))
+    seeds = pairing(base.seeds, variant.seeds)
+    paired_seeds = bool(seeds)
+    left_out = 0
+    if paired_seeds:
+        left_out = base.n + variant.n - 2 * len(seeds)
+        base, variant = (Setting([r for r in st.runs if r.seed in seeds], st.tag) for st in (base, variant))
+    out = Evidence(protocol, metric, paired_seeds, (base.n, variant.n), left_out=left_out)
     scores = set_scores(base, variant, cols, metric, protocol)
     out.overall, out.per_pair = seed_level(scores, paired_seeds)
     out.images = sum(len(sc.images) for sc in scores.values())

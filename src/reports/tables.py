@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from src.reports.collect import (POSITION_LABEL, Reference, Setting, groups, protocol_metric, size_text,
-                                 sort_key)
-from src.reports.paper import paper_rows
+from src.reports.collect import (POSITION_LABEL, Reference, Setting, columns, groups, protocol_metric,
+                                 size_text, sort_key)
+from src.reports.paper import paper_rows, same_training
 
 
 @dataclass
@@ -118,8 +118,23 @@ def _delta(st: Setting, base: Setting, cols, metric: str, protocol: str) -> Row:
     return Row("Improvement", vals, "delta", std, min(st.n, base.n))
 
 
+def main_tables(settings: list[Setting], metric: str, protocol: str = "literature",
+                reference: Reference | None = None, sets=None) -> list[Table]:
+    """Table 1 (`table1`) of the models trained as the paper's Table 1 was (Real-ESRGAN's pipeline), and one table
+    of the same layout (`table1_bicubic`) for the models trained otherwise (the bicubic setting of Fig. 2a/2b/4),
+    each over the columns its own models scored: the bicubic setting is scored on clean input only, and its rows
+    beside the Real models' would be seven empty columns and a different training. `sets`: only these test sets."""
+    out = []
+    for name, part in (("table1", [st for st in settings if same_training(st.pipeline)]),
+                       ("table1_bicubic", [st for st in settings if not same_training(st.pipeline)])):
+        cols = [c for c in columns(part, protocol) if sets is None or c[0] in sets]
+        if part and cols:
+            out.append(table_main(part, cols, metric, protocol, reference, name))
+    return out
+
+
 def table_main(settings: list[Setting], cols, metric: str, protocol: str = "literature",
-               reference: Reference | None = None) -> Table:
+               reference: Reference | None = None, name: str = "table1") -> Table:
     """Table 1 layout: the bicubic reference, then per group the baseline, each dropout variant and its
     Improvement over the baseline, and the paper's published rows where the protocol is the paper's."""
     m = protocol_metric(protocol, metric)
@@ -138,14 +153,14 @@ def table_main(settings: list[Setting], cols, metric: str, protocol: str = "lite
             base = next((b for b in bases if b.family == r.family), bases[0] if bases else None)
             if base is not None and r.dropout:
                 rows.append(_delta(r, base, cols, m, protocol))
-        paper = paper_rows("table1", rs[0].backbone, [(r.position, r.p) for r in rs], protocol, m)
+        paper = paper_rows("table1", rs[0].backbone, [(r.position, r.p) for r in rs], protocol, m, rs[0].pipeline)
         for label, values, kind in paper:
             rows.append(Row(f"paper: {label}" if kind == "paper" else "paper: Improvement",
                             [values.get(s, {}).get(d, math.nan) for s, d in cols], kind))
         notes.append(f"{group}: {size_text(rs[0].size)}")
     caption = (f"{_metric_name(m)} of models x4, {protocol} protocol; Improvement = with dropout minus without "
                f"(p=0).")
-    return Table("table1" + _suffix(protocol), caption, [s for s, _ in cols], [d for _, d in cols], rows,
+    return Table(name + _suffix(protocol), caption, [s for s, _ in cols], [d for _, d in cols], rows,
                  notes=notes)
 
 
@@ -164,7 +179,8 @@ def table_positions(settings: list[Setting], cols, metric: str, protocol: str = 
                 for r in sorted(base + rs, key=sort_key)]
         if dim == "channel" and p == 0.7:
             for label, values, kind in paper_rows("table_b3", rs[0].backbone,
-                                                  [(r.position, r.p) for r in base + rs], protocol, m):
+                                                  [(r.position, r.p) for r in base + rs], protocol, m,
+                                                  rs[0].pipeline):
                 rows.append(Row(f"paper: {label}", [values.get(s, {}).get(d, math.nan) for s, d in cols], kind))
         out.append(Table(f"table_b3_{slug(group)}_{dim}_p{p:g}{_suffix(protocol)}",
                          f"{_metric_name(m)} of {group} with {dim}-wise dropout (p={p:g}) at different positions, "
@@ -193,7 +209,7 @@ def table_probabilities(settings: list[Setting], cols, metric: str, protocol: st
                     [per_seed(r, s, d, m, protocol) for r in rs]) for s, d in cols]
         published: dict[tuple[str, str], list[float]] = {}
         for j, r in enumerate(rs):
-            for _, values, kind in paper_rows("table_a2", r.backbone, [(r.position, r.p)], protocol, m):
+            for _, values, kind in paper_rows("table_a2", r.backbone, [(r.position, r.p)], protocol, m, r.pipeline):
                 for s, by_deg in values.items():
                     for d, v in by_deg.items():
                         published.setdefault((s, d), [math.nan] * len(rs))[j] = v

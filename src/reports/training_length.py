@@ -26,7 +26,7 @@ import numpy as np
 from src import runs as run_folders
 from src.reports.collect import Run, load_runs, protocol_metric
 from src.reports.scorecard import LENGTH_TABLE, base_fingerprint
-from src.reports.stats import Interval, t_interval, welch_interval
+from src.reports.stats import Interval, seed_difference
 from src.utils import atomic_write_json, atomic_write_text
 
 STEP_FILE = re.compile(r"step-(\d+)\.safetensors$")
@@ -98,11 +98,7 @@ def gain_rows(runs: list[Run], protocol: str = "official") -> list[dict]:
                 cols = all_cols if label == "all" else [c for c in all_cols if c[0] == label]
                 v = {r.seed: _step_value(scores[r.dir], step, cols, metric) for r in var}
                 b = {r.seed: _step_value(scores[r.dir], step, cols, metric) for r in base}
-                paired = sorted(set(v) & set(b), key=str)
-                if len(paired) >= 2 or not (len(v) >= 2 and len(b) >= 2):
-                    iv: Interval = t_interval([v[s] - b[s] for s in paired])
-                else:
-                    iv = welch_interval(list(b.values()), list(v.values()))
+                iv: Interval = seed_difference(b, v)
                 rows.append({"setting": f"{position} {dim} p={p:g}", "set": label, "step": step, "n": iv.n,
                              "mean": iv.mean, "low": iv.low, "high": iv.high, "p": iv.p, "kind": iv.kind,
                              "base": float(np.nanmean(list(b.values()))), "variant": float(np.nanmean(list(v.values()))),
