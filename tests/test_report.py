@@ -195,3 +195,43 @@ def test_published_rows_stand_only_beside_models_trained_as_the_paper_trained():
     # a bicubic-trained SRResNet is not the paper's Real-SRResNet: no published row, no published gain beside it
     assert paper_rows(*args, "BicubicPipeline") == [] and paper_rows(*args, "") == []
     assert paper_gains(*args[1:], "BicubicPipeline") == {} and paper_gains(*args[1:], "RealESRGANPipeline")
+
+
+def _scored_run(folder, backbone, pipeline, p, seed, degs, offset):
+    """A run folder whose results hold per-image scores: image k scores 25 + k + offset (+ 0.1 with dropout)."""
+    cfg = {"scale": 4, "seed": seed, "backbone": {"_target_": BACKBONES[backbone], "upscale": "${scale}"},
+           "dropout": {"position": "last" if p else "none", "dim": "channel", "p": p},
+           "degradation": {"_target_": f"src.data.pipelines.{pipeline}", "scale": "${scale}"}}
+    (folder / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(cfg), folder / ".hydra" / "config.yaml")
+    res = {}
+    for s in ("Set5", "BSD100"):
+        for d in degs:
+            per = {f"im{k}": {m: 25.0 + k + offset + (0.1 if p else 0.0) for m in ("psnr", "psnr_rgb")}
+                   | {"ssim": 0.7, "ssim_rgb": 0.6} for k in range(2)}
+            res.setdefault(s, {})[d] = {"psnr": float(np.mean([v["psnr"] for v in per.values()])), "ssim": 0.7,
+                                        "psnr_rgb": 22.0, "ssim_rgb": 0.6, "n_images": 2, "skipped": 0,
+                                        "scale": 4, "seed": seed, "per_image": per}
+    (folder / "results.json").write_text(json.dumps(res))
+
+
+def test_bicubic_trained_models_get_their_own_table_comparisons_and_figures(tmp_path):
+    sweep = tmp_path / "sweep"
+    for seed in (0, 1):
+        for p in (0.0, 0.7):
+            _scored_run(sweep / f"real_p{p}_s{seed}", "SRResNet", "RealESRGANPipeline", p, seed, DEGS, 0.0)
+            # the bicubic setting is scored on clean input only
+            _scored_run(sweep / f"bic_p{p}_s{seed}", "SRResNet", "BicubicPipeline", p, seed, ["clean"], 3.0)
+    out = tmp_path / "report"
+    build_report([sweep], out)
+    table1 = (out / "table1.md").read_text()
+    assert "| Real-SRResNet (p=0) [mean of 2 seeds] |" in table1 and "| SRResNet (p=0" not in table1
+    bicubic = (out / "table1_bicubic.md").read_text()
+    assert "| Model | clean |" in bicubic and "| SRResNet (p=0.7) [mean of 2 seeds] | 28.60 ± 0.00 |" in bicubic
+    assert "Real-SRResNet" not in bicubic
+    rows = {r["comparison"]: r for r in csv.DictReader((out / "comparison.csv").open())}
+    bic = rows["SRResNet (p=0.7) [mean of 2 seeds] vs p=0"]
+    # over the 2 clean columns the bicubic models scored, not the 16 of the Real ones: +0.1 on every image
+    assert bic["columns"] == "2" and float(bic["gain"]) == pytest.approx(0.1) and bic["images"] == "4"
+    assert rows["Real-SRResNet (p=0.7) [mean of 2 seeds] vs p=0"]["columns"] == "16"
+    _png_ok(out / "gains_SRResNet.png")

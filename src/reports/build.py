@@ -200,15 +200,17 @@ def comparisons(settings: list[Setting], cols, metric: str, protocol: str) -> li
         if not bases:
             continue
         drops = [r for r in rs if r.dropout]
+        group_cols = [c for c in cols if c in set(columns(rs, protocol))]  # the bicubic setting: clean only
         for v in drops:
             base = next((b for b in bases if b.family == v.family), bases[0])
             published = paper_gains(base.backbone, [(base.position, base.p), (v.position, v.p)], protocol, metric,
                                     base.pipeline)
-            ev = evidence(base, v, cols, metric, protocol)
+            ev = evidence(base, v, group_cols, metric, protocol)
             pe = paper_effect({c: iv.mean for c, iv in ev.by_column.items()}, published)
             out.append(Comparison(f"{v.label} vs p=0", base, v, ev, pe))
             for c in (r for r in rs if r.control and r.family == base.family):
-                out.append(Comparison(f"{v.label} vs {c.control}", c, v, evidence(c, v, cols, metric, protocol)))
+                out.append(Comparison(f"{v.label} vs {c.control}", c, v, evidence(c, v, group_cols, metric,
+                                                                                   protocol)))
     return out
 
 
@@ -255,6 +257,7 @@ def _protocol_figures(settings, cols, metric, protocol, fig4, out: Path, comps=(
     for group in groups(settings):
         rs = sorted((r for r in settings if r.group == group), key=sort_key)
         bases = [r for r in rs if r.baseline]
+        group_cols = columns(rs, protocol)  # a group scored on fewer columns (clean only) draws no empty ones
         for base in bases:
             # two campaigns of one group (e.g. two JPEG codecs) get a figure each, named by the campaign's folder
             tag = "" if len(bases) == 1 else "_" + slug(base.runs[0].dir.parent.name)
@@ -263,8 +266,9 @@ def _protocol_figures(settings, cols, metric, protocol, fig4, out: Path, comps=(
                                     base.pipeline)
             name = f"{slug(group)}{tag}{suffix}.png"
             for p in (fig_dropout_bars(settings, group, s, d, metric, out / f"fig4_{name}", protocol, base),
-                      fig_gains(settings, group, cols, metric, out / f"gains_{name}", protocol, published, base),
-                      fig_control(comparisons_of(comps, base), reference, cols, m, out / f"control_{name}",
+                      fig_gains(settings, group, group_cols, metric, out / f"gains_{name}", protocol, published,
+                                base),
+                      fig_control(comparisons_of(comps, base), reference, group_cols, m, out / f"control_{name}",
                                   protocol)):
                 if p:
                     figures.append(p)
