@@ -153,6 +153,11 @@ def test_card_from_fixture(results_root):
     three = [o for o in rows[3].outcomes if o.verdict != "not run"]
     assert [o.contrast for o in three] == ["last p=0.1 - p=0.7, clean"]
     assert three[0].interval.mean == pytest.approx(np.mean([-0.01 + 0.30, 0.00 + 0.35, 0.01 + 0.32]))
+    # a part not run names the setting that is missing, on whichever side of the contrast it is
+    reasons = {o.contrast: o.reason for o in rows[3].outcomes}
+    assert reasons["last - b8 (channel p=0.1), clean"] == (
+        "no committed run of b8 channel p=0.1 from the experiment of repro_bicubic's last channel p=0.1")
+    assert reasons["b8 - all (channel p=0.1), clean"] == "no committed run of b8 channel p=0.1"
 
     # claim 7: one seed pair (the p=0.9 run against repro_small's seed 0): no interval
     seven = [o for o in rows[7].outcomes if o.verdict != "not run"]

@@ -235,6 +235,11 @@ def base_fingerprint(run: Run, leave_out: tuple = ("dropout",)) -> str:
     return json.dumps(cfg, sort_keys=True)
 
 
+def _side_text(side: tuple) -> str:
+    """A contrast side as the not-run reasons name it: "p=0" or "all element p=0.1"."""
+    return "p=0" if side[0] == "none" else f"{side[0]} {side[1]} p={side[2]:g}"
+
+
 def _matches(run: Run, side: tuple) -> bool:
     if side[0] == "none":
         return run.baseline
@@ -277,7 +282,7 @@ def measure_results(root: Path, claim: Claim, contrast: Contrast) -> tuple[Outco
     everything = [r for rs in loaded.values() for r in rs]
     found = [(s, v) for s in studies if (v := [r for r in loaded[s] if _matches(r, contrast.variant)])]
     if not found:
-        return Outcome(contrast.label, "not run", reason="no committed run of this setting",
+        return Outcome(contrast.label, "not run", reason=f"no committed run of {_side_text(contrast.variant)}",
                        unit=contrast.unit), []
     # The study with the most seeds of the variant speaks loudest (a campaign accumulates seeds over sittings);
     # on a tie the first listed.
@@ -286,7 +291,8 @@ def measure_results(root: Path, claim: Claim, contrast: Contrast) -> tuple[Outco
     variants = [r for r in variants if base_fingerprint(r) == fp]
     bases = [r for r in everything if _matches(r, contrast.base) and base_fingerprint(r) == fp]
     if not bases:
-        return Outcome(contrast.label, "not run", reason=f"no base run of the same experiment as {study}",
+        return Outcome(contrast.label, "not run", reason=f"no committed run of {_side_text(contrast.base)} "
+                       f"from the experiment of {study}'s {_side_text(contrast.variant)}",
                        unit=contrast.unit), variants
     involved = variants + bases
     scored = _columns(involved, contrast.degradations)
