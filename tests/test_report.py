@@ -197,10 +197,10 @@ def test_published_rows_stand_only_beside_models_trained_as_the_paper_trained():
     assert paper_gains(*args[1:], "BicubicPipeline") == {} and paper_gains(*args[1:], "RealESRGANPipeline")
 
 
-def _scored_run(folder, backbone, pipeline, p, seed, degs, offset):
+def _scored_run(folder, backbone, pipeline, p, seed, degs, offset, position="last"):
     """A run folder whose results hold per-image scores: image k scores 25 + k + offset (+ 0.1 with dropout)."""
     cfg = {"scale": 4, "seed": seed, "backbone": {"_target_": BACKBONES[backbone], "upscale": "${scale}"},
-           "dropout": {"position": "last" if p else "none", "dim": "channel", "p": p},
+           "dropout": {"position": position if p else "none", "dim": "channel", "p": p},
            "degradation": {"_target_": f"src.data.pipelines.{pipeline}", "scale": "${scale}"}}
     (folder / ".hydra").mkdir(parents=True)
     OmegaConf.save(OmegaConf.create(cfg), folder / ".hydra" / "config.yaml")
@@ -222,6 +222,7 @@ def test_bicubic_trained_models_get_their_own_table_comparisons_and_figures(tmp_
             _scored_run(sweep / f"real_p{p}_s{seed}", "SRResNet", "RealESRGANPipeline", p, seed, DEGS, 0.0)
             # the bicubic setting is scored on clean input only
             _scored_run(sweep / f"bic_p{p}_s{seed}", "SRResNet", "BicubicPipeline", p, seed, ["clean"], 3.0)
+        _scored_run(sweep / f"bic_all_s{seed}", "SRResNet", "BicubicPipeline", 0.7, seed, ["clean"], 3.0, "all")
     out = tmp_path / "report"
     build_report([sweep], out)
     table1 = (out / "table1.md").read_text()
@@ -235,3 +236,8 @@ def test_bicubic_trained_models_get_their_own_table_comparisons_and_figures(tmp_
     assert bic["columns"] == "2" and float(bic["gain"]) == pytest.approx(0.1) and bic["images"] == "4"
     assert rows["Real-SRResNet (p=0.7) [mean of 2 seeds] vs p=0"]["columns"] == "16"
     _png_ok(out / "gains_SRResNet.png")
+    # its positions table (Table B.3 layout) keeps the one column it scored, and every row names its seeds
+    b3 = (out / "table_b3_SRResNet_channel_p0.7.md").read_text()
+    assert b3.count("| Model | clean |\n") == 2 and "blur" not in b3
+    for label in ("SRResNet (p=0)", "last (p=0.7)", "all (p=0.7)"):
+        assert f"| {label} [mean of 2 seeds] | 28.{6 if 'p=0.7' in label else 5}0 ± 0.00 |" in b3, label

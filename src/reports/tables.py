@@ -173,9 +173,10 @@ def table_positions(settings: list[Setting], cols, metric: str, protocol: str = 
         if len({r.position for r in rs}) < 2:
             continue
         base = [r for r in settings if r.group == group and r.baseline]
-        rows = [_row(r, cols, m, protocol, f"{r.group} (p=0)" if r.baseline else
-                     f"{POSITION_LABEL.get(r.position, r.position)} (p={r.p:g})" + (
-                         f" [mean of {r.n} seeds]" if r.n > 1 else ""))
+        cols = _scored(cols, base + rs, m, protocol)
+        rows = [_row(r, cols, m, protocol, (f"{r.group} (p=0)" if r.baseline else
+                                            f"{POSITION_LABEL.get(r.position, r.position)} (p={r.p:g})")
+                     + (f" [mean of {r.n} seeds]" if r.n > 1 else ""))
                 for r in sorted(base + rs, key=sort_key)]
         if dim == "channel" and p == 0.7:
             for label, values, kind in paper_rows("table_b3", rs[0].backbone,
@@ -204,9 +205,10 @@ def table_probabilities(settings: list[Setting], cols, metric: str, protocol: st
             continue
         base = [r for r in settings if r.group == group and r.baseline and r.family == family][:1]
         rs = base + rs
+        own = _scored(cols, rs, m, protocol)
         rows = [Row(f"{s} {d}", [r.value(s, d, m, protocol) for r in rs], "model",
                     [r.std(s, d, m, protocol) for r in rs], min(r.n for r in rs),
-                    [per_seed(r, s, d, m, protocol) for r in rs]) for s, d in cols]
+                    [per_seed(r, s, d, m, protocol) for r in rs]) for s, d in own]
         published: dict[tuple[str, str], list[float]] = {}
         for j, r in enumerate(rs):
             for _, values, kind in paper_rows("table_a2", r.backbone, [(r.position, r.p)], protocol, m, r.pipeline):
@@ -214,7 +216,7 @@ def table_probabilities(settings: list[Setting], cols, metric: str, protocol: st
                     for d, v in by_deg.items():
                         published.setdefault((s, d), [math.nan] * len(rs))[j] = v
         rows += [Row(f"paper: {s} {d}", vals, "paper") for (s, d), vals in published.items()]
-        notes = [f"the paper's {s} {d} is not scored here" for s, d in published if (s, d) not in cols]
+        notes = [f"the paper's {s} {d} is not scored here" for s, d in published if (s, d) not in own]
         campaigns = {r.family for r in settings if r.group == group and r.position == pos and r.dim == dim
                      and r.dropout}
         anchor = (base or rs)[0]
@@ -226,6 +228,12 @@ def table_probabilities(settings: list[Setting], cols, metric: str, protocol: st
                          [""] * len(rs), [f"p={r.p:g}" for r in rs], rows, per_row=True, row_header="Test set",
                          notes=notes))
     return out
+
+
+def _scored(cols, settings: list[Setting], metric: str, protocol: str) -> list:
+    """The columns that some of these settings scored: a study scored on clean input alone (the bicubic setting)
+    keeps one column instead of seven empty ones beside it."""
+    return [(s, d) for s, d in cols if any(not math.isnan(st.value(s, d, metric, protocol)) for st in settings)]
 
 
 def _metric_name(metric: str) -> str:
