@@ -223,6 +223,10 @@ def test_bicubic_trained_models_get_their_own_table_comparisons_and_figures(tmp_
             # the bicubic setting is scored on clean input only
             _scored_run(sweep / f"bic_p{p}_s{seed}", "SRResNet", "BicubicPipeline", p, seed, ["clean"], 3.0)
         _scored_run(sweep / f"bic_all_s{seed}", "SRResNet", "BicubicPipeline", 0.7, seed, ["clean"], 3.0, "all")
+        _scored_run(sweep / f"real_all_s{seed}", "SRResNet", "RealESRGANPipeline", 0.7, seed, DEGS, 0.0, "all")
+    # a clean-only positions table ("RRDB" sorts before "Real-SRResNet") must not narrow the tables after it
+    for position in ("last", "all"):
+        _scored_run(sweep / f"bic_rrdb_{position}", "RRDB", "BicubicPipeline", 0.7, 0, ["clean"], 3.0, position)
     out = tmp_path / "report"
     build_report([sweep], out)
     table1 = (out / "table1.md").read_text()
@@ -241,3 +245,6 @@ def test_bicubic_trained_models_get_their_own_table_comparisons_and_figures(tmp_
     assert b3.count("| Model | clean |\n") == 2 and "blur" not in b3
     for label in ("SRResNet (p=0)", "last (p=0.7)", "all (p=0.7)"):
         assert f"| {label} [mean of 2 seeds] | 28.{6 if 'p=0.7' in label else 5}0 ± 0.00 |" in b3, label
+    assert "| Model | clean |\n" in (out / "table_b3_RRDB_channel_p0.7.md").read_text()
+    assert (out / "table_b3_Real_SRResNet_channel_p0.7.md").read_text().count(
+        "| Model | clean | blur | noise | jpeg | b+n | b+j | n+j | b+n+j |") == 2

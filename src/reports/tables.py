@@ -173,8 +173,9 @@ def table_positions(settings: list[Setting], cols, metric: str, protocol: str = 
         if len({r.position for r in rs}) < 2:
             continue
         base = [r for r in settings if r.group == group and r.baseline]
-        cols = _scored(cols, base + rs, m, protocol)
-        rows = [_row(r, cols, m, protocol, (f"{r.group} (p=0)" if r.baseline else
+        # the columns this table's own runs scored (the bicubic setting: clean alone), not seven empty ones
+        own = [c for c in columns(base + rs, protocol) if c in cols]
+        rows = [_row(r, own, m, protocol, (f"{r.group} (p=0)" if r.baseline else
                                             f"{POSITION_LABEL.get(r.position, r.position)} (p={r.p:g})")
                      + (f" [mean of {r.n} seeds]" if r.n > 1 else ""))
                 for r in sorted(base + rs, key=sort_key)]
@@ -182,10 +183,10 @@ def table_positions(settings: list[Setting], cols, metric: str, protocol: str = 
             for label, values, kind in paper_rows("table_b3", rs[0].backbone,
                                                   [(r.position, r.p) for r in base + rs], protocol, m,
                                                   rs[0].pipeline):
-                rows.append(Row(f"paper: {label}", [values.get(s, {}).get(d, math.nan) for s, d in cols], kind))
+                rows.append(Row(f"paper: {label}", [values.get(s, {}).get(d, math.nan) for s, d in own], kind))
         out.append(Table(f"table_b3_{slug(group)}_{dim}_p{p:g}{_suffix(protocol)}",
                          f"{_metric_name(m)} of {group} with {dim}-wise dropout (p={p:g}) at different positions, "
-                         f"{protocol} protocol.", [s for s, _ in cols], [d for _, d in cols], rows))
+                         f"{protocol} protocol.", [s for s, _ in own], [d for _, d in own], rows))
     return out
 
 
@@ -205,7 +206,7 @@ def table_probabilities(settings: list[Setting], cols, metric: str, protocol: st
             continue
         base = [r for r in settings if r.group == group and r.baseline and r.family == family][:1]
         rs = base + rs
-        own = _scored(cols, rs, m, protocol)
+        own = [c for c in columns(rs, protocol) if c in cols]
         rows = [Row(f"{s} {d}", [r.value(s, d, m, protocol) for r in rs], "model",
                     [r.std(s, d, m, protocol) for r in rs], min(r.n for r in rs),
                     [per_seed(r, s, d, m, protocol) for r in rs]) for s, d in own]
@@ -228,12 +229,6 @@ def table_probabilities(settings: list[Setting], cols, metric: str, protocol: st
                          [""] * len(rs), [f"p={r.p:g}" for r in rs], rows, per_row=True, row_header="Test set",
                          notes=notes))
     return out
-
-
-def _scored(cols, settings: list[Setting], metric: str, protocol: str) -> list:
-    """The columns that some of these settings scored: a study scored on clean input alone (the bicubic setting)
-    keeps one column instead of seven empty ones beside it."""
-    return [(s, d) for s, d in cols if any(not math.isnan(st.value(s, d, metric, protocol)) for st in settings)]
 
 
 def _metric_name(metric: str) -> str:
