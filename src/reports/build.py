@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from src.reports.collect import (METRIC_LABEL, Setting, columns, find_reference, load_runs, groups, merge_seeds,
-                                 protocol_metric, size_text, sort_key)
+from src.reports.collect import (METRIC_LABEL, Setting, columns, columns_within, find_reference, load_runs, groups,
+                                 merge_seeds, protocol_metric, size_text, sort_key)
 from src.reports.figures import fig_control, fig_curves, fig_dropout_bars, fig_gains, fig_visual
 from src.reports.paper import paper_gains, paper_setting, published, same_training
 from src.reports.prose import (column_rows, columns_line, control_paragraph, evidence_row, evidence_section,
@@ -200,7 +200,7 @@ def comparisons(settings: list[Setting], cols, metric: str, protocol: str) -> li
         if not bases:
             continue
         drops = [r for r in rs if r.dropout]
-        group_cols = [c for c in cols if c in set(columns(rs, protocol))]  # the bicubic setting: clean only
+        group_cols = columns_within(rs, cols, protocol)
         for v in drops:
             base = next((b for b in bases if b.family == v.family), bases[0])
             published = paper_gains(base.backbone, [(base.position, base.p), (v.position, v.p)], protocol, metric,

@@ -323,6 +323,13 @@ def columns(settings: list[Setting], protocol: str = "literature") -> list[tuple
             if any(d in r.results.get(protocol, {}).get(s, {}) for st in settings for r in st.runs)]
 
 
+def columns_within(settings: list[Setting], cols, protocol: str = "literature") -> list[tuple[str, str]]:
+    """The columns of `cols` that `settings` scored, in `cols`' order: a group scored on fewer columns (the bicubic
+    setting: clean alone) gets no empty ones, and the shared list stays whole for the groups after it."""
+    scored = set(columns(settings, protocol))
+    return [c for c in cols if c in scored]
+
+
 def groups(settings) -> list[str]:
     """Groups in the paper's order: SRResNet before RRDB before SwinIR."""
     order = list(BACKBONE_LABEL.values())

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from src.reports.collect import (POSITION_LABEL, Reference, Setting, columns, groups, protocol_metric,
+from src.reports.collect import (POSITION_LABEL, Reference, Setting, columns, columns_within, groups, protocol_metric,
                                  size_text, sort_key)
 from src.reports.paper import paper_rows, same_training
 
@@ -173,8 +173,7 @@ def table_positions(settings: list[Setting], cols, metric: str, protocol: str = 
         if len({r.position for r in rs}) < 2:
             continue
         base = [r for r in settings if r.group == group and r.baseline]
-        # the columns this table's own runs scored (the bicubic setting: clean alone), not seven empty ones
-        own = [c for c in columns(base + rs, protocol) if c in cols]
+        own = columns_within(base + rs, cols, protocol)
         rows = [_row(r, own, m, protocol, (f"{r.group} (p=0)" if r.baseline else
                                             f"{POSITION_LABEL.get(r.position, r.position)} (p={r.p:g})")
                      + (f" [mean of {r.n} seeds]" if r.n > 1 else ""))
@@ -206,7 +205,7 @@ def table_probabilities(settings: list[Setting], cols, metric: str, protocol: st
             continue
         base = [r for r in settings if r.group == group and r.baseline and r.family == family][:1]
         rs = base + rs
-        own = [c for c in columns(rs, protocol) if c in cols]
+        own = columns_within(rs, cols, protocol)
         rows = [Row(f"{s} {d}", [r.value(s, d, m, protocol) for r in rs], "model",
                     [r.std(s, d, m, protocol) for r in rs], min(r.n for r in rs),
                     [per_seed(r, s, d, m, protocol) for r in rs]) for s, d in own]
