@@ -31,7 +31,7 @@ from src.metrics import METRICS, protocol_metric, scores
 from src.models.loading import pad_multiple
 from src.runs import read_state, results_file
 from src.tiling import upscale_image
-from src.utils import atomic_write_text
+from src.utils import atomic_write_text, json_lines
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +340,7 @@ def write_results(run_dir: str | os.PathLike, results: Mapping, protocol: str | 
     protocol = protocol or protocol_of(results)
     json_path, csv_path = results_files(run_dir, protocol)
     clean = {s: {d: _finite(e) for d, e in row.items()} for s, row in results.items()}
-    j = atomic_write_text(json_path, json.dumps(clean, indent=2) + "\n")
+    j = atomic_write_text(json_path, json_lines(clean))
     c = atomic_write_text(csv_path, results_csv(results))
     return j, c
 

@@ -18,7 +18,7 @@ options (key=value):
   out=DIR                 output folder (default: <first FOLDER>/report)
   publish=DIR             first copy each finished run's small result files (config, job, results, metrics) and
                           its weights (weights.safetensors exported from checkpoints/last.ckpt, and the
-                          checkpoints/step-*.safetensors it kept; 2 MB cap per weights file, 500 KB per result
+                          checkpoints/step-*.safetensors it kept; 4 MB cap per weights file, 500 KB per result
                           file) to DIR/<run folder>, then report from DIR: how a campaign's results are committed
                           (docs/results/<campaign>) and grow run by run
   metric=NAME             psnr | ssim | psnr_rgb | ssim_rgb (default: psnr; psnr means each protocol's own:

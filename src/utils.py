@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,29 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+# An object holding no object or list, as json.dumps(indent=...) lays it out over several lines. Inside JSON strings
+# a newline is always escaped, so every newline the pattern meets is layout.
+_LEAF_OBJECT = re.compile(r"\{\n\s+([^{}\[\]]*?)\n\s*\}")
+
+
+def json_lines(obj: Any) -> str:
+    """JSON indented by 2 with each innermost object on one line, newline-terminated.
+
+    A results file holds one small object of scores per test image; one line each keeps the file readable and its
+    diffs per image, at about three quarters of the size of a fully indented file.
+
+    Example:
+        >>> print(json_lines({"Set5": {"baby": {"psnr": 30.5, "ssim": 0.9}}}), end="")
+        {
+          "Set5": {
+            "baby": {"psnr": 30.5, "ssim": 0.9}
+          }
+        }
+    """
+    text = json.dumps(obj, indent=2)
+    return _LEAF_OBJECT.sub(lambda m: "{" + re.sub(r"\n\s+", " ", m.group(1)) + "}", text) + "\n"
 
 
 def build(cfg: Any, **kwargs: Any) -> Any:

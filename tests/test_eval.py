@@ -117,6 +117,10 @@ def test_results_files_and_reuse(toy_set, tmp_path):
     assert sorted(p.name for p in run.iterdir()) == ["results.csv", "results.json"]  # no temp files left
     loaded = load_results(run)
     assert loaded["Toy"]["clean"]["psnr"] == pytest.approx(res["Toy"]["clean"]["psnr"])
+    # one line per image: the file stays small enough to publish and its diffs name the image
+    lines = (run / "results.json").read_text().splitlines()
+    per_image = [ln for ln in lines if ln.lstrip().startswith(tuple(f'"{p.stem}": {{' for p in toy_set))]
+    assert len(per_image) == len(toy_set) and all(ln.rstrip(",").endswith("}") for ln in per_image)
     rows = (run / "results.csv").read_text().splitlines()
     assert rows[0] == "set,degradation,metric,value,n_images,skipped"
     assert len(rows) == 1 + 4 and rows[1].startswith("Toy,clean,psnr,") and rows[1].endswith(",2,0")
@@ -465,3 +469,17 @@ def test_bicubic_reference_rows_are_scored_once_and_printed_with_a_reading_line(
     assert len({len(header), len(model_row), len(row)}) == 1  # the longer row label keeps the columns aligned
     assert lines[-1].startswith("Reading: the bicubic rows")
     assert "bicubic" not in format_table(model)
+
+
+def test_json_lines_puts_innermost_objects_on_one_line_and_round_trips():
+    from src.utils import json_lines
+
+    obj = {"S": {"d": {"psnr": 30.125, "n": 2, "none": None, "per_image": {
+        "a": {"psnr": 1.5, "ssim": 0.25}, "b{x}": {"psnr": -2.0}, "c\n]": {}}}}, "list": [1, {"k": 2}]}
+    text = json_lines(obj)
+    assert json.loads(text) == obj and text.endswith("}\n")
+    lines = text.splitlines()
+    assert '        "a": {"psnr": 1.5, "ssim": 0.25},' in lines
+    assert '        "b{x}": {"psnr": -2.0},' in lines          # a brace inside a name does not break the layout
+    assert '      "psnr": 30.125,' in lines          # objects holding objects stay one key per line
+    assert len(text) < len(json.dumps(obj, indent=2)) + 1
