@@ -27,7 +27,7 @@ from src.data.imageio import decode_image, to_rgb_uint8
 from src.data.testsets import (ALL_TEST_DEGRADATIONS, GIVEN, PROTOCOLS, TEST_DEGRADATIONS, bicubic_upscale,
                                check_protocol, load_test_pairs, match_given_lr, read_given_pair,
                                read_test_hr)
-from src.metrics import METRICS, protocol_metric, scores
+from src.metrics import METRICS, Reference, protocol_metric, scores
 from src.models.loading import pad_multiple
 from src.runs import read_state, results_file
 from src.tiling import upscale_image
@@ -228,19 +228,31 @@ def evaluate(model: nn.Module, sets: Mapping[str, Sequence[os.PathLike]],
             per_image: dict[str, dict] = {d: {} for d in todo}
             seconds = dict.fromkeys(todo, 0.0)
             # In chunks: a whole Urban100 of decoded HR images would hold ~300 MB. Each chunk's HR images are
-            # decoded once for all degradations (PNG decoding costs as much as scoring). The noise is seeded by
-            # image content, so chunking does not change any LR image.
+            # decoded once for all degradations (PNG decoding costs as much as scoring), and each HR image is
+            # prepared for scoring once (Reference: its crop, Y and SSIM means) for the outputs of all of them, so
+            # the loop runs over images, then degradations. The noise is seeded by image content, so chunking
+            # does not change any LR image.
             for chunk in (good[i:i + CHUNK] for i in range(0, len(good), CHUNK)):
                 hrs = {p: read_test_hr(p, protocol) for p in chunk} if set(todo) - {GIVEN} else {}
+                pairs = {}
                 for d in todo:
                     start = time.perf_counter()
-                    for path, hr, lr in pairs_of(chunk, d, hrs):
+                    pairs[d] = pairs_of(chunk, d, hrs)
+                    seconds[d] += time.perf_counter() - start
+                for i in range(len(chunk)):
+                    ref_hr, ref = None, None
+                    for d in todo:
+                        start = time.perf_counter()
+                        path, hr, lr = pairs[d][i]
                         sr = super_resolve(model, lr, scale, device, tile, overlap)
                         if sr.shape != hr.shape:
                             raise ValueError(f"{path}: SR output is {sr.shape}, HR is {hr.shape}; is the model "
                                              f"x{scale}?")
-                        per_image[d][keys[path]] = score_image(sr, hr, scale, round_y, path in gray)
-                    seconds[d] += time.perf_counter() - start
+                        # a given LR folder's pairs crop their HR image their own way: compared, not assumed
+                        if ref is None or hr.shape != ref_hr.shape or not np.array_equal(hr, ref_hr):
+                            ref_hr, ref = hr, Reference(hr, scale, round_y, path in gray)
+                        per_image[d][keys[path]] = ref.scores(sr)
+                        seconds[d] += time.perf_counter() - start
             for d in todo:
                 entry = results_entry(per_image[d], len(rejected), scale, seed, protocol, round_y)
                 results[set_name][d] = entry

@@ -10,10 +10,11 @@ grey level itself for a replicated gray image), as the MATLAB benchmark scripts 
 
 SSIM is the Wang et al. definition with an 11x11 Gaussian window (sigma 1.5), K1=0.01, K2=0.03, averaged over
 the *valid* region only (positions whose window lies inside the image), and over channels for RGB.
-PSNR goes through torchmetrics. SSIM does not: torchmetrics averages over the whole reflect-padded image
-(not the literature's valid region) and its dense 11x11 float64 convolution takes ~15 s per Urban100 image on
-a CPU core, so a separable OpenCV filter (as BasicSR uses) is applied instead; tests check both against
-scikit-image.
+PSNR is torchmetrics' formula on the sum of squared errors, without its per-call overhead (scoring is a
+fifth of an evaluation's time outside the forward passes). SSIM does not use torchmetrics either: it averages
+over the whole reflect-padded image (not the literature's valid region) and its dense 11x11 float64 convolution
+takes ~15 s per Urban100 image on a CPU core, so a separable OpenCV filter (as BasicSR uses) is applied instead;
+tests check both against scikit-image.
 """
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ import math
 import cv2
 import numpy as np
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio
 
 # The scores of each test cell (results.json): Y-channel PSNR/SSIM as the literature reports, and RGB as the paper's
 # own test code.
@@ -90,40 +90,50 @@ def _as_images(img, name: str) -> list[np.ndarray]:
     return [a.astype(np.float64)]
 
 
+def _cropped(img, name: str, crop_border: int) -> list[np.ndarray]:
+    """`_as_images` with `crop_border` pixels removed on every side (views)."""
+    images = _as_images(img, name)
+    if crop_border < 0:
+        raise ValueError(f"crop_border must be >= 0, got {crop_border}")
+    h, w = images[0].shape[:2]
+    if 2 * crop_border >= min(h, w):
+        raise ValueError(f"crop_border={crop_border} leaves nothing of a {w}x{h} image")
+    c = slice(crop_border, -crop_border) if crop_border else slice(None)
+    return [x[c, c] for x in images]
+
+
 def _pairs(sr, hr, crop_border: int) -> list[tuple[np.ndarray, np.ndarray]]:
     a, b = _as_images(sr, "sr"), _as_images(hr, "hr")
     if len(a) != len(b) or a[0].shape != b[0].shape:
         raise ValueError(f"sr and hr differ in shape: {len(a)} x {a[0].shape} vs {len(b)} x {b[0].shape}")
-    if crop_border < 0:
-        raise ValueError(f"crop_border must be >= 0, got {crop_border}")
-    h, w = a[0].shape[:2]
-    if 2 * crop_border >= min(h, w):
-        raise ValueError(f"crop_border={crop_border} leaves nothing of a {w}x{h} image")
-    c = slice(crop_border, -crop_border) if crop_border else slice(None)
-    return [(x[c, c], y[c, c]) for x, y in zip(a, b)]
+    return list(zip(_cropped(sr, "sr", crop_border), _cropped(hr, "hr", crop_border)))
 
 
-def _luma(x: np.ndarray, y: np.ndarray, round_y: bool = False,
-          gray: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def _luma(x: np.ndarray, round_y: bool = False, gray: bool = False) -> np.ndarray:
+    """(H, W, 1) Y (or grey levels) of an (H, W, 3) image on the 0-255 scale; other images as they are."""
     if x.shape[2] != 3:
-        return x, y
-    luma = _gray if gray else _y
-    x, y = luma(x)[..., None], luma(y)[..., None]
-    if round_y:  # MATLAB rounds half away from zero; Y is positive here
-        x, y = np.floor(x + 0.5), np.floor(y + 0.5)
-    return x, y
+        return x
+    x = (_gray if gray else _y)(x)[..., None]
+    return np.floor(x + 0.5) if round_y else x  # MATLAB rounds half away from zero; Y is positive here
 
 
 def _prepare(sr, hr, crop_border: int, y_channel: bool, round_y: bool = False,
              gray: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
     pairs = _pairs(sr, hr, crop_border)
-    return [_luma(x, y, round_y, gray) for x, y in pairs] if y_channel else pairs
+    return [(_luma(x, round_y, gray), _luma(y, round_y, gray)) for x, y in pairs] if y_channel else pairs
+
+
+# torchmetrics' peak_signal_noise_ratio, which scored every committed result before this formula replaced it, forms
+# 2 ln(255) and 10 / ln(10) in float32; the same constants keep the scores equal to its own.
+_PSNR_LOG_PEAK = float(2 * torch.log(torch.tensor(255.0)))
+_PSNR_DB = float(10 / torch.log(torch.tensor(10.0)))
 
 
 def _psnr_pair(x: np.ndarray, y: np.ndarray) -> float:
-    if np.array_equal(x, y):
-        return math.inf
-    return float(peak_signal_noise_ratio(torch.from_numpy(x), torch.from_numpy(y), data_range=255.0))
+    # float64 squared errors of 8-bit data are integers, so their sum is exact in any order
+    d = np.subtract(x, y).ravel()
+    sse = float(np.dot(d, d))
+    return math.inf if sse == 0 else (_PSNR_LOG_PEAK - math.log(sse / d.size)) * _PSNR_DB
 
 
 def psnr(sr, hr, crop_border: int = 0, y_channel: bool = True, round_y: bool = False,
@@ -135,25 +145,40 @@ def psnr(sr, hr, crop_border: int = 0, y_channel: bool = True, round_y: bool = F
 _SSIM_KERNEL = cv2.getGaussianKernel(2 * _SSIM_RADIUS + 1, _SSIM_SIGMA)
 
 
-def _ssim_channel(x: np.ndarray, y: np.ndarray) -> float:
-    """Mean SSIM over the valid region of two contiguous float64 (H, W) channels.
+def _blur(a: np.ndarray) -> np.ndarray:
+    # separable Gaussian; the border mode is irrelevant as only the valid region is kept
+    return cv2.sepFilter2D(a, cv2.CV_64F, _SSIM_KERNEL, _SSIM_KERNEL)
+
+
+class _SsimSide:
+    """The reference image's channels, each contiguous with its Gaussian mean: what SSIM needs of that image alone."""
+    __slots__ = ("y", "my")
+
+    def __init__(self, y: np.ndarray, crop_border: int = 0):
+        if min(y.shape[:2]) <= 2 * _SSIM_RADIUS:
+            raise ValueError(f"ssim needs images larger than {2 * _SSIM_RADIUS + 1} px after cropping "
+                             f"{crop_border} border px, got {y.shape[1]}x{y.shape[0]}")
+        self.y = [np.ascontiguousarray(y[..., i]) for i in range(y.shape[2])]
+        self.my = [_blur(c) for c in self.y]
+
+
+def _ssim_channel(x: np.ndarray, y: np.ndarray, my: np.ndarray) -> float:
+    """Mean SSIM over the valid region of a contiguous float64 (H, W) channel against a reference channel `y`
+    whose Gaussian mean is `my`.
 
     Evaluation scores four channels of every HR-sized output, so this is written for speed at float64 precision:
     blur(x^2 + y^2) replaces blur(x^2) and blur(y^2) (only vx + vy enters), and the map is formed in place over
     the whole (contiguous) blurred arrays, the border being left out of the mean only; arithmetic on the cropped
-    views ran 3x slower. Equal to the textbook formula to ~1e-15 (tests check it against scikit-image).
+    views ran 3x slower, and on (H, W, 3) arrays 1.7x. Equal to the textbook formula to ~1e-15 (tests check it
+    against scikit-image).
     """
     r = _SSIM_RADIUS
-
-    def blur(a):  # separable Gaussian; the border mode is irrelevant as only the valid region is kept
-        return cv2.sepFilter2D(a, cv2.CV_64F, _SSIM_KERNEL, _SSIM_KERNEL)
-
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    mx, my = blur(x), blur(y)
-    var_sum, cov = blur(x * x + y * y), blur(x * y)
+    mx = _blur(x)
+    var_sum, cov = _blur(x * x + y * y), _blur(x * y)
     mxy = mx * my
     m2 = np.multiply(mx, mx, out=mx)
-    m2 += np.multiply(my, my, out=my)
+    m2 += my * my  # my is the reference's: not written to
     var_sum -= m2  # vx + vy
     var_sum += c2
     m2 += c1
@@ -168,12 +193,14 @@ def _ssim_channel(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(mxy[r:-r, r:-r]))
 
 
+def _ssim_against(x: np.ndarray, ref: _SsimSide) -> float:
+    """Mean SSIM of a float64 (H, W, C) image against a reference: per channel, then over the channels."""
+    return float(np.mean([_ssim_channel(np.ascontiguousarray(x[..., i]), y, my)
+                          for i, (y, my) in enumerate(zip(ref.y, ref.my))]))
+
+
 def _ssim_pair(x: np.ndarray, y: np.ndarray, crop_border: int = 0) -> float:
-    if min(x.shape[:2]) <= 2 * _SSIM_RADIUS:
-        raise ValueError(f"ssim needs images larger than {2 * _SSIM_RADIUS + 1} px after cropping "
-                         f"{crop_border} border px, got {x.shape[1]}x{x.shape[0]}")
-    return float(np.mean([_ssim_channel(np.ascontiguousarray(x[..., i]), np.ascontiguousarray(y[..., i]))
-                          for i in range(x.shape[2])]))
+    return _ssim_against(x, _SsimSide(y, crop_border))
 
 
 def ssim(sr, hr, crop_border: int = 0, y_channel: bool = True, round_y: bool = False,
@@ -183,13 +210,42 @@ def ssim(sr, hr, crop_border: int = 0, y_channel: bool = True, round_y: bool = F
                           for x, y in _prepare(sr, hr, crop_border, y_channel, round_y, gray)]))
 
 
+class Reference:
+    """An HR image prepared for `scores`: cropped, in float64, its Y (or grey levels) and, per channel, the Gaussian
+    mean SSIM needs of it alone. Evaluation scores the output of every test degradation of one HR image against one
+    Reference, so this work is done once per image instead of once per degradation.
+
+    Args:
+        hr: uint8 (H, W, 3) RGB image.
+        crop_border, round_y, gray: as `scores`.
+
+    Example:
+        >>> hr = np.full((32, 32, 3), 100, np.uint8)
+        >>> Reference(hr, crop_border=4).scores(hr)["psnr_rgb"]
+        inf
+    """
+
+    def __init__(self, hr: np.ndarray, crop_border: int = 0, round_y: bool = False, gray: bool = False):
+        (y,) = _cropped(hr, "hr", crop_border)
+        if y.shape[2] != 3:
+            raise ValueError(f"scores: expected (H, W, 3) RGB images, got {y.shape}")
+        self.shape, self.crop_border, self.round_y, self.gray = np.shape(hr), crop_border, round_y, gray
+        self.rgb, self.luma = y, _luma(y, round_y, gray)
+        self._rgb_side = _SsimSide(y, crop_border)
+        self._luma_side = _SsimSide(self.luma, crop_border)
+
+    def scores(self, sr: np.ndarray) -> dict[str, float]:
+        """`psnr`, `ssim` (on Y), `psnr_rgb`, `ssim_rgb` (on RGB) of a uint8 SR image of the reference's shape."""
+        if np.shape(sr) != self.shape:
+            raise ValueError(f"sr and hr differ in shape: {np.shape(sr)} vs {self.shape}")
+        (x,) = _cropped(sr, "sr", self.crop_border)
+        lx = _luma(x, self.round_y, self.gray)
+        return {"psnr": _psnr_pair(lx, self.luma), "ssim": _ssim_against(lx, self._luma_side),
+                "psnr_rgb": _psnr_pair(x, self.rgb), "ssim_rgb": _ssim_against(x, self._rgb_side)}
+
+
 def scores(sr: np.ndarray, hr: np.ndarray, crop_border: int = 0, round_y: bool = False,
            gray: bool = False) -> dict[str, float]:
     """`psnr`, `ssim` (on Y, as `psnr(..., y_channel=True)`), `psnr_rgb`, `ssim_rgb` (on RGB) of one image pair,
     equal to the four separate calls but converting and cropping the images once."""
-    (x, y), = _pairs(sr, hr, crop_border)
-    if x.shape[2] != 3:
-        raise ValueError(f"scores: expected (H, W, 3) RGB images, got {x.shape}")
-    lx, ly = _luma(x, y, round_y, gray)
-    return {"psnr": _psnr_pair(lx, ly), "ssim": _ssim_pair(lx, ly, crop_border),
-            "psnr_rgb": _psnr_pair(x, y), "ssim_rgb": _ssim_pair(x, y, crop_border)}
+    return Reference(hr, crop_border, round_y, gray).scores(sr)

@@ -483,3 +483,22 @@ def test_json_lines_puts_innermost_objects_on_one_line_and_round_trips():
     assert '        "b{x}": {"psnr": -2.0},' in lines          # a brace inside a name does not break the layout
     assert '      "psnr": 30.125,' in lines          # objects holding objects stay one key per line
     assert len(text) < len(json.dumps(obj, indent=2)) + 1
+
+
+def test_each_hr_image_is_prepared_for_scoring_once_for_all_degradations(toy_set, monkeypatch):
+    from src import metrics
+
+    made = []
+    real_init = metrics.Reference.__init__
+
+    def counting(self, hr, *args, **kwargs):
+        made.append(hr.shape)
+        real_init(self, hr, *args, **kwargs)
+
+    monkeypatch.setattr(metrics.Reference, "__init__", counting)
+    monkeypatch.setattr("src.evaluation.CHUNK", 1)
+    res = evaluate(Bicubic(), {"Toy": toy_set}, ["clean", "noise", "jpeg"], scale=4)
+    assert len(made) == len(toy_set)
+    alone = {d: evaluate(Bicubic(), {"Toy": toy_set}, [d], scale=4)["Toy"][d] for d in ("noise", "jpeg")}
+    for d, entry in alone.items():
+        assert entry["per_image"] == res["Toy"][d]["per_image"]

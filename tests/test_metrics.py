@@ -130,3 +130,32 @@ def test_the_metric_each_protocol_quotes_has_one_home():
              for node in ast.parse(p.read_text()).body if isinstance(node, ast.Assign)
              for t in node.targets if isinstance(t, ast.Name) and t.id == "HEADLINE"]
     assert homes == ["metrics.py"]
+
+
+def test_psnr_is_torchmetrics_formula_to_the_last_digits():
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    from src.metrics import _psnr_pair
+
+    sr, hr = _pair(seed=3)
+    y_sr, y_hr = rgb_to_y(sr), rgb_to_y(hr)  # float Y, as the official protocol scores it
+    for ours, a, b in ((psnr(sr, hr, 0, y_channel=False), sr, hr), (_psnr_pair(y_sr, y_hr), y_sr, y_hr)):
+        theirs = float(peak_signal_noise_ratio(torch.from_numpy(np.asarray(a, np.float64)),
+                                               torch.from_numpy(np.asarray(b, np.float64)), data_range=255.0))
+        assert ours == pytest.approx(theirs, abs=1e-12) and ours == pytest.approx(_psnr_formula(a, b), abs=1e-5)
+    assert psnr(hr, hr) == math.inf
+
+
+def test_a_reference_scores_many_outputs_as_scores_does_and_is_not_changed_by_them():
+    from src.metrics import Reference, scores
+
+    (sr1, hr), (sr2, _) = _pair(seed=4), _pair(seed=5)
+    for round_y, gray in ((True, False), (False, False), (True, True)):
+        ref = Reference(hr, 4, round_y, gray)
+        first = ref.scores(sr1)
+        assert first == scores(sr1, hr, 4, round_y, gray)
+        assert ref.scores(sr2) == scores(sr2, hr, 4, round_y, gray)
+        assert ref.scores(sr1) == first
+    assert set(first) == {"psnr", "ssim", "psnr_rgb", "ssim_rgb"}
+    with pytest.raises(ValueError, match=r"sr and hr differ in shape: \(70, 89, 3\) vs \(70, 90, 3\)"):
+        Reference(hr, 4).scores(sr1[:, :89])
