@@ -18,9 +18,10 @@ options (key=value):
   out=DIR                 output folder (default: <first FOLDER>/report)
   publish=DIR             first copy each finished run's small result files (config, job, results, metrics) and
                           its weights (weights.safetensors exported from checkpoints/last.ckpt, and the
-                          checkpoints/step-*.safetensors it kept; 4 MB cap per weights file, 500 KB per result
+                          checkpoints/step-*.safetensors it kept; 2 MB cap per weights file, 500 KB per result
                           file) to DIR/<run folder>, then report from DIR: how a campaign's results are committed
                           (docs/results/<campaign>) and grow run by run
+  weights=false           publish the result files alone, without weights (a model over the 2 MB cap)
   metric=NAME             psnr | ssim | psnr_rgb | ssim_rgb (default: psnr; psnr means each protocol's own:
                           PSNR-Y for the literature protocol, RGB PSNR for the paper's official one)
   bicubic=DIR             results of the bicubic reference (default: a bicubic/ folder in or beside FOLDER)
@@ -67,7 +68,7 @@ from src import runs
 from src.metrics import METRICS
 from src.reports import build_report
 
-OPTIONS = ("out", "publish", "metric", "bicubic", "fig4", "fig5", "fig5_degradations", "backbone", "readme",
+OPTIONS = ("out", "publish", "weights", "metric", "bicubic", "fig4", "fig5", "fig5_degradations", "backbone", "readme",
            "rescore", "sets", "blend", "val", "device", "cache_dir")
 
 
@@ -94,6 +95,8 @@ def parse_args(argv: Sequence[str]) -> tuple[list[str], dict]:
             opts[key] = _list(opts[key])
     if not folders and not {"rescore", "blend"} & set(opts):
         raise SystemExit("src.report: no FOLDER given (see python -m src.report --help)")
+    if opts.get("weights", "true") not in ("true", "false"):
+        raise SystemExit(f"src.report: weights={opts['weights']} is not one of true, false")
     if opts.get("metric", "psnr") not in METRICS:
         raise SystemExit(f"src.report: metric={opts['metric']} is not one of {', '.join(METRICS)}")
     if "fig5" in opts:
@@ -147,8 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from src.models.loading import export_safetensors
 
         dest = opts.pop("publish")
+        export = export_safetensors if opts.pop("weights", "true") == "true" else None
         for folder in folders:
-            for run in runs.publish(folder, dest, export=export_safetensors):
+            for run in runs.publish(folder, dest, export=export):
                 print(f"[report] published: {run}")
         folders = [dest]
     written = build_report(folders, **opts)

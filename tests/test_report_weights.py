@@ -42,7 +42,7 @@ def test_committed_weights_reproduce_their_committed_set5_scores(published, caps
     assert (published / "checkpoints" / "step-000001.safetensors").is_file()
     assert not (published / "checkpoints" / "last.ckpt").exists()
     size = (published / "weights.safetensors").stat().st_size
-    assert 0 < size <= runs_cap()
+    assert 0 < size <= 2_000_000
     assert main([f"rescore={published}", "sets=[Set5]"]) == 0
     out = capsys.readouterr().out
     assert "re-scored from weights.safetensors" in out and "Set5/clean (official): 5 images" in out
@@ -73,35 +73,45 @@ def test_publish_refuses_weights_over_the_cap(tmp_path, monkeypatch):
     (run / "results.json").write_text("{}")
     (run / "checkpoints").mkdir()
     (run / "checkpoints" / "last.ckpt").write_bytes(b"x")
-    (run / "checkpoints" / "step-000250.safetensors").write_bytes(b"0" * 4_000_001)
-    with pytest.raises(ValueError, match=r"step-000250.safetensors \(4,000,001 bytes\)"):
+    (run / "checkpoints" / "step-000250.safetensors").write_bytes(b"0" * 2_000_001)
+    with pytest.raises(ValueError, match=r"step-000250.safetensors \(2,000,001 bytes\)"):
         runs.publish(run, tmp_path / "dest", export=lambda src, out: out)
     (run / "checkpoints" / "step-000250.safetensors").unlink()
 
     def big(src, out):
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(b"0" * 4_000_001)
+        out.write_bytes(b"0" * 2_000_001)
         return out
-    with pytest.raises(ValueError, match=r"last.ckpt: its weights are 4,000,001 bytes, over 4,000,000"):
+    with pytest.raises(ValueError, match=r"last.ckpt: its weights are 2,000,001 bytes, over 2,000,000; publish its "
+                                          r"results alone \(src.report weights=false\)"):
         runs.publish(run, tmp_path / "dest", export=big)
     assert not (tmp_path / "dest" / "run" / "weights.safetensors").exists()
 
 
-def runs_cap():
-    from src.runs import WEIGHTS_MAX_BYTES
-    return WEIGHTS_MAX_BYTES
-
-
 @pytest.mark.parametrize("experiment, fits", [("repro_small", True), ("repro_small_deep", True),
-                                              ("repro_small_rrdb", True), ("paper", False)])
+                                              ("repro_small_rrdb", False), ("paper", False)])
 def test_the_weights_cap_admits_the_reduced_scale_models_and_refuses_a_full_one(experiment, fits):
-    """fp32 weights are 4 bytes a parameter (safetensors adds a small header): every reduced-scale campaign's model
-    publishes with its weights, a full-size model does not end up in git."""
+    """fp32 weights are 4 bytes a parameter (safetensors adds a small header): the reduced-scale SRResNets publish
+    with their weights; the reduced RRDB (3.0 MB) and a full-size model do not end up in git."""
+    from src.runs import WEIGHTS_MAX_BYTES
     from src.utils import build
 
     backbone = compose_train([f"experiment={experiment}"], Path("unused")).backbone
     size = 4 * sum(p.numel() for p in build(backbone).parameters())
-    assert (size < 0.95 * runs_cap()) == fits, (experiment, size)
+    assert (size < 0.95 * WEIGHTS_MAX_BYTES) == fits, (experiment, size)
+
+
+def test_publish_without_weights_passes_no_exporter(tmp_path, monkeypatch):
+    import src.report as report
+
+    seen = []
+    monkeypatch.setattr(report.runs, "publish", lambda folder, dest, export: seen.append(export) or [])
+    monkeypatch.setattr(report, "build_report", lambda folders, **opts: {})
+    assert main([str(tmp_path), f"publish={tmp_path / 'a'}", "weights=false"]) == 0
+    assert main([str(tmp_path), f"publish={tmp_path / 'b'}"]) == 0
+    assert seen[0] is None and seen[1].__name__ == "export_safetensors"
+    with pytest.raises(SystemExit, match="weights=no is not one of true, false"):
+        main([str(tmp_path), f"publish={tmp_path / 'c'}", "weights=no"])
 
 
 def test_blend_is_rounded_and_the_grid_choice_prefers_less_shrinkage():
