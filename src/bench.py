@@ -378,7 +378,8 @@ def evaluation_speed(cfg, model: nn.Module, sets: Mapping[str, Sequence], degrad
 
     The bare pass is the model alone on the LR images, decoded and on the device beforehand; the evaluation is
     `src.evaluation.evaluate` (cache reads, HR decoding, conversions, forward, PSNR/SSIM). They alternate, `reps`
-    times each, and the overhead is the median of each evaluation's time over its own bare pass's; `warm_s` are seconds of warm evaluations already measured (then each counts as one repetition).
+    times each, and the overhead is the median of each evaluation's time over its own bare pass's; `warm_s` are
+    seconds of warm evaluations already measured (then each counts as one repetition).
     FLOPs are counted once per distinct LR shape (`count_flops`), the same count as the training figures.
     """
     from src.data.testsets import load_test_pairs

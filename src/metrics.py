@@ -90,9 +90,8 @@ def _as_images(img, name: str) -> list[np.ndarray]:
     return [a.astype(np.float64)]
 
 
-def _cropped(img, name: str, crop_border: int) -> list[np.ndarray]:
-    """`_as_images` with `crop_border` pixels removed on every side (views)."""
-    images = _as_images(img, name)
+def _crop(images: list[np.ndarray], crop_border: int) -> list[np.ndarray]:
+    """Views of `images` (of `_as_images`) with `crop_border` pixels removed on every side."""
     if crop_border < 0:
         raise ValueError(f"crop_border must be >= 0, got {crop_border}")
     h, w = images[0].shape[:2]
@@ -106,7 +105,7 @@ def _pairs(sr, hr, crop_border: int) -> list[tuple[np.ndarray, np.ndarray]]:
     a, b = _as_images(sr, "sr"), _as_images(hr, "hr")
     if len(a) != len(b) or a[0].shape != b[0].shape:
         raise ValueError(f"sr and hr differ in shape: {len(a)} x {a[0].shape} vs {len(b)} x {b[0].shape}")
-    return list(zip(_cropped(sr, "sr", crop_border), _cropped(hr, "hr", crop_border)))
+    return list(zip(_crop(a, crop_border), _crop(b, crop_border)))
 
 
 def _luma(x: np.ndarray, round_y: bool = False, gray: bool = False) -> np.ndarray:
@@ -226,7 +225,7 @@ class Reference:
     """
 
     def __init__(self, hr: np.ndarray, crop_border: int = 0, round_y: bool = False, gray: bool = False):
-        (y,) = _cropped(hr, "hr", crop_border)
+        (y,) = _crop(_as_images(hr, "hr"), crop_border)
         if y.shape[2] != 3:
             raise ValueError(f"scores: expected (H, W, 3) RGB images, got {y.shape}")
         self.shape, self.crop_border, self.round_y, self.gray = np.shape(hr), crop_border, round_y, gray
@@ -238,7 +237,7 @@ class Reference:
         """`psnr`, `ssim` (on Y), `psnr_rgb`, `ssim_rgb` (on RGB) of a uint8 SR image of the reference's shape."""
         if np.shape(sr) != self.shape:
             raise ValueError(f"sr and hr differ in shape: {np.shape(sr)} vs {self.shape}")
-        (x,) = _cropped(sr, "sr", self.crop_border)
+        (x,) = _crop(_as_images(sr, "sr"), self.crop_border)
         lx = _luma(x, self.round_y, self.gray)
         return {"psnr": _psnr_pair(lx, self.luma), "ssim": _ssim_against(lx, self._luma_side),
                 "psnr_rgb": _psnr_pair(x, self.rgb), "ssim_rgb": _ssim_against(x, self._rgb_side)}
