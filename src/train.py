@@ -365,6 +365,7 @@ def fit_and_evaluate(cfg: DictConfig, run_dir: Path, module, datamodule, loggers
     resume_from = str(ckpt) if cfg.resume and ckpt.is_file() and not cfg.force else None
     if resume_from:
         print(f"[train] resuming from {resume_from}")
+    trained_before = runs.training_done(run_dir) if resume_from else None
     start = time.time()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
@@ -386,15 +387,22 @@ def fit_and_evaluate(cfg: DictConfig, run_dir: Path, module, datamodule, loggers
                       batch={"global": datamodule.batch_size, "devices": trainer.world_size,
                              "per_device": datamodule.device_batch})
 
-    from src.evaluation import evaluate, format_table, resolve_protocols, write_results
+    from src.evaluation import evaluate, format_table, load_results, resolve_protocols, write_results
 
+    # A run stopped while scoring resumes with its training already done (the same step before and after this fit):
+    # the results written since then score these very weights, so a protocol scored before the stop is reused.
+    # After any training step they describe older weights and are scored again.
+    same_weights = bool(trained_before) and trained_before.get("global_step") == trainer.global_step
     device = resolve_device("auto" if cfg.trainer.accelerator in ("gpu", "cuda", "auto") else "cpu")
     # The official protocol first, so that results.json (the completion marker) is written last.
     for protocol in reversed(resolve_protocols(cfg.eval.get("protocol", "literature"))):
+        done = load_results(run_dir, protocol) if same_weights else None
+        if done:
+            print(f"[train] training was already done: reusing the {protocol} results written after it")
         results = evaluate(module.eval_net.eval(), datamodule.test_paths, degradations=list(cfg.eval.degradations),
                            scale=cfg.scale, seed=cfg.eval.seed, device=device, tile=cfg.eval.tile,
                            cache_dir=Path(cfg.paths.cache) / "testsets", protocol=protocol,
-                           round_y=cfg.eval.get("round_y", True))
+                           round_y=cfg.eval.get("round_y", True), done=done)
         write_results(run_dir, results, protocol)
         if protocol == "literature":
             log_results(loggers, results, trainer.global_step)

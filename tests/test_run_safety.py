@@ -62,6 +62,38 @@ def test_interrupted_forced_retrain_leaves_no_results_beside_new_weights(tmp_pat
     assert runs.training_done(run)["global_step"] == 1
 
 
+def test_run_stopped_while_scoring_reuses_only_results_of_the_same_weights(tmp_path, monkeypatch, capsys):
+    import src.evaluation
+
+    run = tmp_path / "runs" / "r"
+    args = (*TOY, f"data.root={toy_root(tmp_path / 'toy', 0)}", "eval.protocol=both", "eval.reference=null")
+    _train(run, *args)
+    official = (run / "results_official.json").read_bytes()
+    real, calls = src.evaluation.evaluate, []
+
+    def recording(*a, **kw):
+        out = real(*a, **kw)
+        calls.append((kw["protocol"], sorted((kw.get("done") or {}).get("Toy", {})), out["Toy"]["clean"]["psnr"]))
+        return out
+
+    monkeypatch.setattr(src.evaluation, "evaluate", recording)
+    # stopped while the literature protocol was being scored: its results were never written
+    (run / "results.json").unlink()
+    (run / "results.csv").unlink()
+    again = _train(run, *args)
+    assert "reusing the official results written after it" in capsys.readouterr().out
+    assert [c[:2] for c in calls] == [("official", ["clean"]), ("literature", [])]
+    assert (run / "results_official.json").read_bytes() == official and again["Toy"]["clean"]["psnr"] == calls[1][2]
+    # results beside a train_done.json of another step describe other weights: scored again
+    (run / "results.json").unlink()
+    done = json.loads((run / runs.DONE).read_text())
+    (run / runs.DONE).write_text(json.dumps({**done, "global_step": done["global_step"] - 1}))
+    calls.clear()
+    _train(run, *args)
+    assert [c[:2] for c in calls] == [("official", []), ("literature", [])]
+    assert "reusing" not in capsys.readouterr().out
+
+
 def test_second_writer_is_refused_naming_the_holder(tmp_path):
     run = tmp_path / "runs" / "r"
     with runs.lock(run):
