@@ -42,12 +42,25 @@ log = logging.getLogger(__name__)
 class AtomicCheckpoint(pl.Callback):
     """`checkpoints/last.ckpt` every N steps and at the end, replaced atomically so a kill never corrupts it; the
     network that is evaluated (the average when the EMA is on) also as safetensors at each of `keep_steps`, for
-    studies of the gain against training length."""
+    studies of the gain against training length. The checkpoint carries the seconds spent training so far, so that a
+    run resumed (once or many times) reports the training time of its weights, not that of its last process."""
 
     def __init__(self, run_dir: Path, every_n_steps: int, keep_steps=()):
         self.run_dir, self.path = Path(run_dir), runs.checkpoint(run_dir)
         self.every_n_steps, self.keep_steps = max(int(every_n_steps), 1), {int(s) for s in keep_steps or ()}
         self.saved_step = -1
+        self.earlier_seconds, self.started = 0.0, None
+
+    def fit_seconds(self) -> float:
+        """Seconds of training behind the current weights: earlier processes' (from the checkpoint) plus this one's."""
+        return self.earlier_seconds + (time.monotonic() - self.started if self.started is not None else 0.0)
+
+    def state_dict(self) -> dict:
+        return {"fit_seconds": self.fit_seconds()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # A checkpoint written before this was recorded has none: only this process's time is then known.
+        self.earlier_seconds = float(state_dict.get("fit_seconds", 0.0))
 
     def save(self, trainer: pl.Trainer) -> None:
         """Write the checkpoint of the current step (once per step, whoever asks: schedule, end, preemption)."""
@@ -65,6 +78,9 @@ class AtomicCheckpoint(pl.Callback):
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
         trainer.strategy.barrier("atomic-checkpoint")
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.started = time.monotonic()
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.saved_step = trainer.global_step
@@ -366,7 +382,6 @@ def fit_and_evaluate(cfg: DictConfig, run_dir: Path, module, datamodule, loggers
     if resume_from:
         print(f"[train] resuming from {resume_from}")
     trained_before = runs.training_done(run_dir) if resume_from else None
-    start = time.time()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     except SIGTERMException:  # before the training loop took the signal over: nothing new to checkpoint
@@ -383,7 +398,7 @@ def fit_and_evaluate(cfg: DictConfig, run_dir: Path, module, datamodule, loggers
         raise RuntimeError("training was interrupted; rerun the same command to resume")
     if not trainer.is_global_zero:
         return {}
-    runs.mark_trained(run_dir, trainer.global_step, time.time() - start,
+    runs.mark_trained(run_dir, trainer.global_step, checkpoint.fit_seconds(),
                       batch={"global": datamodule.batch_size, "devices": trainer.world_size,
                              "per_device": datamodule.device_batch})
 

@@ -94,6 +94,24 @@ def test_run_stopped_while_scoring_reuses_only_results_of_the_same_weights(tmp_p
     assert "reusing" not in capsys.readouterr().out
 
 
+def test_training_time_of_a_resumed_run_counts_every_process(tmp_path):
+    """train_done.json's fit_seconds is the time behind the weights: the checkpoint carries the seconds of the
+    processes before, and a run resumed at its last step adds only its own (short) fit."""
+    import torch
+
+    run = tmp_path / "runs" / "r"
+    args = (*TOY, f"data.root={toy_root(tmp_path / 'toy', 0)}", "eval.reference=null")
+    _train(run, *args)
+    first = runs.training_done(run)["fit_seconds"]
+    ckpt = torch.load(run / runs.CKPT, map_location="cpu", weights_only=False)
+    assert 0 < ckpt["callbacks"]["AtomicCheckpoint"]["fit_seconds"] <= first + 0.1
+    ckpt["callbacks"]["AtomicCheckpoint"]["fit_seconds"] = 1000.0  # as if earlier processes had trained 1,000 s
+    torch.save(ckpt, run / runs.CKPT)
+    (run / "results.json").unlink()
+    _train(run, *args)
+    assert 1000.0 <= runs.training_done(run)["fit_seconds"] < 1000.0 + 60
+
+
 def test_second_writer_is_refused_naming_the_holder(tmp_path):
     run = tmp_path / "runs" / "r"
     with runs.lock(run):
