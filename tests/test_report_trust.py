@@ -197,3 +197,14 @@ def test_wandb_tags_of_the_baseline_come_from_the_config_that_ran():
     assert {"p=0", "position=none"} <= set(wandb_tags(cfg))
     cfg.dropout = {"position": "b4", "dim": "element", "p": 0.3}
     assert {"p=0.3", "position=b4", "dim=element", "backbone=MSRResNet"} <= set(wandb_tags(cfg))
+
+
+def test_a_comparison_of_one_seed_each_says_once_why_it_has_no_interval():
+    from src.reports.prose import headline
+    from src.reports.stats import Evidence, t_interval
+
+    one = Evidence("official", "psnr_rgb", paired=False, seeds=(1, 1), overall=t_interval([-0.148]))
+    assert headline("RRDB (p=0.5) vs p=0", one) == ("**RRDB (p=0.5) vs p=0: -0.148 dB** "
+                                                    "(one seed each: no seed-level interval).")
+    two_one = Evidence("official", "psnr_rgb", paired=False, seeds=(2, 1), overall=t_interval([0.2]))
+    assert headline("x", two_one) == "**x: +0.200 dB** (2 vs 1 seeds: no seed-level interval)."

@@ -46,6 +46,8 @@ def direction(iv: Interval) -> str:
 def over(ev: Evidence) -> str:
     """What an interval is over: `paired t over 3 seed pairs, df = 2` or `Welch t over 3 and 2 seeds`."""
     if ev.overall is None or not ev.overall.kind:
+        if tuple(ev.seeds) == (1, 1):
+            return "one seed each: no seed-level interval"
         return f"{ev.seeds[0]} vs {ev.seeds[1]} seeds: no seed-level interval"
     if ev.paired:
         extra = f"; {ev.left_out} run(s) without a seed pair left out" if ev.left_out else ""
@@ -56,7 +58,10 @@ def over(ev: Evidence) -> str:
 def headline(name: str, ev: Evidence) -> str:
     """The one sentence a comparison leads with."""
     u = unit_of(ev.metric)
-    text = f"**{name}: {interval(ev.overall, u)}** ({over(ev)})"
+    if ev.overall is not None and math.isnan(ev.overall.low):  # over() already says why there is no interval
+        text = f"**{name}: {num(ev.overall.mean)}{u}** ({over(ev)})"
+    else:
+        text = f"**{name}: {interval(ev.overall, u)}** ({over(ev)})"
     if not math.isnan(ev.bootstrap[0]):
         text += (f"; two-level bootstrap (seed pairs, then images; B = {BOOTSTRAP_B}, RNG seed {BOOTSTRAP_SEED}) "
                  f"[{num(ev.bootstrap[0])}, {num(ev.bootstrap[1])}]")
