@@ -301,10 +301,16 @@ def test_versus_rrdb_counts_columns_by_the_seed_level_interval(tmp_path):
     for s, (c, n) in enumerate([(0.10, 0.60), (0.09, 0.50), (0.11, 0.40)]):
         folder = root / "repro_rrdb" / f"p0_{s}"
         write_run(folder, "none", 0.0, s, {"clean": c, "noise": n})
-        cfg = folder / "config.yaml"
-        cfg.write_text(cfg.read_text().replace("src.models.srresnet.MSRResNet", "src.models.rrdbnet.RRDBNet"))
-    line = by_number(S.score(root))[5].extras[0]
+        write_run(root / "repro_rrdb" / f"p05_{s}", "last", 0.5, s, {"clean": c, "noise": n})
+    for cfg in (root / "repro_rrdb").glob("*/config.yaml"):
+        cfg.write_text(cfg.read_text().replace("src.models.srresnet.MSRResNet", "src.models.rrdbnet.RRDBNet")
+                       .replace("num_block: 4\n", "num_block: 4\n  num_grow_ch: 16\n"))
+    row = by_number(S.score(root))[5]
+    line = row.extras[0]
     assert "higher on 2 of 4 columns; the 95% interval over seeds above zero on 2, below zero on 2" in line
+    # the row says what each of its two studies trained
+    assert row.here == ("`repro_small`: num_feat 32, num_block 4; 2,000 iterations; T91; batch 16<br>"
+                        "`repro_rrdb`: num_feat 32, num_block 4, num_grow_ch 16; 2,000 iterations; T91; batch 16")
     assert "3 seed pairs" in line and "official protocol" in line
     # an RRDB trained on other data is not compared
     for s in range(3):

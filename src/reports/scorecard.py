@@ -144,7 +144,7 @@ CLAIMS = (
                      Contrast("p=0.7 - p=0, nearest x4", (*_LAST, 0.7), ("none",), 1, ("nearest",),
                               command=_UNSEEN_EVAL))),
     Claim(5, "Real-SRResNet p=0.7 and Real-RRDB p=0.5 improve almost every test column", "Table 1", "Real",
-          ("repro_small", "repro_small_kornia"), "sweeps/repro_small.yaml", "make repro",
+          ("repro_small", "repro_small_kornia"), "sweeps/repro_small.yaml, sweeps/repro_rrdb.yaml", "make repro",
           extras=("versus_rrdb",),
           contrasts=(Contrast("SRResNet p=0.7 - p=0, mean of the 8 columns", (*_LAST, 0.7), ("none",), 1),
                      Contrast("RRDB p=0.5 - p=0, mean of the 8 columns", (*_LAST, 0.5), ("none",), 1,
@@ -516,7 +516,7 @@ def score(root: os.PathLike) -> list[Row]:
     root = Path(root)
     rows = []
     for claim in CLAIMS:
-        runs: list[Run] = []
+        firsts: list[Run] = []  # the first run of each contrast: what its study trained
         if claim.source == "length":
             outcomes = measure_length(root, claim)
         elif claim.source == "interp":
@@ -526,9 +526,14 @@ def score(root: os.PathLike) -> list[Row]:
             for c in claim.contrasts:
                 o, involved = measure_results(root, claim, c)
                 outcomes.append(o)
-                runs = runs or involved
+                firsts += involved[:1]
         word, note = combine(outcomes)
-        here = size_text(runs[0].size) if runs else claim.here
+        # A claim whose contrasts train different models (Table 1's SRResNet and RRDB pairs) names each study's.
+        sizes = {}
+        for r in firsts:
+            sizes.setdefault(size_text(r.size), r.dir.parent.name)
+        here = ("<br>".join(f"`{study}`: {text}" for text, study in sizes.items()) if len(sizes) > 1
+                else next(iter(sizes), claim.here))
         extras = [line for key in claim.extras for line in EXTRAS[key](root, claim)]
         rows.append(Row(claim, outcomes, word, note, here, paper_setting(claim.backbone), extras))
     return rows
@@ -617,7 +622,8 @@ def render(rows: list[Row], root: os.PathLike) -> str:
             if cmds:
                 measured += "<br>to fill the rest: " + "; ".join(f"`{x}`" for x in cmds)
         measured += "".join(f"<br>{line}" for line in r.extras)
-        study = ", ".join(f"`{s}`" for s in c.studies[:1]) + f" ({c.sweep})"
+        named = dict.fromkeys([*c.studies[:1], *(s for x in c.contrasts for s in x.studies)])
+        study = ", ".join(f"`{s}`" for s in named) + f" ({c.sweep})"
         size = f"{r.here or '-'} / {r.paper}"
         word = f"**{r.verdict}**" + (f" ({r.note})" if r.note else "")
         md.append(f"| {c.number} | {c.text} ({c.where}) | {c.setting} | {study} | {size} | {_seeds_text(r.outcomes)} "
