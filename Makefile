@@ -43,9 +43,12 @@ STUDIES := $(RESULTS)/repro_small_kornia $(wildcard $(addprefix $(RESULTS)/,repr
 comma   := ,
 space   := $(subst ,, )
 INTERP  := $(subst $(space),$(comma),$(strip $(sort $(wildcard $(RESULTS)/interp/*))))
+# The same for the RRDB pair (docs/results/interp_rrdb/<seeds>, pooled into interp_rrdb_seeds).
+INTERP_RRDB := $(subst $(space),$(comma),$(strip $(sort $(wildcard $(RESULTS)/interp_rrdb/*))))
 report: $(STAMP)       ## rebuild every table and figure of docs/results from the committed result files (no training)
 	$(PY) -m src.report $(STUDIES) out=$(RESULTS) readme=README.md
 	$(if $(INTERP),$(PY) -m src.analyze merge sources=[$(INTERP)] out=$(RESULTS)/interp_seeds hydra.output_subdir=null)
+	$(if $(INTERP_RRDB),$(PY) -m src.analyze merge sources=[$(INTERP_RRDB)] out=$(RESULTS)/interp_rrdb_seeds hydra.output_subdir=null)
 	$(PY) -m src.report scorecard $(RESULTS) readme=README.md
 
 RUNS  := $(or $(SR_RUNS_DIR),runs)
