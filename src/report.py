@@ -18,10 +18,10 @@ options (key=value):
   out=DIR                 output folder (default: <first FOLDER>/report)
   publish=DIR             first copy each finished run's small result files (config, job, results, metrics) and
                           its weights (weights.safetensors exported from checkpoints/last.ckpt, and the
-                          checkpoints/step-*.safetensors it kept; 4 MB cap per weights file, 500 KB per result
+                          checkpoints/step-*.safetensors it kept; 2 MB cap per weights file, 500 KB per result
                           file) to DIR/<run folder>, then report from DIR: how a campaign's results are committed
                           (docs/results/<campaign>) and grow run by run
-  weights=false           publish the result files alone, without weights (a full-size model over the 4 MB cap)
+  weights=false           publish the result files alone, without weights (a model over the 2 MB cap)
   metric=NAME             psnr | ssim | psnr_rgb | ssim_rgb (default: psnr; psnr means each protocol's own:
                           PSNR-Y for the literature protocol, RGB PSNR for the paper's official one)
   bicubic=DIR             results of the bicubic reference (default: a bicubic/ folder in or beside FOLDER)

@@ -695,10 +695,9 @@ PUBLISHED = (CONFIG, JOB, DONE, IDENTITY, METRICS, RESULTS["literature"], "resul
              "results_official.csv")
 PUBLISH_MAX_BYTES = 500_000
 # A published run's final weights (WEIGHTS, exported from its checkpoint) and the intermediate ones it kept
-# (`ckpt_keep_steps`): the reduced-scale models of the studies are 0.6 MB (SRResNet, 4 blocks), 1.6 MB (16 blocks) and
-# 3.0 MB (RRDB), so 4 MB per file admits every one of them and refuses a full-size model (the paper's SRResNet is
-# 6.1 MB, its RRDB 67 MB), whose results publish alone.
-WEIGHTS_MAX_BYTES = 4_000_000
+# (`ckpt_keep_steps`): the reduced-scale SRResNets are 0.6 MB (4 blocks) and 1.6 MB (16 blocks), so 2 MB per file
+# admits them and refuses a full model; the reduced RRDB (3.0 MB) is over it and publishes its results alone.
+WEIGHTS_MAX_BYTES = 2_000_000
 
 
 class PublishError(ValueError):
@@ -753,7 +752,7 @@ def publish(target: str | os.PathLike, dest: str | os.PathLike,
 
     A run without results.json, or one whose process still holds its folder (it may be writing the other protocol's
     results and its job.json still says running), is left out with a warning naming it. A result file over 500 KB,
-    a weights file over 4 MB, a symlink, a JSON file that does not parse or a manifest entry that is not a folder
+    a weights file over 2 MB, a symlink, a JSON file that does not parse or a manifest entry that is not a folder
     name stops the publish with a PublishError naming it, before anything of that run is copied. Files are written
     atomically; copying again replaces them; config.yaml and identity.json carry no path of this machine
     (`portable_file`). Returns the published folders."""
