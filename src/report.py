@@ -21,7 +21,9 @@ options (key=value):
                           checkpoints/step-*.safetensors it kept; 2 MB cap per weights file, 500 KB per result
                           file) to DIR/<run folder>, then report from DIR: how a campaign's results are committed
                           (docs/results/<campaign>) and grow run by run
-  weights=false           publish the result files alone, without weights (a model over the 2 MB cap)
+  weights=half            publish the weights rounded to float16 (half the size: a model over the 2 MB cap in
+                          float32, such as the reduced RRDB; loading casts them back, rescore checks the scores)
+  weights=false           publish the result files alone, without weights
   metric=NAME             psnr | ssim | psnr_rgb | ssim_rgb (default: psnr; psnr means each protocol's own:
                           PSNR-Y for the literature protocol, RGB PSNR for the paper's official one)
   bicubic=DIR             results of the bicubic reference (default: a bicubic/ folder in or beside FOLDER)
@@ -95,8 +97,8 @@ def parse_args(argv: Sequence[str]) -> tuple[list[str], dict]:
             opts[key] = _list(opts[key])
     if not folders and not {"rescore", "blend"} & set(opts):
         raise SystemExit("src.report: no FOLDER given (see python -m src.report --help)")
-    if opts.get("weights", "true") not in ("true", "false"):
-        raise SystemExit(f"src.report: weights={opts['weights']} is not one of true, false")
+    if opts.get("weights", "true") not in ("true", "half", "false"):
+        raise SystemExit(f"src.report: weights={opts['weights']} is not one of true, half, false")
     if opts.get("metric", "psnr") not in METRICS:
         raise SystemExit(f"src.report: metric={opts['metric']} is not one of {', '.join(METRICS)}")
     if "fig5" in opts:
@@ -147,12 +149,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not folders:
             return 0
     if "publish" in opts:
-        from src.models.loading import export_safetensors
+        from src.models.loading import export_safetensors, half_precision
 
         dest = opts.pop("publish")
-        export = export_safetensors if opts.pop("weights", "true") == "true" else None
+        weights = opts.pop("weights", "true")
+        export = export_safetensors if weights != "false" else None
+        convert = half_precision if weights == "half" else None
         for folder in folders:
-            for run in runs.publish(folder, dest, export=export):
+            for run in runs.publish(folder, dest, export=export, convert=convert):
                 print(f"[report] published: {run}")
         folders = [dest]
     written = build_report(folders, **opts)

@@ -696,7 +696,7 @@ PUBLISHED = (CONFIG, JOB, DONE, IDENTITY, METRICS, RESULTS["literature"], "resul
 PUBLISH_MAX_BYTES = 500_000
 # A published run's final weights (WEIGHTS, exported from its checkpoint) and the intermediate ones it kept
 # (`ckpt_keep_steps`): the reduced-scale SRResNets are 0.6 MB (4 blocks) and 1.6 MB (16 blocks), so 2 MB per file
-# admits them and refuses a full model; the reduced RRDB (3.0 MB) is over it and publishes its results alone.
+# admits them and refuses a full model; the reduced RRDB (3.0 MB in float32) publishes at half precision (1.5 MB).
 WEIGHTS_MAX_BYTES = 2_000_000
 
 
@@ -742,21 +742,25 @@ def publishable_files(run_dir: Path) -> list[Path]:
 
 
 def publish(target: str | os.PathLike, dest: str | os.PathLike,
-            export: Callable[[Path, Path], Path] | None = None) -> list[Path]:
+            export: Callable[[Path, Path], Path] | None = None,
+            convert: Callable[[Path], bytes] | None = None) -> list[Path]:
     """Copy the small result files of every finished run in `target` (a run or sweep folder, see `find_runs`) to
     `dest/<run folder name>/`, so results can be committed and reports rebuilt without the runs.
 
     With `export` (`src.models.loading.export_safetensors`), the run's final weights go along as `WEIGHTS`,
     exported from its checkpoint, and so do the safetensors it kept at chosen steps (checkpoints/step-*.safetensors):
-    a published run can be re-scored and analysed without the machine that trained it.
+    a published run can be re-scored and analysed without the machine that trained it. With `convert`
+    (`src.models.loading.half_precision`) each of these weights files is published as `convert` rewrites it.
 
     A run without results.json, or one whose process still holds its folder (it may be writing the other protocol's
     results and its job.json still says running), is left out with a warning naming it. A result file over 500 KB,
-    a weights file over 2 MB, a symlink, a JSON file that does not parse or a manifest entry that is not a folder
-    name stops the publish with a PublishError naming it, before anything of that run is copied. Files are written
-    atomically; copying again replaces them; config.yaml and identity.json carry no path of this machine
-    (`portable_file`). Returns the published folders."""
+    a weights file over 2 MB (as published, after `convert`), a symlink, a JSON file that does not parse or a
+    manifest entry that is not a folder name stops the publish with a PublishError naming it, before anything of
+    that run is copied. Files are written atomically; copying again replaces them; config.yaml and identity.json
+    carry no path of this machine (`portable_file`). Returns the published folders."""
     out = []
+    advice = "publish its results alone (src.report weights=false)" if convert else (
+        "publish it at half precision (src.report weights=half) or its results alone (weights=false)")
     for run_dir in find_runs(target):
         if not (run_dir / RESULTS["literature"]).is_file() and not (run_dir / RESULTS["official"]).is_file():
             warnings.warn(f"{run_dir}: no results file yet (unfinished or failed run), not published")
@@ -767,24 +771,32 @@ def publish(target: str | os.PathLike, dest: str | os.PathLike,
                           "again when it has finished")
             continue
         files = publishable_files(run_dir)
-        steps = sorted((run_dir / CKPT.parent).glob("step-*.safetensors")) if export is not None else []
-        for f in steps:
-            if f.is_symlink() or f.stat().st_size > WEIGHTS_MAX_BYTES:
-                raise PublishError(f"{f} ({f.stat().st_size:,} bytes) is a symlink or over the "
+        steps = {}
+        for f in sorted((run_dir / CKPT.parent).glob("step-*.safetensors")) if export is not None else []:
+            data = None if f.is_symlink() else convert(f) if convert else f.read_bytes()
+            if data is None or len(data) > WEIGHTS_MAX_BYTES:
+                raise PublishError(f"{f} ({f.lstat().st_size:,} bytes) is a symlink or over the "
                                    f"{WEIGHTS_MAX_BYTES:,}-byte cap on published weights; nothing of "
-                                   f"{run_dir.name} was published")
+                                   f"{run_dir.name} was published; {advice}")
+            steps[f.name] = data
         folder = Path(dest) / _plain_name(run_dir.name, run_dir)
         if export is not None and checkpoint(run_dir).is_file():
             weights = export(checkpoint(run_dir), final_weights(folder))
+            if convert:
+                try:
+                    atomic_write_bytes(weights, convert(weights))
+                except BaseException:
+                    weights.unlink()  # the float32 export is not what was asked for
+                    raise
             if weights.stat().st_size > WEIGHTS_MAX_BYTES:
                 size = weights.stat().st_size
                 weights.unlink()
                 raise PublishError(f"not publishing {checkpoint(run_dir)}: its weights are {size:,} bytes, over "
-                                   f"{WEIGHTS_MAX_BYTES:,}; publish its results alone (src.report weights=false)")
+                                   f"{WEIGHTS_MAX_BYTES:,}; {advice}")
         for f in files:
             atomic_write_bytes(folder / f.name, portable_file(f, run_dir))
-        for f in steps:
-            atomic_write_bytes(folder / CKPT.parent / f.name, f.read_bytes())
+        for name, data in steps.items():
+            atomic_write_bytes(folder / CKPT.parent / name, data)
         out.append(folder)
     return out
 

@@ -32,6 +32,7 @@ def published(tmp_path_factory, data_root):
         export_safetensors(runs.checkpoint(run), tmp / "step.safetensors").read_bytes())
     dest = tmp / "published"
     assert runs.publish(run, dest, export=export_safetensors) == [dest / run.name]
+    assert main([str(run), f"publish={tmp / 'published_half'}", "weights=half", f"out={tmp / 'report'}"]) == 0
     shutil.rmtree(run)  # from here on only the committed files exist
     return dest / run.name
 
@@ -64,6 +65,25 @@ def test_committed_weights_reproduce_their_committed_set5_scores(published, caps
         main([f"rescore={published}", "sets=[Urban100]"])
 
 
+def test_half_precision_weights_load_as_float32_and_reproduce_their_scores(published, capsys):
+    from safetensors import safe_open
+
+    half = published.parent.parent / "published_half" / published.name
+    for name in ("weights.safetensors", "checkpoints/step-000001.safetensors"):
+        with safe_open(str(published / name), "pt") as f32, safe_open(str(half / name), "pt") as f16:
+            assert f16.metadata() == {**f32.metadata(), "dtype": "float16"}  # backbone, scale, step kept
+            for k in f32.keys():
+                a, b = f32.get_tensor(k), f16.get_tensor(k)
+                assert b.dtype == (torch.float16 if a.is_floating_point() else a.dtype)
+                assert torch.equal(b, a.to(b.dtype))
+        full, small = (published / name).stat().st_size, (half / name).stat().st_size
+        assert abs(small - full / 2) < 0.05 * full  # 2 bytes a number instead of 4, the header aside
+    assert main([f"rescore={half}", "sets=[Set5]"]) == 0
+    out = capsys.readouterr().out
+    assert "weights stored as float16; the model computes in float32" in out
+    assert "1 of 1 columns reproduce their committed scores within 0.001" in out
+
+
 def test_publish_refuses_weights_over_the_cap(tmp_path, monkeypatch):
     from src import runs
 
@@ -82,35 +102,50 @@ def test_publish_refuses_weights_over_the_cap(tmp_path, monkeypatch):
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(b"0" * 2_000_001)
         return out
-    with pytest.raises(ValueError, match=r"last.ckpt: its weights are 2,000,001 bytes, over 2,000,000; publish its "
-                                          r"results alone \(src.report weights=false\)"):
+    with pytest.raises(ValueError, match=r"last.ckpt: its weights are 2,000,001 bytes, over 2,000,000; publish it "
+                                          r"at half precision \(src.report weights=half\) or its results alone "
+                                          r"\(weights=false\)$"):
         runs.publish(run, tmp_path / "dest", export=big)
     assert not (tmp_path / "dest" / "run" / "weights.safetensors").exists()
+    # converted, the same weights fit; a conversion still over the cap leaves nothing either
+    assert runs.publish(run, tmp_path / "dest", export=big, convert=lambda f: b"1" * 1000) == [tmp_path / "dest" / "run"]
+    assert (tmp_path / "dest" / "run" / "weights.safetensors").read_bytes() == b"1" * 1000
+    with pytest.raises(ValueError, match=r"2,000,001 bytes, over 2,000,000; publish its results alone "
+                                          r"\(src.report weights=false\)$"):
+        runs.publish(run, tmp_path / "dest2", export=big, convert=lambda f: b"1" * 2_000_001)
+    assert not (tmp_path / "dest2" / "run" / "weights.safetensors").exists()
 
 
-@pytest.mark.parametrize("experiment, fits", [("repro_small", True), ("repro_small_deep", True),
-                                              ("repro_small_rrdb", False), ("paper", False)])
-def test_the_weights_cap_admits_the_reduced_scale_models_and_refuses_a_full_one(experiment, fits):
-    """fp32 weights are 4 bytes a parameter (safetensors adds a small header): the reduced-scale SRResNets publish
-    with their weights; the reduced RRDB (3.0 MB) and a full-size model do not end up in git."""
+@pytest.mark.parametrize("experiment, fits, half_fits", [("repro_small", True, True),
+                                                         ("repro_small_deep", True, True),
+                                                         ("repro_small_rrdb", False, True), ("paper", False, False)])
+def test_the_weights_cap_admits_the_reduced_scale_models_and_refuses_a_full_one(experiment, fits, half_fits):
+    """fp32 weights are 4 bytes a parameter, float16 2 (safetensors adds a small header): the reduced-scale
+    SRResNets publish their weights as trained, the reduced RRDB (3.0 MB) at half precision, and a full-size model
+    does not end up in git."""
     from src.runs import WEIGHTS_MAX_BYTES
     from src.utils import build
 
     backbone = compose_train([f"experiment={experiment}"], Path("unused")).backbone
     size = 4 * sum(p.numel() for p in build(backbone).parameters())
     assert (size < 0.95 * WEIGHTS_MAX_BYTES) == fits, (experiment, size)
+    assert (size / 2 < 0.95 * WEIGHTS_MAX_BYTES) == half_fits, (experiment, size)
 
 
 def test_publish_without_weights_passes_no_exporter(tmp_path, monkeypatch):
     import src.report as report
 
     seen = []
-    monkeypatch.setattr(report.runs, "publish", lambda folder, dest, export: seen.append(export) or [])
+    monkeypatch.setattr(report.runs, "publish", lambda folder, dest, export, convert: seen.append((export, convert))
+                        or [])
     monkeypatch.setattr(report, "build_report", lambda folders, **opts: {})
     assert main([str(tmp_path), f"publish={tmp_path / 'a'}", "weights=false"]) == 0
     assert main([str(tmp_path), f"publish={tmp_path / 'b'}"]) == 0
-    assert seen[0] is None and seen[1].__name__ == "export_safetensors"
-    with pytest.raises(SystemExit, match="weights=no is not one of true, false"):
+    assert main([str(tmp_path), f"publish={tmp_path / 'c'}", "weights=half"]) == 0
+    assert seen[0] == (None, None)
+    assert seen[1][0].__name__ == "export_safetensors" and seen[1][1] is None
+    assert seen[2][0].__name__ == "export_safetensors" and seen[2][1].__name__ == "half_precision"
+    with pytest.raises(SystemExit, match="weights=no is not one of true, half, false"):
         main([str(tmp_path), f"publish={tmp_path / 'c'}", "weights=no"])
 
 
