@@ -6,6 +6,7 @@ usage: python -m src.report FOLDER [FOLDER ...] [key=value ...]
                                                               verdict counts between FILE's scorecard markers
        python -m src.report rescore=RUN [sets=[Set5]]         check committed weights against committed scores
        python -m src.report blend=FOLDER [val=[SET,...]]      the shrinkage control of every p=0 model in FOLDER
+       python -m src.report attach=RUN into=PUBLISHED          give a published run the weights of a retraining
 
 FOLDER is a sweep folder, a run folder, or a folder of committed results (docs/results/<campaign>); every run
 folder below it with a config (config.yaml, the config the run actually used) and results.json (literature
@@ -41,7 +42,13 @@ options (key=value):
                           beside the run as <run>.blend-blind/ and <run>.blend-oracle/, which the report then
                           compares with dropout. Costs one forward and two scorings per test image, degradation
                           and protocol: about the run's own evaluation time again, plus the validation images
-  device=cpu|cuda         for rescore and blend (default cpu); cache_dir=DIR keeps their LR images
+  attach=RUN into=DIR     a published run (DIR) without weights, lost with the machine that trained it, gets
+                          those of RUN, a retraining of it by the same command (training is seeded and
+                          deterministic; RUN may be stopped once its train_done.json is written, before scoring):
+                          RUN must match DIR's identity and step, and its weights (weights=half: rounded to
+                          float16) are kept only if they reproduce DIR's committed per-image scores on sets=[..]
+                          (default [Set5]); else DIR is left as it was (exit 1)
+  device=cpu|cuda         for rescore, blend and attach (default cpu); cache_dir=DIR keeps their LR images
   readme=FILE             also write the comparisons' headlines (one line each, with a link to out/summary.md)
                           between the `<!-- results:begin -->` and `<!-- results:end -->` lines of FILE
                           (make report: README.md)
@@ -71,7 +78,7 @@ from src.metrics import METRICS
 from src.reports import build_report
 
 OPTIONS = ("out", "publish", "weights", "metric", "bicubic", "fig4", "fig5", "fig5_degradations", "backbone", "readme",
-           "rescore", "sets", "blend", "val", "device", "cache_dir")
+           "rescore", "sets", "blend", "val", "device", "cache_dir", "attach", "into")
 
 
 def _list(value: str) -> list[str]:
@@ -95,7 +102,10 @@ def parse_args(argv: Sequence[str]) -> tuple[list[str], dict]:
     for key in ("rescore", "sets", "blend", "val"):
         if key in opts:
             opts[key] = _list(opts[key])
-    if not folders and not {"rescore", "blend"} & set(opts):
+    if ("attach" in opts) != ("into" in opts):
+        raise SystemExit("src.report: attach=RUN needs into=PUBLISHED (the published run that gets its weights), and "
+                         "into= needs attach=")
+    if not folders and not {"rescore", "blend", "attach"} & set(opts):
         raise SystemExit("src.report: no FOLDER given (see python -m src.report --help)")
     if opts.get("weights", "true") not in ("true", "half", "false"):
         raise SystemExit(f"src.report: weights={opts['weights']} is not one of true, half, false")
@@ -127,8 +137,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"[report] scorecard: {p}")
         return 0
     folders, opts = parse_args(argv)
-    tool = {k: opts.pop(k) for k in ("rescore", "sets", "blend", "val", "device", "cache_dir") if k in opts}
+    tool = {k: opts.pop(k) for k in ("rescore", "sets", "blend", "val", "device", "cache_dir", "attach", "into")
+            if k in opts}
     device, cache = tool.get("device", "cpu"), tool.get("cache_dir")
+    if "attach" in tool:
+        from src.models.loading import half_precision
+        from src.reports.rescore import attach, format_checks
+
+        half = opts.pop("weights", "true")
+        if half == "false":
+            raise SystemExit("src.report: attach= with weights=false attaches nothing; use weights=true or half")
+        try:
+            checks = attach(tool["attach"], tool["into"], convert=half_precision if half == "half" else None,
+                            sets=tool.get("sets") or ["Set5"], device=device, cache_dir=cache)
+        except (ValueError, OSError) as e:  # each names the folder and what is wrong; nothing was changed
+            raise SystemExit(f"src.report: {e}") from None
+        print(format_checks(tool["into"], checks, source=f"the weights of {tool['attach']}"))
+        ok = bool(checks) and all(c.ok for c in checks)
+        print(f"[report] attached: {runs.final_weights(tool['into'])}" if ok else
+              f"[report] not attached: these weights do not reproduce the committed scores; {tool['into']} is left "
+              f"as it was")
+        if not ok or not folders:
+            return int(not ok)
     if "rescore" in tool:
         from src.reports.rescore import format_checks, rescore
 

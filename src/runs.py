@@ -350,6 +350,19 @@ class RunIdentityError(ValueError):
     pass
 
 
+def published_difference(published: str | os.PathLike, run_dir: str | os.PathLike) -> list[str]:
+    """`identity_difference` between a published run and a run folder (say, a retraining of it): both identities
+    as published (`portable_file`), less the keys that have become bookkeeping since. Empty when the run folder
+    trained what the published run did, on the same images. A missing identity file is a FileNotFoundError."""
+    recorded = []
+    for folder in (Path(published), Path(run_dir)):
+        path = folder / IDENTITY
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file; which run this folder holds cannot be told")
+        recorded.append(_as_recorded_now(json.loads(portable_file(path, folder))))
+    return identity_difference(*recorded)
+
+
 def _as_recorded_now(ident: dict) -> dict:
     """A recorded identity less the keys that have become bookkeeping since it was written, so that adding a key
     to KEY_ROLES never refuses a run recorded before (its folder name already left the key out)."""

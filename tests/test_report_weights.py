@@ -84,6 +84,55 @@ def test_half_precision_weights_load_as_float32_and_reproduce_their_scores(publi
     assert "1 of 1 columns reproduce their committed scores within 0.001" in out
 
 
+def test_a_retraining_gives_a_published_run_its_lost_weights_only_if_they_reproduce_its_scores(tmp_path, capsys):
+    from safetensors import safe_open
+
+    from src import runs
+    from src.train import train
+
+    def trained(folder, *extra):
+        run = tmp_path / folder / "tiny"
+        cfg = compose_train(TINY + ["debug=fast", "backbone=tiny", f"paths.runs={tmp_path / folder}",
+                                    f"paths.cache={tmp_path / 'cache'}", "data.test_sets=[Set5]",
+                                    "eval.degradations=[clean]", "eval.protocol=official", "eval.reference=null",
+                                    "dropout.p=0", *extra], run)
+        train(cfg, run)
+        return run
+
+    original = trained("first")
+    (published,) = runs.publish(original, tmp_path / "docs")  # results alone: the weights are then lost
+    shutil.rmtree(original)
+    before = {p.name: p.read_bytes() for p in published.iterdir()}
+    again, other = trained("again"), trained("other", "seed=1")
+
+    with pytest.raises(SystemExit, match=r"attach: .*other/tiny is not a retraining of .*; what differs "
+                                         r"\(published -> run\): .*seed: 0 -> 1"):
+        main([f"attach={other}", f"into={published}"])
+    with pytest.raises(SystemExit, match="attach=RUN needs into=PUBLISHED"):
+        main([f"attach={again}"])
+    # a retraining whose weights do not give the committed scores (here: a score altered) is not attached
+    res = json.loads(before["results_official.json"])
+    res["Set5"]["clean"]["per_image"]["baby"]["psnr_rgb"] += 0.01
+    (published / "results_official.json").write_text(json.dumps(res))
+    assert main([f"attach={again}", f"into={published}"]) == 1
+    out = capsys.readouterr().out
+    assert f"re-scored from the weights of {again}" in out and "(MISMATCH)" in out
+    assert f"not attached: these weights do not reproduce the committed scores; {published} is left as it was" in out
+    assert {p.name for p in published.iterdir()} == set(before)
+    (published / "results_official.json").write_bytes(before["results_official.json"])
+
+    assert main([f"attach={again}", f"into={published}", "weights=half"]) == 0
+    assert f"attached: {published / 'weights.safetensors'}" in capsys.readouterr().out
+    assert {p.name for p in published.iterdir()} == set(before) | {"weights.safetensors"}
+    assert all((published / name).read_bytes() == data for name, data in before.items())
+    with safe_open(str(published / "weights.safetensors"), "pt") as f:
+        assert f.metadata()["dtype"] == "float16"
+    assert main([f"rescore={published}"]) == 0
+    with pytest.raises(SystemExit, match=r"attach: .*weights.safetensors exists; a published run's weights are "
+                                         r"never replaced"):
+        main([f"attach={again}", f"into={published}"])
+
+
 def test_publish_refuses_weights_over_the_cap(tmp_path, monkeypatch):
     from src import runs
 

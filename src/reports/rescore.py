@@ -6,7 +6,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from src.reports.collect import read_results
 
@@ -29,10 +29,11 @@ class Check:
 
 
 def rescore(run_dir: os.PathLike, sets: Sequence[str] | None = None, data_root: os.PathLike | None = None,
-            device: str = "cpu", cache_dir: os.PathLike | None = None) -> list[Check]:
-    """Evaluate the run's weights (`src.models.loading.weights_file`) on `sets` (default: every set of its results files) under
-    each protocol it has results for, with the seed, degradations and Y rounding those results record, and
-    compare image by image with them."""
+            device: str = "cpu", cache_dir: os.PathLike | None = None,
+            weights: os.PathLike | None = None) -> list[Check]:
+    """Evaluate the run's weights (`src.models.loading.weights_file`, or the file `weights`) on `sets` (default:
+    every set of its results files) under each protocol it has results for, with the seed, degradations and Y
+    rounding those results record, and compare image by image with them."""
     from src.data.datasets import default_data_root, resolve_set
     from src.evaluation import evaluate
     from src.models.loading import load_for_tool
@@ -41,7 +42,7 @@ def rescore(run_dir: os.PathLike, sets: Sequence[str] | None = None, data_root: 
     results = read_results(run_dir)
     if not results:
         raise FileNotFoundError(f"rescore={run_dir}: no results.json or results_official.json to check against")
-    loaded = load_for_tool(run_dir, device=device)
+    loaded = load_for_tool(weights or run_dir, device=device)
     root = Path(data_root) if data_root else default_data_root()
     checks = []
     for protocol, res in results.items():
@@ -67,10 +68,58 @@ def rescore(run_dir: os.PathLike, sets: Sequence[str] | None = None, data_root: 
     return checks
 
 
-def format_checks(run_dir: os.PathLike, checks: list[Check]) -> str:
+def attach(run_dir: os.PathLike, published: os.PathLike, convert: Callable[[Path], bytes] | None = None,
+           sets: Sequence[str] | None = ("Set5",), data_root: os.PathLike | None = None, device: str = "cpu",
+           cache_dir: os.PathLike | None = None) -> list[Check]:
+    """Give a published run that has no weights (lost with the machine that trained it) those of `run_dir`, a
+    retraining of it: training is seeded and deterministic, so the same command retrains the same weights, and
+    they are kept only if they are. `run_dir` must have finished training (`train_done.json` and its checkpoint;
+    it need not have scored) at the published run's step, with the published run's identity (config and image
+    lists); its weights are exported (`convert`ed, e.g. to half precision) beside the published results, re-scored
+    on `sets` and become the published run's `WEIGHTS` only when every column reproduces the committed per-image
+    scores. Anything else leaves the published run as it was, with an error naming what differs. Returns the
+    checks (their `ok` says whether the weights were attached)."""
+    from src import runs
+    from src.models.loading import export_safetensors
+    from src.utils import atomic_write_bytes
+
+    run_dir, published = Path(run_dir), Path(published)
+    target = runs.final_weights(published)
+    if target.exists():
+        raise FileExistsError(f"attach: {target} exists; a published run's weights are never replaced")
+    done, trained = runs.training_done(published), runs.training_done(run_dir)
+    if trained is None or not runs.checkpoint(run_dir).is_file():
+        raise ValueError(f"attach: {run_dir} has not finished training (no {runs.DONE} and {runs.CKPT}); rerun "
+                         f"its command until {runs.DONE} appears")
+    if done is not None and done.get("global_step") != trained.get("global_step"):
+        raise ValueError(f"attach: {run_dir} trained {trained.get('global_step')} steps, {published} "
+                         f"{done.get('global_step')}; not the same weights")
+    diff = runs.published_difference(published, run_dir)
+    if diff:
+        raise ValueError(f"attach: {run_dir} is not a retraining of {published}; what differs (published -> run): "
+                         + "; ".join(diff))
+    trial = published / f"{target.stem}.unverified{target.suffix}"
+    try:
+        export_safetensors(runs.checkpoint(run_dir), trial)
+        if convert is not None:
+            atomic_write_bytes(trial, convert(trial))
+        size = trial.stat().st_size
+        if size > runs.WEIGHTS_MAX_BYTES:
+            raise runs.PublishError(f"attach: the weights of {run_dir} are {size:,} bytes, over the "
+                                    f"{runs.WEIGHTS_MAX_BYTES:,}-byte cap on published weights (weights=half halves "
+                                    f"them)")
+        checks = rescore(published, sets, data_root, device, cache_dir, weights=trial)
+        if checks and all(c.ok for c in checks):
+            os.replace(trial, target)
+        return checks
+    finally:
+        trial.unlink(missing_ok=True)
+
+
+def format_checks(run_dir: os.PathLike, checks: list[Check], source: str | None = None) -> str:
     from src.models.loading import weights_file
 
-    lines = [f"{run_dir}: re-scored from {weights_file(run_dir).name}"]
+    lines = [f"{run_dir}: re-scored from {source or weights_file(run_dir).name}"]
     for c in checks:
         lines.append(f"  {c.set}/{c.degradation} ({c.protocol}): {c.images} images, largest difference to the "
                      f"committed per-image scores {c.max_diff:.1e} ({'ok' if c.ok else 'MISMATCH'})")
