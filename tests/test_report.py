@@ -248,3 +248,33 @@ def test_bicubic_trained_models_get_their_own_table_comparisons_and_figures(tmp_
     assert "| Model | clean |\n" in (out / "table_b3_RRDB_channel_p0.7.md").read_text()
     assert (out / "table_b3_Real_SRResNet_channel_p0.7.md").read_text().count(
         "| Model | clean | blur | noise | jpeg | b+n | b+j | n+j | b+n+j |") == 2
+
+
+def test_a_rebuild_removes_what_the_last_build_wrote_and_this_one_does_not(sweep, tmp_path):
+    import shutil
+
+    from src.reports.build import GENERATED
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.md").write_text("not the report's")
+    first = build_report([sweep], out=out)
+    assert (out / "curves_Real_RRDB.png").is_file()
+    listed = (out / GENERATED).read_text().split()
+    assert listed == sorted(p.name for ps in first.values() for p in ps) and "notes.md" not in listed
+    # the RRDB runs leave the results: their figures and table rows go with them on the next build
+    manifest = json.loads((sweep / "manifest.json").read_text())
+    for job in ("job9", "job10"):
+        shutil.rmtree(sweep / job)
+        del manifest["jobs"][job]
+    (sweep / "manifest.json").write_text(json.dumps(manifest))
+    (out / GENERATED).write_text((out / GENERATED).read_text() + "../outside.md\n")  # a damaged list
+    (tmp_path / "outside.md").write_text("kept")
+    second = build_report([sweep], out=out)
+    names = {p.name for ps in second.values() for p in ps}
+    gone = set(listed) - names
+    assert "curves_Real_RRDB.png" in gone
+    assert not any((out / name).exists() for name in gone)
+    assert all((out / name).is_file() for name in names)
+    assert (out / "notes.md").read_text() == "not the report's" and (tmp_path / "outside.md").read_text() == "kept"
+    assert (out / GENERATED).read_text().split() == sorted(names)

@@ -106,7 +106,31 @@ def build_report(sweeps: Sequence[os.PathLike], out: os.PathLike | None = None, 
         if readme is not None:
             written["tables"].append(write_readme_block(readme, readme_md(blocks, out, Path(readme).parent),
                                                                  README_BEGIN, README_END))
+    prune_stale(out, [p for paths in written.values() for p in paths])
     return written
+
+
+GENERATED = "report_files.txt"
+
+
+def prune_stale(out: Path, written: Sequence[Path]) -> list[Path]:
+    """Remove the files of `out` that the previous build wrote (its GENERATED list) and this one did not, then
+    record this build's: a table or figure whose setting was renamed or left the results (a second size of one
+    backbone tags both groups' names, say) must not stay beside the rebuilt ones as if it were current. Files the
+    report never wrote, and anything outside `out` (the README), are left alone. Returns the removed files."""
+    out = Path(out)
+    names = sorted({p.name for p in map(Path, written) if p.parent.resolve() == out.resolve()})
+    listing = out / GENERATED
+    before = listing.read_text().split() if listing.is_file() else []
+    removed = []
+    for name in before:
+        path = out / name
+        # only plain names of files directly in `out`: a damaged list must not reach anything else
+        if name not in names and Path(name).name == name and name not in (".", "..") and path.is_file():
+            path.unlink()
+            removed.append(path)
+    atomic_write_text(listing, "\n".join(names) + "\n")
+    return removed
 
 
 SUMMARY_SET = "Set5"
