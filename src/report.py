@@ -44,10 +44,10 @@ options (key=value):
                           and protocol: about the run's own evaluation time again, plus the validation images
   attach=RUN into=DIR     a published run (DIR) without weights, lost with the machine that trained it, gets
                           those of RUN, a retraining of it by the same command (training is seeded and
-                          deterministic; RUN may be stopped once its train_done.json is written, before scoring):
-                          RUN must match DIR's identity and step, and its weights (weights=half: rounded to
-                          float16) are kept only if they reproduce DIR's committed per-image scores on sets=[..]
-                          (default [Set5]); else DIR is left as it was (exit 1)
+                          deterministic; RUN may be stopped once its train_done.json is written, before scoring)
+                          or a weights file kept elsewhere: a RUN folder must match DIR's identity and step, and
+                          the weights (weights=half: rounded to float16) are kept only if they reproduce DIR's
+                          committed per-image scores on sets=[..] (default [Set5]); else DIR is left as it was
   device=cpu|cuda         for rescore, blend and attach (default cpu); cache_dir=DIR keeps their LR images
   readme=FILE             also write the comparisons' headlines (one line each, with a link to out/summary.md)
                           between the `<!-- results:begin -->` and `<!-- results:end -->` lines of FILE

@@ -47,7 +47,7 @@ def test_committed_weights_reproduce_their_committed_set5_scores(published, caps
     assert main([f"rescore={published}", "sets=[Set5]"]) == 0
     out = capsys.readouterr().out
     assert "re-scored from weights.safetensors" in out and "Set5/clean (official): 5 images" in out
-    assert "1 of 1 columns reproduce their committed scores" in out
+    assert "1 of 1 columns reproduce their committed scores within 0.001 dB\n" in out
 
     # a committed score that the weights do not give is found, named, and fails the command
     res_path = published / "results_official.json"
@@ -81,7 +81,7 @@ def test_half_precision_weights_load_as_float32_and_reproduce_their_scores(publi
     assert main([f"rescore={half}", "sets=[Set5]"]) == 0
     out = capsys.readouterr().out
     assert "weights stored as float16; the model computes in float32" in out
-    assert "1 of 1 columns reproduce their committed scores within 0.001" in out
+    assert "1 of 1 columns reproduce their committed scores within 0.01 dB (float16-rounded weights)" in out
 
 
 def test_a_retraining_gives_a_published_run_its_lost_weights_only_if_they_reproduce_its_scores(tmp_path, capsys):
@@ -131,6 +131,15 @@ def test_a_retraining_gives_a_published_run_its_lost_weights_only_if_they_reprod
     with pytest.raises(SystemExit, match=r"attach: .*weights.safetensors exists; a published run's weights are "
                                          r"never replaced"):
         main([f"attach={again}", f"into={published}"])
+    # a weights file kept elsewhere (no run folder to compare identities with): its scores decide alone
+    copy = tmp_path / "docs2" / published.name
+    copy.mkdir(parents=True)
+    for name, data in before.items():
+        (copy / name).write_bytes(data)
+    assert main([f"attach={runs.checkpoint(other)}", f"into={copy}"]) == 1  # another seed's weights
+    assert {p.name for p in copy.iterdir()} == set(before)
+    assert main([f"attach={runs.checkpoint(again)}", f"into={copy}"]) == 0
+    assert (copy / "weights.safetensors").is_file()
 
 
 def test_publish_refuses_weights_over_the_cap(tmp_path, monkeypatch):
