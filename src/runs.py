@@ -725,6 +725,19 @@ def _plain_name(name: Any, where: Any) -> str:
     return name
 
 
+def published_name(run_dir: Path) -> str:
+    """The folder a run is published under: the name of all its job's overrides, the multirun's constant ones
+    included (its job folder leaves those to the sweep folder's name: `-m dropout.p=0,0.5 seed=2` names its jobs
+    `dropout.p-0.0`, a one-job multirun `default`), so that the runs of two multiruns that differ in a constant
+    (seed=1, then seed=2) never land in, and overwrite, one published folder. The name is the one a job folder
+    gets (`run_id`, Hydra's sorted overrides); a run outside a sweep keeps its folder name."""
+    job = ((read_manifest(run_dir.parent) or {}).get("jobs") or {}).get(run_dir.name)
+    overrides = job.get("overrides") if isinstance(job, dict) else None
+    if not overrides or not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        return run_dir.name
+    return run_id(",".join(sorted(overrides)))
+
+
 def publishable_files(run_dir: Path) -> list[Path]:
     """The files of PUBLISHED that `run_dir` holds, checked before anything is copied: each a regular file of the
     run folder itself (a symlink could carry any file of the machine into a folder meant for git), at most
@@ -758,7 +771,7 @@ def publish(target: str | os.PathLike, dest: str | os.PathLike,
             export: Callable[[Path, Path], Path] | None = None,
             convert: Callable[[Path], bytes] | None = None) -> list[Path]:
     """Copy the small result files of every finished run in `target` (a run or sweep folder, see `find_runs`) to
-    `dest/<run folder name>/`, so results can be committed and reports rebuilt without the runs.
+    `dest/<published_name>/`, so results can be committed and reports rebuilt without the runs.
 
     With `export` (`src.models.loading.export_safetensors`), the run's final weights go along as `WEIGHTS`,
     exported from its checkpoint, and so do the safetensors it kept at chosen steps (checkpoints/step-*.safetensors):
@@ -792,7 +805,7 @@ def publish(target: str | os.PathLike, dest: str | os.PathLike,
                                    f"{WEIGHTS_MAX_BYTES:,}-byte cap on published weights; nothing of "
                                    f"{run_dir.name} was published; {advice}")
             steps[f.name] = data
-        folder = Path(dest) / _plain_name(run_dir.name, run_dir)
+        folder = Path(dest) / _plain_name(published_name(run_dir), run_dir)
         if export is not None and checkpoint(run_dir).is_file():
             weights = export(checkpoint(run_dir), final_weights(folder))
             if convert:

@@ -325,6 +325,31 @@ def test_publish_never_writes_outside_its_folder_nor_reads_outside_the_run(tmp_p
     assert sorted(p.name for p in (dest / "a").iterdir()) == ["config.yaml", "job.json", "results.json"]
 
 
+def test_runs_of_multiruns_that_differ_in_a_constant_are_published_apart(tmp_path):
+    """`-m dropout.p=0,0.5 seed=2` names its jobs by what varies (`dropout.p-0.0`); the published folder names
+    the seed too, so seed 1's runs, published before into the same campaign, are not overwritten."""
+    dest = tmp_path / "pub"
+    for seed in (1, 2):
+        sweep = tmp_path / f"sweep-seed-{seed}"
+        jobs = {}
+        for p in ("0.0", "0.5"):
+            _finished_run(sweep / f"dropout.p-{p}")
+            jobs[f"dropout.p-{p}"] = {"dir": f"dropout.p-{p}", "overrides": [f"seed={seed}", f"dropout.p={p}"]}
+        (sweep / runs.MANIFEST).write_text(json.dumps({"jobs": jobs}))
+        assert runs.publish(sweep, dest) == [dest / f"dropout.p-{p}_seed-{seed}" for p in ("0.0", "0.5")]
+    assert sorted(p.name for p in dest.iterdir()) == ["dropout.p-0.0_seed-1", "dropout.p-0.0_seed-2",
+                                                      "dropout.p-0.5_seed-1", "dropout.p-0.5_seed-2"]
+    # a one-job multirun (its job folder is `default`) and a job named by all its overrides: the same rule
+    one = tmp_path / "sweep-dropout.position-none_seed-0"
+    _finished_run(one / "default")
+    (one / runs.MANIFEST).write_text(json.dumps({"jobs": {"default": {
+        "dir": "default", "overrides": ["dropout.position=none", "seed=0"]}}}))
+    assert runs.publish(one, dest) == [dest / "dropout.position-none_seed-0"]
+    assert runs.published_name(one / "default") == runs.run_id("dropout.position=none,seed=0")
+    # outside a sweep, or with a manifest that does not list the run's overrides: the run's own folder name
+    assert runs.published_name(_finished_run(tmp_path / "solo")) == "solo"
+
+
 def test_publish_refuses_a_run_whose_results_do_not_parse(tmp_path):
     run, dest = _finished_run(tmp_path / "a"), tmp_path / "pub"
     (run / "results.json").write_text('{"Set5": {"clean"')
