@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -177,6 +178,30 @@ def test_card_from_fixture(results_root):
     assert (iv.mean, iv.low, iv.high) == pytest.approx((mean, low, high))
     assert rows[12].verdict == "reproduced"
     assert rows[11].verdict == "not run"  # the fixture has no ablation statistic
+
+
+def test_the_rrdb_interpretation_is_its_own_part_of_claims_11_and_12(tmp_path):
+    root = tmp_path / "r"
+    for folder, variant, rows in (("interp_seeds", "p0.7", [(2.0, 1.5), (2.4, 1.8), (2.2, 1.8)]),
+                                  ("interp_rrdb_seeds", "p0.5", [(4.5, 0.7), (2.9, 0.5)])):
+        (root / folder).mkdir(parents=True)
+        with open(root / folder / "groups_models.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["group", "model", "checkpoint", "statistic", "value"])
+            for seed, (b, v) in enumerate(rows):
+                w.writerow(["p0", f"p0/dropout.p-0.0_seed-{seed}", "x", "ddr.chi", b])
+                w.writerow([variant, f"{variant}/dropout.p-{variant[1:]}_seed-{seed}", "x", "ddr.chi", v])
+    rows = by_number(S.score(root))
+    srresnet, rrdb = rows[12].outcomes
+    assert srresnet.contrast == "DDR CHI, p=0.7 - p=0" and srresnet.interval.n == 3
+    assert rrdb.contrast == "RRDB: DDR CHI, p=0.5 - p=0" and rrdb.interval.n == 2
+    mean, low, high = t_ci([0.7 - 4.5, 0.5 - 2.9])
+    assert (rrdb.interval.mean, rrdb.interval.low, rrdb.interval.high) == pytest.approx((mean, low, high))
+    assert rrdb.verdict == "inconclusive" and rows[12].verdict == "inconclusive"  # df = 1: wide
+    # without the RRDB folder its part is not run and names the command that makes it
+    shutil.rmtree(root / "interp_rrdb_seeds")
+    rrdb = by_number(S.score(root))[12].outcomes[1]
+    assert rrdb.verdict == "not run" and "out=docs/results/interp_rrdb/seed-S" in S.CLAIMS[11].contrasts[1].command
 
 
 def test_unpaired_seeds_use_welch(tmp_path):

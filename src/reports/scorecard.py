@@ -116,7 +116,12 @@ _BICUBIC = " && ".join(
         "dropout.position=b8 dropout.dim=channel dropout.p=0.1",
         "dropout.position=last dropout.dim=channel dropout.p=0.0,0.7")]
     + ["python -m src.report runs/repro_bicubic publish=docs/results/repro_bicubic out=docs/results"])
-_INTERP_MODELS = "the Table 1 pair's models (interp_seeds/analysis.json)"
+_INTERP_MODELS = ("the Table 1 pairs' models (SRResNet: interp_seeds/analysis.json; RRDB: "
+                  "interp_rrdb_seeds/analysis.json)")
+# One seed pair S of the RRDB pair per folder; `make report` pools the folders into interp_rrdb_seeds.
+_INTERP_RRDB_COMMAND = ("python -m src.analyze all groups=\"{p0:'docs/results/repro_rrdb/dropout.p-0.0_seed-S',"
+                        "p0.5:'docs/results/repro_rrdb/dropout.p-0.5_seed-S'}\" out=docs/results/interp_rrdb/seed-S "
+                        "&& make report")
 
 CLAIMS = (
     Claim(1, "naive channel-wise dropout after every block (`all`) harms SR", "Fig. 2a", "bicubic",
@@ -174,16 +179,25 @@ CLAIMS = (
           "python -m src.reports.training_length docs/results/repro_small out=docs/results/training_length",
           source="length", here="the Table 1 pair's weights at each kept step"),
     Claim(11, "dropout equalises channel saliency; the output depends less on single channels", "Fig. 6-8", "Real",
-          ("interp_seeds",), "src.analyze all groups=... (+ merge)", "make repro (its interpretation step)",
-          source="interp", here=_INTERP_MODELS,
+          ("interp_seeds", "interp_rrdb_seeds"), "src.analyze all groups=... (+ merge)",
+          "make repro (its interpretation step)", source="interp", here=_INTERP_MODELS,
           contrasts=(Contrast("largest single-channel ablation drop, p=0.7 - p=0", ("p0.7",), ("p0",), -1,
-                              statistic="ablation.max_drop"),
+                              statistic="ablation.max_drop", studies=("interp_seeds",)),
                      Contrast("saliency spread over channels (std/mean), p=0.7 - p=0", ("p0.7",), ("p0",), -1,
-                              statistic="csm.saliency_cv", unit=""))),
+                              statistic="csm.saliency_cv", unit="", studies=("interp_seeds",)),
+                     Contrast("RRDB: largest single-channel ablation drop, p=0.5 - p=0", ("p0.5",), ("p0",), -1,
+                              statistic="ablation.max_drop", studies=("interp_rrdb_seeds",),
+                              command=_INTERP_RRDB_COMMAND),
+                     Contrast("RRDB: saliency spread over channels (std/mean), p=0.5 - p=0", ("p0.5",), ("p0",), -1,
+                              statistic="csm.saliency_cv", unit="", studies=("interp_rrdb_seeds",),
+                              command=_INTERP_RRDB_COMMAND))),
     Claim(12, "dropout weakens degradation clustering: lower DDR Calinski-Harabasz index", "Fig. 9", "Real",
-          ("interp_seeds",), "src.analyze all groups=... (+ merge)", "make repro (its interpretation step)",
-          source="interp", here=_INTERP_MODELS,
-          contrasts=(Contrast("DDR CHI, p=0.7 - p=0", ("p0.7",), ("p0",), -1, statistic="ddr.chi", unit=""),)),
+          ("interp_seeds", "interp_rrdb_seeds"), "src.analyze all groups=... (+ merge)",
+          "make repro (its interpretation step)", source="interp", here=_INTERP_MODELS,
+          contrasts=(Contrast("DDR CHI, p=0.7 - p=0", ("p0.7",), ("p0",), -1, statistic="ddr.chi", unit="",
+                              studies=("interp_seeds",)),
+                     Contrast("RRDB: DDR CHI, p=0.5 - p=0", ("p0.5",), ("p0",), -1, statistic="ddr.chi", unit="",
+                              studies=("interp_rrdb_seeds",), command=_INTERP_RRDB_COMMAND))),
 )
 
 
@@ -454,7 +468,8 @@ def _seed_of(model: str) -> str:
 def measure_interp(root: Path, claim: Claim, contrast: Contrast) -> Outcome:
     """The contrast over the per-model numbers of the pooled interpretation, paired by the seed in each model's
     name."""
-    path = next((root / s / INTERP_MODELS for s in claim.studies if (root / s / INTERP_MODELS).is_file()), None)
+    path = next((root / s / INTERP_MODELS for s in contrast.studies or claim.studies
+                 if (root / s / INTERP_MODELS).is_file()), None)
     if path is None:
         return Outcome(contrast.label, "not run", reason=f"no {INTERP_MODELS}", unit=contrast.unit)
     values: dict[str, dict[str, float]] = {}
