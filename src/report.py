@@ -144,11 +144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from src.models.loading import half_precision
         from src.reports.rescore import attach, format_checks
 
-        half = opts.pop("weights", "true")
-        if half == "false":
+        weights = opts.pop("weights", "true")
+        if weights == "false":
             raise SystemExit("src.report: attach= with weights=false attaches nothing; use weights=true or half")
         try:
-            checks = attach(tool["attach"], tool["into"], convert=half_precision if half == "half" else None,
+            checks = attach(tool["attach"], tool["into"], convert=half_precision if weights == "half" else None,
                             sets=tool.get("sets") or ["Set5"], device=device, cache_dir=cache)
         except (ValueError, OSError) as e:  # each names the folder and what is wrong; nothing was changed
             raise SystemExit(f"src.report: {e}") from None

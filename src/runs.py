@@ -725,6 +725,26 @@ def _plain_name(name: Any, where: Any) -> str:
     return name
 
 
+def export_weights(export: Callable[[Path, Path], Path], source: Path, out: Path,
+                   convert: Callable[[Path], bytes] | None = None, doing: str = "publishing",
+                   advice: str = "") -> Path:
+    """`export` the weights of `source` to `out`, rewritten by `convert` when given, and hold them to
+    WEIGHTS_MAX_BYTES: over it, or on any error, `out` is removed, and over it a PublishError names `source`, the
+    size and `advice`."""
+    weights = export(source, out)
+    try:
+        if convert is not None:
+            atomic_write_bytes(weights, convert(weights))
+        size = weights.stat().st_size
+        if size > WEIGHTS_MAX_BYTES:
+            raise PublishError(f"not {doing} {source}: its weights are {size:,} bytes, over {WEIGHTS_MAX_BYTES:,}"
+                               + (f"; {advice}" if advice else ""))
+    except BaseException:
+        weights.unlink(missing_ok=True)  # neither an over-cap file nor the unconverted export is what was asked for
+        raise
+    return weights
+
+
 def published_name(run_dir: Path) -> str:
     """The folder a run is published under: the name of all its job's overrides, the multirun's constant ones
     included (its job folder leaves those to the sweep folder's name: `-m dropout.p=0,0.5 seed=2` names its jobs
@@ -801,24 +821,14 @@ def publish(target: str | os.PathLike, dest: str | os.PathLike,
         for f in sorted((run_dir / CKPT.parent).glob("step-*.safetensors")) if export is not None else []:
             data = None if f.is_symlink() else convert(f) if convert else f.read_bytes()
             if data is None or len(data) > WEIGHTS_MAX_BYTES:
-                raise PublishError(f"{f} ({f.lstat().st_size:,} bytes) is a symlink or over the "
+                size = f.lstat().st_size if data is None else len(data)  # as it would be published
+                raise PublishError(f"{f} ({size:,} bytes) is a symlink or over the "
                                    f"{WEIGHTS_MAX_BYTES:,}-byte cap on published weights; nothing of "
                                    f"{run_dir.name} was published; {advice}")
             steps[f.name] = data
         folder = Path(dest) / _plain_name(published_name(run_dir), run_dir)
         if export is not None and checkpoint(run_dir).is_file():
-            weights = export(checkpoint(run_dir), final_weights(folder))
-            if convert:
-                try:
-                    atomic_write_bytes(weights, convert(weights))
-                except BaseException:
-                    weights.unlink()  # the float32 export is not what was asked for
-                    raise
-            if weights.stat().st_size > WEIGHTS_MAX_BYTES:
-                size = weights.stat().st_size
-                weights.unlink()
-                raise PublishError(f"not publishing {checkpoint(run_dir)}: its weights are {size:,} bytes, over "
-                                   f"{WEIGHTS_MAX_BYTES:,}; {advice}")
+            export_weights(export, checkpoint(run_dir), final_weights(folder), convert, advice=advice)
         for f in files:
             atomic_write_bytes(folder / f.name, portable_file(f, run_dir))
         for name, data in steps.items():

@@ -295,15 +295,19 @@ def read_weights(path: str | os.PathLike, key: str | None = None) -> tuple[dict,
     return dict(state), (dict(cfg) if isinstance(cfg, Mapping) else None), scale
 
 
-def _read_safetensors(path: Path) -> tuple[dict, dict | None, int | None]:
+def _safetensors_contents(path: Path) -> tuple[dict, dict]:
+    """(tensors, metadata) of a safetensors file; an unreadable one is `_unreadable`'s error."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError) as e:
         raise _unreadable(path, e) from e
+
+
+def _read_safetensors(path: Path) -> tuple[dict, dict | None, int | None]:
+    state, meta = _safetensors_contents(path)
     cfg = scale = None
     if "backbone" in meta:
         try:
@@ -341,16 +345,9 @@ def half_precision(path: str | os.PathLike) -> bytes:
     "float16"`): how a model whose float32 weights are over the cap on committed weights is published at half the
     size. `load` casts them back into a float32 model, whose per-image scores move by a few thousandths of a dB at
     most (`src.reports.rescore.HALF_TOLERANCE`)."""
-    from safetensors import SafetensorError, safe_open
     from safetensors.torch import save
 
-    path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise _unreadable(path, e) from e
+    tensors, metadata = _safetensors_contents(Path(path))
     half = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in tensors.items()}
     return save(half, metadata={**metadata, "dtype": "float16"})
 

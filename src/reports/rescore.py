@@ -99,7 +99,6 @@ def attach(run_dir: os.PathLike, published: os.PathLike, convert: Callable[[Path
     whether the weights were attached)."""
     from src import runs
     from src.models.loading import export_safetensors
-    from src.utils import atomic_write_bytes
 
     run_dir, published = Path(run_dir), Path(published)
     target = runs.final_weights(published)
@@ -122,14 +121,8 @@ def attach(run_dir: os.PathLike, published: os.PathLike, convert: Callable[[Path
         source = runs.checkpoint(run_dir)
     trial = published / f"{target.stem}.unverified{target.suffix}"
     try:
-        export_safetensors(source, trial)
-        if convert is not None:
-            atomic_write_bytes(trial, convert(trial))
-        size = trial.stat().st_size
-        if size > runs.WEIGHTS_MAX_BYTES:
-            raise runs.PublishError(f"attach: the weights of {run_dir} are {size:,} bytes, over the "
-                                    f"{runs.WEIGHTS_MAX_BYTES:,}-byte cap on published weights (weights=half halves "
-                                    f"them)")
+        runs.export_weights(export_safetensors, source, trial, convert, doing="attaching",
+                            advice="" if convert else "attach it at half precision (weights=half)")
         checks = rescore(published, sets, data_root, device, cache_dir, weights=trial)
         if checks and all(c.ok for c in checks):
             os.replace(trial, target)
