@@ -365,3 +365,30 @@ def test_positions_line_names_the_positions_surely_below_and_the_column_winners(
     assert "surely below p=0: half, all (the paper: half, all); surely above: last;" in verdicts
     assert "highest position per column (of 16): last 14, b8 2" in verdicts
     assert [o.verdict for o in row.outcomes][:1] == ["reproduced"]           # last's own contrast
+
+
+def test_positions_row_names_only_the_jobs_left_to_run(tmp_path):
+    """Claim 8's command trains the (position, seed) jobs not committed, positions that lack the same seeds in one
+    multirun, instead of the whole study again; a complete study leaves no command."""
+    root = tmp_path / "r"
+    study = root / "repro_positions"
+    committed = {"none": (0, 1), "last": (0, 1), "half": (0,), "b4": (0, 1, 2)}
+    for k, seeds in committed.items():
+        for seed in seeds:
+            write_run(study / f"{k}{seed}", k, 0.0 if k == "none" else 0.7, seed, {d: 0.0 for d in S.EIGHT})
+    write_run(study / "b8_p05", "b8", 0.5, 0, {d: 0.0 for d in S.EIGHT})       # another p: not a job of the grid
+    row = by_number(S.score(root))[8]
+    assert row.left == ['make sweep SWEEP=repro_positions ARGS="dropout.position=none,last seed=2" && '
+                        'make sweep SWEEP=repro_positions ARGS="dropout.position=b8,b12,b16,quarter,all seed=0,1,2" && '
+                        'make sweep SWEEP=repro_positions ARGS="dropout.position=half seed=1,2" && '
+                        'python -m src.report runs/repro_positions publish=docs/results/repro_positions '
+                        'out=docs/results']
+    card = S.render([row], root)
+    assert "to fill the rest: `make sweep SWEEP=repro_positions ARGS=\"dropout.position=none,last seed=2\"" in card
+    assert 'ARGS="seed=0,1,2"' not in card
+    for k in ("none", "last", "half", "b8", "b12", "b16", "quarter", "all"):
+        for seed in range(3):
+            if not (study / f"{k}{seed}").exists():
+                write_run(study / f"{k}{seed}", k, 0.0 if k == "none" else 0.7, seed, {d: 0.0 for d in S.EIGHT})
+    row = by_number(S.score(root))[8]
+    assert row.left == [] and "to fill the rest" not in S.render([row], root)

@@ -87,6 +87,7 @@ class Claim:
     contrasts: tuple = ()
     cost: str = ""                      # a `src.bench` report (under the results root) pricing a study not run
     extras: tuple = ()                  # descriptive lines beside the verdict (keys of EXTRAS)
+    left: str = ""                      # key of LEFT: the jobs still to run, from what is committed
 
 
 @dataclass
@@ -100,7 +101,10 @@ class Outcome:
     detail: str = ""
 
 
-def _sweep_command(sweep: str, seeds: str = "0,1,2") -> str:
+SEEDS = (0, 1, 2)      # the seeds a study's command trains
+
+
+def _sweep_command(sweep: str, seeds: str = ",".join(map(str, SEEDS))) -> str:
     """Train a sweep file over the seeds, then publish its finished runs to docs/results/<sweep>."""
     return (f"make sweep SWEEP={sweep} ARGS=\"seed={seeds}\" && python -m src.report runs/{sweep} "
             f"publish=docs/results/{sweep} out=docs/results")
@@ -166,7 +170,7 @@ CLAIMS = (
                           for p in (0.1, 0.3, 0.5, 0.9))),
     Claim(8, "most positions improve except `half` and `all`; `last` gives most of the best results", "Table B.3",
           "Real", ("repro_positions",), "sweeps/repro_positions.yaml",
-          _sweep_command("repro_positions"), extras=("positions",),
+          _sweep_command("repro_positions"), extras=("positions",), left="positions",
           contrasts=tuple(Contrast(f"{pos} p=0.7 - none, mean of the 8 columns", (pos, "channel", 0.7), ("none",), 1)
                           for pos in ("last", "b4", "b8", "b12", "b16", "quarter"))),
     Claim(9, "dropout also helps SwinIR", "Table A.1", "Real", ("repro_swinir",), "conf/backbone/swinir_small.yaml",
@@ -460,6 +464,31 @@ def by_position(root: Path, claim: Claim) -> list[str]:
 EXTRAS = {"trend": trend_over_p, "versus_rrdb": versus_rrdb, "positions": by_position}
 
 
+def positions_left(root: Path, claim: Claim) -> list[str]:
+    """The one command that trains and publishes only the (position, seed) jobs of the positions study that are
+    not committed (every position of POSITIONS at p=0.7 channel-wise, seeds SEEDS), positions that lack the same
+    seeds sharing one multirun; [] when nothing is left."""
+    study = claim.studies[0]
+    have: dict[str, set] = {}
+    for r in _load(root, study):
+        if r.baseline or (r.dim == "channel" and abs(r.p - 0.7) < 1e-6):
+            have.setdefault("none" if r.baseline else r.position, set()).add(r.seed)
+    groups: dict[tuple, list[str]] = {}
+    for pos in POSITIONS:
+        missing = tuple(s for s in SEEDS if s not in have.get(pos, set()))
+        if missing:
+            groups.setdefault(missing, []).append(pos)
+    if not groups:
+        return []
+    sweeps = [f"make sweep SWEEP={study} ARGS=\"dropout.position={','.join(g)} seed={','.join(map(str, m))}\""
+              for m, g in groups.items()]
+    return [" && ".join(sweeps) + f" && python -m src.report runs/{study} publish=docs/results/{study} "
+            "out=docs/results"]
+
+
+LEFT = {"positions": positions_left}
+
+
 def _seed_of(model: str) -> str:
     m = re.search(r"seed-(\d+)", model)
     return m.group(1) if m else model
@@ -524,6 +553,7 @@ class Row:
     here: str
     paper: str
     extras: list = field(default_factory=list)     # descriptive lines, outside the verdict
+    left: list | None = None                        # commands of the jobs still to run, where the claim knows them
 
 
 def score(root: os.PathLike) -> list[Row]:
@@ -550,7 +580,8 @@ def score(root: os.PathLike) -> list[Row]:
         here = ("<br>".join(f"`{study}`: {text}" for text, study in sizes.items()) if len(sizes) > 1
                 else next(iter(sizes), claim.here))
         extras = [line for key in claim.extras for line in EXTRAS[key](root, claim)]
-        rows.append(Row(claim, outcomes, word, note, here, paper_setting(claim.backbone), extras))
+        left = LEFT[claim.left](root, claim) if claim.left else None
+        rows.append(Row(claim, outcomes, word, note, here, paper_setting(claim.backbone), extras, left))
     return rows
 
 
@@ -628,6 +659,8 @@ def render(rows: list[Row], root: os.PathLike) -> str:
         c = r.claim
         cmds = sorted({next((x.command for x in c.contrasts if x.label == o.contrast), "") or c.command
                        for o in r.outcomes if o.verdict == "not run"})
+        if r.left is not None and r.verdict != "not run":
+            cmds = r.left
         if r.verdict == "not run":
             measured = "not run: " + "; ".join(f"`{x}`" for x in cmds)
             cost = cost_text(Path(root), c)
