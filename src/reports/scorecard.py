@@ -104,10 +104,19 @@ class Outcome:
 SEEDS = (0, 1, 2)      # the seeds a study's command trains
 
 
-def _sweep_command(sweep: str, seeds: str = ",".join(map(str, SEEDS))) -> str:
-    """Train a sweep file over the seeds, then publish its finished runs to docs/results/<sweep>."""
-    return (f"make sweep SWEEP={sweep} ARGS=\"seed={seeds}\" && python -m src.report runs/{sweep} "
-            f"publish=docs/results/{sweep} out=docs/results")
+def _make_sweep(sweep: str, args: str, seeds=SEEDS) -> str:
+    """Train a sweep file with `args` over `seeds`."""
+    return f"make sweep SWEEP={sweep} ARGS=\"{args + ' ' if args else ''}seed={','.join(map(str, seeds))}\""
+
+
+def _publish(study: str) -> str:
+    """Publish a study's finished runs to docs/results/<study> and rebuild the report there."""
+    return f"python -m src.report runs/{study} publish=docs/results/{study} out=docs/results"
+
+
+def _sweep_command(sweep: str) -> str:
+    """Train a sweep file over SEEDS, then publish its finished runs."""
+    return f"{_make_sweep(sweep, '')} && {_publish(sweep)}"
 
 
 _UNSEEN_EVAL = ("for r in docs/results/repro_small/*/; do python -m src.eval ckpt=$r/checkpoints/step-002000.safetensors "
@@ -115,11 +124,13 @@ _UNSEEN_EVAL = ("for r in docs/results/repro_small/*/; do python -m src.eval ckp
 _LAST = ("last", "channel")
 # The reduced subset of the Fig. 4 grid that sweeps/repro_bicubic.yaml names, as its three commands.
 _BICUBIC = " && ".join(
-    [f"make sweep SWEEP=repro_bicubic ARGS=\"{a} seed=0,1,2\"" for a in (
+    [_make_sweep("repro_bicubic", a) for a in (
         "dropout.position=last,all dropout.dim=channel,element dropout.p=0.1",
         "dropout.position=b8 dropout.dim=channel dropout.p=0.1",
         "dropout.position=last dropout.dim=channel dropout.p=0.0,0.7")]
-    + ["python -m src.report runs/repro_bicubic publish=docs/results/repro_bicubic out=docs/results"])
+    + [_publish("repro_bicubic")])
+# Table B.3's dropout at every position: channel-wise, p = 0.7.
+_POSITIONS_SETTING = ("channel", 0.7)
 _INTERP_MODELS = ("the Table 1 pairs' models (SRResNet: interp_seeds/analysis.json; RRDB: "
                   "interp_rrdb_seeds/analysis.json)")
 # One seed pair S of the RRDB pair per folder; `make report` pools the folders into interp_rrdb_seeds.
@@ -171,12 +182,13 @@ CLAIMS = (
     Claim(8, "most positions improve except `half` and `all`; `last` gives most of the best results", "Table B.3",
           "Real", ("repro_positions",), "sweeps/repro_positions.yaml",
           _sweep_command("repro_positions"), extras=("positions",), left="positions",
-          contrasts=tuple(Contrast(f"{pos} p=0.7 - none, mean of the 8 columns", (pos, "channel", 0.7), ("none",), 1)
+          contrasts=tuple(Contrast(f"{pos} p=0.7 - none, mean of the 8 columns", (pos, *_POSITIONS_SETTING),
+                                   ("none",), 1)
                           for pos in ("last", "b4", "b8", "b12", "b16", "quarter"))),
     Claim(9, "dropout also helps SwinIR", "Table A.1", "Real", ("repro_swinir",), "conf/backbone/swinir_small.yaml",
           "python -m src.train -m experiment=repro_small backbone=swinir_small name=repro_swinir dropout.p=0,0.5 "
-          "seed=0,1,2 eval.protocol=both && python -m src.report runs/repro_swinir publish=docs/results/repro_swinir "
-          "out=docs/results", backbone="SwinIR", cost="bench/swinir_small.json",
+          f"seed={','.join(map(str, SEEDS))} eval.protocol=both && {_publish('repro_swinir')}", backbone="SwinIR",
+          cost="bench/swinir_small.json",
           contrasts=(Contrast("SwinIR p=0.5 - p=0, mean of the 8 columns", (*_LAST, 0.5), ("none",), 1),)),
     Claim(10, "dropout does not change convergence; the dropout model is ahead throughout training",
           "Fig. C.1-C.3", "Real", ("training_length",), "kept step weights, src.reports.training_length",
@@ -431,7 +443,7 @@ def by_position(root: Path, claim: Claim) -> list[str]:
     base = {r.seed: r for r in runs if r.baseline}
     pos = {}
     for r in runs:
-        if not r.baseline and r.dim == "channel" and abs(r.p - 0.7) < 1e-6:
+        if not r.baseline and _matches(r, (r.position, *_POSITIONS_SETTING)):
             pos.setdefault(r.position, {})[r.seed] = r
     if not base or len(pos) < 2:
         return []
@@ -469,21 +481,18 @@ def positions_left(root: Path, claim: Claim) -> list[str]:
     not committed (every position of POSITIONS at p=0.7 channel-wise, seeds SEEDS), positions that lack the same
     seeds sharing one multirun; [] when nothing is left."""
     study = claim.studies[0]
-    have: dict[str, set] = {}
-    for r in _load(root, study):
-        if r.baseline or (r.dim == "channel" and abs(r.p - 0.7) < 1e-6):
-            have.setdefault("none" if r.baseline else r.position, set()).add(r.seed)
+    runs = _load(root, study)
     groups: dict[tuple, list[str]] = {}
     for pos in POSITIONS:
-        missing = tuple(s for s in SEEDS if s not in have.get(pos, set()))
+        side = ("none",) if pos == "none" else (pos, *_POSITIONS_SETTING)
+        have = {r.seed for r in runs if _matches(r, side)}
+        missing = tuple(s for s in SEEDS if s not in have)
         if missing:
             groups.setdefault(missing, []).append(pos)
     if not groups:
         return []
-    sweeps = [f"make sweep SWEEP={study} ARGS=\"dropout.position={','.join(g)} seed={','.join(map(str, m))}\""
-              for m, g in groups.items()]
-    return [" && ".join(sweeps) + f" && python -m src.report runs/{study} publish=docs/results/{study} "
-            "out=docs/results"]
+    return [" && ".join([*(_make_sweep(study, f"dropout.position={','.join(g)}", m) for m, g in groups.items()),
+                         _publish(study)])]
 
 
 LEFT = {"positions": positions_left}
@@ -657,10 +666,11 @@ def render(rows: list[Row], root: os.PathLike) -> str:
           "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c = r.claim
-        cmds = sorted({next((x.command for x in c.contrasts if x.label == o.contrast), "") or c.command
-                       for o in r.outcomes if o.verdict == "not run"})
         if r.left is not None and r.verdict != "not run":
             cmds = r.left
+        else:
+            cmds = sorted({next((x.command for x in c.contrasts if x.label == o.contrast), "") or c.command
+                           for o in r.outcomes if o.verdict == "not run"})
         if r.verdict == "not run":
             measured = "not run: " + "; ".join(f"`{x}`" for x in cmds)
             cost = cost_text(Path(root), c)
