@@ -363,7 +363,9 @@ def test_positions_line_names_the_positions_surely_below_and_the_column_winners(
     assert f"half {mean:+.3f} [{low:+.3f}, {high:+.3f}] (n=3)" in table
     assert table.index("last") < table.index("b8") < table.index("half") < table.index("all")   # the paper's order
     assert "surely below p=0: half, all (the paper: half, all); surely above: last;" in verdicts
-    assert "highest position per column (of 16): last 14, b8 2" in verdicts
+    # last's lead over b8 (0.10, 0.35, 0.25 dB) does not survive three seeds; b8's jpeg lead (0.65-0.90) does
+    assert ("highest position per column (of 16): last 14, b8 2; ahead of the next position beyond seed noise "
+            "(Table B.3's bold rule): b8 2") in verdicts
     assert [o.verdict for o in row.outcomes][:1] == ["reproduced"]           # last's own contrast
 
 

@@ -44,6 +44,7 @@ from src.reports.collect import Run, load_runs, protocol_metric, size_text
 from src.reports.paper import paper_setting
 from src.reports.render import write_readme_block
 from src.reports.stats import Interval, pairing, seed_difference, t_interval
+from src.reports.tables import rank
 from src.utils import atomic_write_text
 
 MARGIN_DB = 0.05        # the largest harm a "does not affect" claim tolerates (dB)
@@ -433,8 +434,9 @@ def versus_rrdb(root: Path, claim: Claim) -> list[str]:
 
 def by_position(root: Path, claim: Claim) -> list[str]:
     """Table B.3 read as the paper reads it: each position's gain over p=0 (mean over the 8 columns, t interval
-    over seed pairs), which positions lie surely below p=0 (the paper: `half` and `all`), and on how many columns
-    each position scores highest. Descriptive, beside the per-position verdicts."""
+    over seed pairs), which positions lie surely below p=0 (the paper: `half` and `all`), on how many columns
+    each position scores highest, and on how many its lead over the next position survives the seeds (the rule of
+    Table B.3's bold marks). Descriptive, beside the per-position verdicts."""
     runs = [r for s in claim.studies for r in _load(root, s)]
     groups = _by_fingerprint(runs)
     if not groups:
@@ -462,15 +464,25 @@ def by_position(root: Path, claim: Claim) -> list[str]:
             below.append(k)
         if iv.kind and iv.low > 0:
             above.append(k)
-    wins = {k: 0 for k in order}
+    wins, sure = dict.fromkeys(order, 0), dict.fromkeys(order, 0)
     for s, d in cols:
-        means = {k: np.mean([r.value(s, d, metric, protocol) for r in pos[k].values()]) for k in order}
-        wins[max(means, key=means.get)] += 1
-    most = ", ".join(f"{k} {n}" for k, n in sorted(wins.items(), key=lambda kv: -kv[1]) if n)
+        samples = [{seed: r.value(s, d, metric, protocol) for seed, r in pos[k].items()} for k in order]
+        means = [float(np.mean(list(v.values()))) for v in samples]
+        wins[order[int(np.argmax(means))]] += 1
+        for i, mark in rank(means, samples).items():
+            sure[order[i]] += mark == "best"
+
+    def counts(c: dict) -> str:
+        return ", ".join(f"{k} {n}" for k, n in sorted(c.items(), key=lambda kv: -kv[1]) if n) or "none"
+
+    # a raw column win may be seed noise; Table B.3's bold rule (a lead over the next outside seed noise) says
+    # which wins hold, and needs three positions to rank
+    held = (f"; ahead of the next position beyond seed noise (Table B.3's bold rule): {counts(sure)}"
+            if len(order) >= 3 else "")
     return [f"by position, p=0.7 - p=0 over the 8 columns, dB, 95% CI over seed pairs ({protocol} protocol): "
             + "; ".join(parts),
             f"surely below p=0: {', '.join(below) or 'none'} (the paper: half, all); surely above: "
-            f"{', '.join(above) or 'none'}; highest position per column (of {len(cols)}): {most}"]
+            f"{', '.join(above) or 'none'}; highest position per column (of {len(cols)}): {counts(wins)}{held}"]
 
 
 EXTRAS = {"trend": trend_over_p, "versus_rrdb": versus_rrdb, "positions": by_position}
