@@ -123,7 +123,7 @@ def build_datamodule(cfg, degradation, notes: list[str]):
     from omegaconf import OmegaConf
 
     from src.data.datasets import decoded, resolve_set
-    from src.utils import build, resolve_device
+    from src.utils import build
 
     dm = build(cfg.data, degradation=degradation)
     try:
@@ -179,7 +179,7 @@ def framework_overhead(cfg, make_module, make_dm, degradation, device, rounds: i
     the end of step `warmup` to the end of step `warmup + steps`, so setup and worker start-up are excluded."""
     import pytorch_lightning as pl
 
-    from src.utils import build, resolve_device
+    from src.utils import build
 
     marks = (warmup, warmup + steps)
 

@@ -110,8 +110,6 @@ def test_zero_weight_channel_ablation_leaves_psnr_unchanged():
     # ... so with rescaling the result is exactly the unablated net with F_m scaled by Sum(F)/Sum(F').
     _, f = capture_features(model, lr)
     ratio = f.double().sum() / (f.double().sum() - f[:, 1].double().sum())
-    from src.analysis.common import feature_hook
-
     with torch.no_grad(), feature_hook(model, lambda x: x * ratio.float()):
         scaled = model(lr)
     assert torch.allclose(forward_ablated(model, lr, only_1), scaled, atol=1e-6)

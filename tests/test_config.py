@@ -1,7 +1,4 @@
-from pathlib import Path
-
 import pytest
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from conftest import CONF, compose_train

@@ -1,7 +1,6 @@
 """`make gpu-check`: the CPU self-check end to end, the bounds logic, the budget and a failing check's record."""
 import json
 import subprocess
-import sys
 
 import pytest
 import torch

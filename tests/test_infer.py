@@ -319,7 +319,7 @@ def test_an_image_too_large_for_memory_is_tiled_automatically(ckpt, tmp_path, mo
     model = load_model(ckpt)
     img = np.random.default_rng(2).integers(0, 256, (60, 70, 3), dtype=np.uint8)
     cv2.imwrite(str(tmp_path / "big.png"), img)
-    whole = run_inference(model, [tmp_path / "big.png"], tmp_path / "a", progress=False)
+    run_inference(model, [tmp_path / "big.png"], tmp_path / "a", progress=False)
     per_px = tiling.bytes_per_pixel(model)
     # free memory for a 32 px tile but not for the 60x70 image: the plan picks a tile below the image size
     monkeypatch.setattr(tiling, "available_bytes", lambda device="cpu": int(2 * per_px * 50 * 50))

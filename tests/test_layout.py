@@ -3,7 +3,6 @@ rounding: the same evaluation scores, and training reaches the same weights. (ki
 layout: tests/test_resilience.py.)"""
 import copy
 
-import pytest
 import torch
 from hydra.utils import get_class
 from omegaconf import OmegaConf

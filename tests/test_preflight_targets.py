@@ -1,7 +1,5 @@
 """Preflight: every `_target_` node's keys are arguments its target takes, so an experiment composes with every
 degradation option and a key one pipeline does not take fails before training, naming the key."""
-from pathlib import Path
-
 import pytest
 from omegaconf import OmegaConf
 

@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from src.reports import build_report, load_runs
-from src.reports.render import fmt, to_csv, to_latex, to_markdown
+from src.reports.render import fmt, to_latex, to_markdown
 from src.reports.tables import Row, Table, rank
 
 DEGS = ("clean", "blur", "noise", "jpeg", "b+n", "b+j", "n+j", "b+n+j")

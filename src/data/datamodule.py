@@ -1,7 +1,6 @@
 """LightningDataModule: HR crops on the host, degradations on the device after transfer."""
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Mapping
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -41,10 +42,9 @@ PANEL_LABELS = ("LR (nearest)", "SR", "HR")
 _LABEL_HEIGHT = 14  # px: one line of PIL's default bitmap font
 
 
-def labelled_panel(strips: list[torch.Tensor], title: str = "") -> "np.ndarray":
+def labelled_panel(strips: list[torch.Tensor], title: str = "") -> np.ndarray:
     """Strips of `panel_strip` stacked into one uint8 (H, W, 3) image, each under a band naming its thirds (LR, SR,
     HR) and `title` (the step): readable as a file, in TensorBoard and in W&B alike."""
-    import numpy as np
     from PIL import Image, ImageDraw
 
     width = max(s.shape[-1] for s in strips)

@@ -151,8 +151,8 @@ def summary_md(blocks: dict, out: Path, relative_to: Path, digits: int = 2) -> s
     """out/summary.md: per protocol the Set5 tables, each comparison's seed-level headline with its columns, the
     paper beside it and the per-image line, and the control's paragraph; links relative to `relative_to`."""
     link = Path(os.path.relpath(out, relative_to)).as_posix()
-    lines = [f"<!-- written by `make report` (src.reports.build.summary_md) from the committed result files; "
-             f"edit the code, not this text -->"]
+    lines = ["<!-- written by `make report` (src.reports.build.summary_md) from the committed result files; "
+             "edit the code, not this text -->"]
     for protocol, (tables, comps, control) in blocks.items():
         lines += ["", _protocol_heading(protocol, link)]
         lines += [x for t in tables for x in ("", to_markdown(t, digits).rstrip())]
@@ -181,7 +181,7 @@ def readme_md(blocks: dict, out: Path, relative_to: Path) -> str:
     The other studies have their line in the scorecard block."""
     link = Path(os.path.relpath(out, relative_to)).as_posix()
     lines = ["<!-- written by `make report` (src.reports.build.readme_md) from the committed result files; "
-             f"edit the code, not this text -->"]
+             "edit the code, not this text -->"]
     others, table1 = 0, table1_settings()
     for protocol, (_, comps, _) in blocks.items():
         shown = [c for c in comps if c.variant.dropout and same_training(c.variant.pipeline)

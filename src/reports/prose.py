@@ -195,9 +195,9 @@ def control_paragraph(drop_name: str, vs_base: Evidence, vs_controls: dict[str, 
         out.append(text + ".")
     for label, ev in vs_controls.items():
         where = direction(ev.overall)
-        verdict = {"above zero": f"dropout does more than this shrinkage toward bicubic",
-                   "below zero": f"this shrinkage toward bicubic alone beats dropout",
-                   "across zero": f"dropout cannot be told from this shrinkage toward bicubic",
+        verdict = {"above zero": "dropout does more than this shrinkage toward bicubic",
+                   "below zero": "this shrinkage toward bicubic alone beats dropout",
+                   "across zero": "dropout cannot be told from this shrinkage toward bicubic",
                    "unmeasured": "no seed-level interval (one seed)"}[where]
         degs_above = [d for d, iv in ev.by_degradation.items() if direction(iv) == "above zero"]
         degs_below = [d for d, iv in ev.by_degradation.items() if direction(iv) == "below zero"]
