@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 from omegaconf import OmegaConf
 
 from src.reports import build_report, load_runs
@@ -64,12 +65,12 @@ def test_differences_never_print_minus_zero(v, expected):
 
 
 def _job(root: Path, name: str, p: float, seed: int, offset: float, per_image=True, hydra_width=64, width=16,
-         protocols=("literature",)):
+         protocols=("literature",), position="last"):
     d = root / name
     (d / ".hydra").mkdir(parents=True)
     cfg = {"seed": seed, "backbone": {"_target_": "src.models.srresnet.MSRResNet", "num_feat": width,
                                       "num_block": 16},
-           "dropout": {"position": "last" if p else "none", "dim": "channel", "p": p},
+           "dropout": {"position": position if p else "none", "dim": "channel", "p": p},
            "degradation": {"_target_": "src.data.pipelines.RealESRGANPipeline"},
            "trainer": {"max_steps": 100},
            "data": {"train_sets": ["skimage"], "val_sets": ["skimage_holdout"], "val_degradation": "clean",
@@ -179,6 +180,39 @@ def test_gain_axes_include_zero_and_do_not_zoom_into_noise(tmp_path, monkeypatch
     assert lo <= -0.1 and hi >= 0.1 and "dB" in label and offset is False
     _, label, offset, title = limits["curves_Real_SRResNet.png"]
     assert offset is False and "PSNR on skimage_holdout (clean)" in title and "(dB)" in label
+
+
+def test_a_setting_with_one_seed_gets_no_error_bar_beside_measured_ones(tmp_path, monkeypatch):
+    """Fig. 4 with `last` on two seed pairs and `b8` on one (both p=0.7): last's bar carries its interval, b8's bar
+    none at all (not a zero-height cap that would read as an exact gain)."""
+    from src.reports import figures
+
+    sw = tmp_path / "sw"
+    for seed, g in ((0, 0.10), (1, 0.30)):
+        _job(sw, f"base{seed}", 0.0, seed, 0.0)
+        _job(sw, f"p07_{seed}", 0.7, seed, g)
+    _job(sw, "b8_0", 0.7, 0, 0.2, position="b8")
+    drawn = {}
+    real_save = figures._save
+
+    def spy(fig, path):
+        if Path(path).name.startswith("fig4_"):
+            ax = fig.axes[0]
+            drawn.update({c.get_label(): [np.asarray(s) for s in c.errorbar.lines[2][0].get_segments()]
+                          for c in ax.containers if getattr(c, "errorbar", None) is not None})
+            drawn["ticks"] = [t.get_text() for t in ax.get_xticklabels()]
+            drawn["title"] = fig.axes[-1].get_legend().get_title().get_text()
+        return real_save(fig, path)
+
+    monkeypatch.setattr(figures, "_save", spy)
+    build_report([sw], tmp_path / "r")
+    assert drawn["ticks"] == ["last", "B8"]
+    last, b8 = drawn["p=0.7"]
+    # last: gain 0.2 dB, t interval over the two pairs 0.2 +- t(0.975, 1) * 0.1
+    half = stats.t.ppf(0.975, 1) * 0.1
+    assert np.allclose(sorted(last[:, 1]), [0.2 - half, 0.2 + half], atol=1e-6)
+    assert not np.isfinite(b8).any()         # no segment at all, where a zero-height one used to sit
+    assert drawn["title"] == "error bars: 95% CI over seeds\n(none drawn: one seed)"
 
 
 def test_wandb_tags_of_the_baseline_come_from_the_config_that_ran():

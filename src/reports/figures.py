@@ -52,11 +52,6 @@ def _gain_axis(ax, values, errors, metric: str) -> None:
     _plain(ax)
 
 
-def _errors(stds):
-    """Error bars where seeds measured a spread; none at all (not zero-height caps) with one seed."""
-    return None if all(math.isnan(s) for s in stds) else np.nan_to_num(stds)
-
-
 def gain_ci(base: Setting, variant: Setting, s: str, d: str, metric: str, protocol: str) -> tuple[float, float, float]:
     """(gain, error below, error above) of `variant` over `base` in one column: the seed-level gain and its 95%
     interval, as `stats.seed_difference` gives them (over the seed pairs when the seeds pair, else the difference
@@ -72,13 +67,23 @@ def gain_ci(base: Setting, variant: Setting, s: str, d: str, metric: str, protoc
 
 
 def _ci_errors(lows, highs):
-    """A (2, n) yerr of asymmetric intervals, or None (no bars at all) when no interval was measured."""
+    """A (2, n) yerr of asymmetric intervals, or None (no bars at all) when no interval was measured. A setting
+    with one seed keeps NaN, which matplotlib leaves undrawn: a zero-height cap would read as a measured, exact
+    gain beside its neighbours' real intervals."""
     if all(math.isnan(x) for x in lows):
         return None
-    return np.nan_to_num(np.array([lows, highs], dtype=float))
+    return np.array([lows, highs], dtype=float)
 
 
 CI_NOTE = "error bars: 95% CI over seeds"
+
+
+def _ci_title(gains, lows) -> str:
+    """The legend's title: what the error bars are, and that a drawn bar without one has a single seed."""
+    unmeasured = [math.isnan(e) for g, e in zip(gains, lows) if not math.isnan(g)]
+    if all(unmeasured):
+        return "one seed: no error bars"
+    return CI_NOTE + ("\n(none drawn: one seed)" if any(unmeasured) else "")
 
 
 def axis_label(metric: str, run) -> str:
@@ -115,7 +120,7 @@ def fig_dropout_bars(settings: list[Setting], group: str, s: str, d: str, metric
     width = 0.8 / len(probs)
     colors = plt.cm.viridis(np.linspace(0.15, 0.85, len(probs)))
     all_v, all_e = [], []
-    measured = False
+    shown, lows = [], []
     for ax, dim in zip(axes[0], dims):
         for k, p in enumerate(probs):
             ys, lo, hi = [], [], []
@@ -128,7 +133,8 @@ def fig_dropout_bars(settings: list[Setting], group: str, s: str, d: str, metric
             all_v += ys
             all_e += [max(a, b) for a, b in zip(lo, hi)]
             yerr = _ci_errors(lo, hi)
-            measured |= yerr is not None
+            shown += ys
+            lows += lo
             ax.bar(np.arange(len(positions)) + (k - (len(probs) - 1) / 2) * width, ys, width, label=f"p={p:g}",
                    color=colors[k], yerr=yerr, capsize=2)
         ax.set_xticks(np.arange(len(positions)), [POSITION_LABEL.get(p, p) for p in positions], fontsize=9)
@@ -139,7 +145,7 @@ def fig_dropout_bars(settings: list[Setting], group: str, s: str, d: str, metric
     axes[0][0].set_ylabel(f"gain over p=0 on {s} ({d})\n{axis_label(m, base[0].runs[0])}\n{protocol} protocol",
                           fontsize=8)
     axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1),
-                       title=CI_NOTE if measured else "one seed: no error bars", title_fontsize=7)
+                       title=_ci_title(shown, lows), title_fontsize=7)
     fig.suptitle(f"{group}: gain of each dropout method and probability over p=0 (p=0 scores {b:.2f})",
                  fontsize=10)
     return _save(fig, path)
@@ -160,12 +166,13 @@ def fig_gains(settings: list[Setting], group: str, cols, metric: str, path: Path
     width = 0.8 / len(variants)
     x = np.arange(len(cols))
     vals, errs = [], []
-    measured = False
+    shown, lows = [], []
     for k, v in enumerate(variants):
         g = [gain_ci(base, v, s, d, m, protocol) for s, d in cols]
         ys = [x[0] for x in g]
         yerr = _ci_errors([x[1] for x in g], [x[2] for x in g])
-        measured |= yerr is not None
+        shown += ys
+        lows += [x[1] for x in g]
         vals += ys
         errs += [max(x[1], x[2]) for x in g]
         ax.bar(x + (k - (len(variants) - 1) / 2) * width, ys, width, yerr=yerr, capsize=2,
@@ -181,7 +188,7 @@ def fig_gains(settings: list[Setting], group: str, cols, metric: str, path: Path
     ax.set_xlabel("test set and degradation", fontsize=9)
     ax.set_title(f"{group}: gain of dropout per test column, {protocol} protocol", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, title=CI_NOTE if measured else "one seed: no error bars", title_fontsize=7)
+    ax.legend(fontsize=8, title=_ci_title(shown, lows), title_fontsize=7)
     return _save(fig, path)
 
 
