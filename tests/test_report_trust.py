@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import stats
 from omegaconf import OmegaConf
+from scipy import stats
 
 from src.reports import build_report, load_runs
 from src.reports.render import fmt, to_latex, to_markdown

@@ -78,9 +78,10 @@ def _ci_errors(lows, highs):
 CI_NOTE = "error bars: 95% CI over seeds"
 
 
-def _ci_title(gains, lows) -> str:
-    """The legend's title: what the error bars are, and that a drawn bar without one has a single seed."""
-    unmeasured = [math.isnan(e) for g, e in zip(gains, lows) if not math.isnan(g)]
+def _ci_title(gains, errors) -> str:
+    """The legend's title: what the error bars are, and that a drawn bar without one (NaN error) has a single
+    seed."""
+    unmeasured = [math.isnan(e) for g, e in zip(gains, errors) if not math.isnan(g)]
     if all(unmeasured):
         return "one seed: no error bars"
     return CI_NOTE + ("\n(none drawn: one seed)" if any(unmeasured) else "")
@@ -120,7 +121,6 @@ def fig_dropout_bars(settings: list[Setting], group: str, s: str, d: str, metric
     width = 0.8 / len(probs)
     colors = plt.cm.viridis(np.linspace(0.15, 0.85, len(probs)))
     all_v, all_e = [], []
-    shown, lows = [], []
     for ax, dim in zip(axes[0], dims):
         for k, p in enumerate(probs):
             ys, lo, hi = [], [], []
@@ -133,8 +133,6 @@ def fig_dropout_bars(settings: list[Setting], group: str, s: str, d: str, metric
             all_v += ys
             all_e += [max(a, b) for a, b in zip(lo, hi)]
             yerr = _ci_errors(lo, hi)
-            shown += ys
-            lows += lo
             ax.bar(np.arange(len(positions)) + (k - (len(probs) - 1) / 2) * width, ys, width, label=f"p={p:g}",
                    color=colors[k], yerr=yerr, capsize=2)
         ax.set_xticks(np.arange(len(positions)), [POSITION_LABEL.get(p, p) for p in positions], fontsize=9)
@@ -145,7 +143,7 @@ def fig_dropout_bars(settings: list[Setting], group: str, s: str, d: str, metric
     axes[0][0].set_ylabel(f"gain over p=0 on {s} ({d})\n{axis_label(m, base[0].runs[0])}\n{protocol} protocol",
                           fontsize=8)
     axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1),
-                       title=_ci_title(shown, lows), title_fontsize=7)
+                       title=_ci_title(all_v, all_e), title_fontsize=7)
     fig.suptitle(f"{group}: gain of each dropout method and probability over p=0 (p=0 scores {b:.2f})",
                  fontsize=10)
     return _save(fig, path)
@@ -166,17 +164,15 @@ def fig_gains(settings: list[Setting], group: str, cols, metric: str, path: Path
     width = 0.8 / len(variants)
     x = np.arange(len(cols))
     vals, errs = [], []
-    shown, lows = [], []
     for k, v in enumerate(variants):
         g = [gain_ci(base, v, s, d, m, protocol) for s, d in cols]
         ys = [x[0] for x in g]
         yerr = _ci_errors([x[1] for x in g], [x[2] for x in g])
-        shown += ys
-        lows += [x[1] for x in g]
         vals += ys
         errs += [max(x[1], x[2]) for x in g]
         ax.bar(x + (k - (len(variants) - 1) / 2) * width, ys, width, yerr=yerr, capsize=2,
                label=f"{v.label} - p=0")
+    title = _ci_title(vals, errs)   # the dropout bars only, before the paper's markers join `vals`
     if paper:
         ys = [paper.get(c, np.nan) for c in cols]
         ax.plot(x, ys, "k_", ms=12, mew=2, label="paper (full size)")
@@ -188,7 +184,7 @@ def fig_gains(settings: list[Setting], group: str, cols, metric: str, path: Path
     ax.set_xlabel("test set and degradation", fontsize=9)
     ax.set_title(f"{group}: gain of dropout per test column, {protocol} protocol", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, title=_ci_title(shown, lows), title_fontsize=7)
+    ax.legend(fontsize=8, title=title, title_fontsize=7)
     return _save(fig, path)
 
 

@@ -452,9 +452,9 @@ def paper_below(cols: list[tuple[str, str]]) -> list[str]:
 
 def by_position(root: Path, claim: Claim) -> list[str]:
     """Table B.3 read as the paper reads it: each position's gain over p=0 (mean over the 8 columns, t interval
-    over seed pairs), which positions lie surely below p=0 (the paper: `half` and `all`), on how many columns
-    each position scores highest, and on how many its lead over the next position survives the seeds (the rule of
-    Table B.3's bold marks). Descriptive, beside the per-position verdicts."""
+    over seed pairs), which positions lie surely below p=0 beside those the paper's table and text put below, on
+    how many columns each position scores highest, and on how many its lead over the next position survives the
+    seeds (the rule of Table B.3's bold marks). Descriptive, beside the per-position verdicts."""
     runs = [r for s in claim.studies for r in _load(root, s)]
     groups = _by_fingerprint(runs)
     if not groups:
