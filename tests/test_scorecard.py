@@ -5,6 +5,7 @@ import json
 import math
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ from src import report
 from src.reports import scorecard as S
 from src.reports.paper import published
 from src.reports.stats import Interval, t_interval
+
+REPRODUCTION = Path(__file__).resolve().parents[1] / "docs" / "reproduction.md"
 
 SETS = ("Set5", "Set14")
 BASE_PSNR = {"Set5": 25.0, "Set14": 23.0}
@@ -393,6 +396,18 @@ def test_position_directions_follow_the_published_table():
     directions = {c.variant[0]: c.direction for c in claim.contrasts}
     assert directions == expected
     assert sorted(p for p, d in expected.items() if d < 0) == ["all", "half", "quarter"]
+
+
+def test_published_half_and_all_rows_are_within_two_hundredths():
+    """docs/reproduction.md says Table B.3's `half` and `all` rows agree within 0.02 dB on each of their 40
+    columns; the next closest pair of positions is far apart, so the sentence is about those two rows only."""
+    rows = {r["position"]: r for r in published()["tables"]["table_b3"]["rows"]}
+    flat = {k: np.concatenate([r["values"][s] for s in sorted(r["values"])]) for k, r in rows.items()}
+    assert all(len(v) == 40 for v in flat.values())
+    gap = {(a, b): np.abs(flat[a] - flat[b]).max() for a in flat for b in flat if a < b}
+    assert gap[("all", "half")] == pytest.approx(0.02, abs=1e-9)
+    assert sorted(gap.values())[1] > 0.1
+    assert "agree within 0.02 dB on each of their 40 columns" in " ".join(REPRODUCTION.read_text().split())
 
 
 def test_positions_row_names_only_the_jobs_left_to_run(tmp_path):
