@@ -5,18 +5,18 @@ import json
 import math
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats
 
+from conftest import REPO
 from src import report
 from src.reports import scorecard as S
 from src.reports.paper import published
 from src.reports.stats import Interval, t_interval
 
-REPRODUCTION = Path(__file__).resolve().parents[1] / "docs" / "reproduction.md"
+REPRODUCTION = REPO / "docs" / "reproduction.md"
 
 SETS = ("Set5", "Set14")
 BASE_PSNR = {"Set5": 25.0, "Set14": 23.0}
